@@ -1,0 +1,5 @@
+import sys
+
+from i3ad.cli import main
+
+sys.exit(main())

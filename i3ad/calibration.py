@@ -1,0 +1,72 @@
+"""Per-category thresholds chosen on normal images held out from training (never on test images)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from i3ad.models import InpaintingUNet
+from i3ad.scoring import DetectionSettings, detect_by_inpainting, inpaint_step0, ssim_map
+
+# With this share of held-out normal pixels below tau at step 0, normal images get almost empty masks.
+DEFAULT_SSIM_QUANTILE = 0.01
+# Score thresholds are calibrated for every iteration count up to this one (the app's slider range).
+MAX_CALIBRATED_ITERATIONS = 10
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Thresholds of one checkpoint.
+
+    ssim_threshold: tau calibrated as the ``ssim_quantile`` of held-out normal pixels' step-0 SSIM (None for the
+        autoencoder). score_thresholds[t]: the highest held-out normal image score after t iterations at that tau;
+        images scoring above it are called anomalous.
+    """
+
+    ssim_threshold: float | None
+    ssim_quantile: float | None
+    score_thresholds: list[float]
+    holdout_images: int
+
+    def score_threshold(self, iterations: int) -> float:
+        return self.score_thresholds[min(iterations, len(self.score_thresholds) - 1)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantile(values: Tensor, q: float) -> float:
+    """The q-quantile (nearest rank) of any number of values (torch.quantile refuses more than 16 M)."""
+    flat = values.flatten().float()
+    index = min(flat.numel() - 1, max(0, round(q * (flat.numel() - 1))))
+    return flat.kthvalue(index + 1).values.item()
+
+
+def calibrate_inpainting(
+    model: InpaintingUNet,
+    holdout: Tensor,
+    settings: DetectionSettings,
+    *,
+    ssim_quantile: float | None = DEFAULT_SSIM_QUANTILE,
+    autocast_dtype: torch.dtype | None = None,
+) -> Calibration:
+    """Choose tau (unless ``ssim_quantile`` is None: then settings.ssim_threshold is kept) and the score thresholds
+    on preprocessed held-out normal images [N, C, S, S]."""
+    if len(holdout) == 0:
+        raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
+    tau = settings.ssim_threshold
+    if ssim_quantile is not None:
+        step0 = inpaint_step0(model, holdout, settings, autocast_dtype=autocast_dtype)
+        tau = quantile(ssim_map(holdout, step0), ssim_quantile)
+    run = settings.with_(ssim_threshold=tau, iterations=MAX_CALIBRATED_ITERATIONS)
+    scores = detect_by_inpainting(model, holdout, run, autocast_dtype=autocast_dtype).step_scores
+    return Calibration(tau, ssim_quantile, scores.amax(dim=1).tolist(), len(holdout))
+
+
+def calibrate_scores(scores: Tensor) -> Calibration:
+    """Calibration of a model without iterations (the autoencoder) from held-out normal image scores [N]."""
+    if len(scores) == 0:
+        raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
+    return Calibration(None, None, [scores.max().item()], len(scores))

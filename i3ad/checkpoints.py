@@ -1,0 +1,196 @@
+"""Checkpoint folders: ``config.json`` + ``model.safetensors`` (huggingface_hub's PyTorchModelHubMixin layout) plus
+``detector.json`` (preprocessing, detection settings, calibration, training record) and a ``README.md`` model card.
+
+Weights are only ever read with safetensors, strictly: a config that does not match them is an error, not a
+silently half-loaded model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from string import Template
+
+import safetensors
+import safetensors.torch
+import torch
+
+from i3ad import __version__
+from i3ad.calibration import Calibration
+from i3ad.detector import AnomalyDetector
+from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.preprocessing import Preprocessing
+from i3ad.scoring import DetectionSettings
+
+CONFIG_FILE, WEIGHTS_FILE, DETECTOR_FILE, CARD_FILE = "config.json", "model.safetensors", "detector.json", "README.md"
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, DETECTOR_FILE)
+ARCHITECTURES = {"InpaintingUNet": InpaintingUNet, "ConvAutoencoder": ConvAutoencoder}
+MVTEC_LICENSE = "cc-by-nc-sa-4.0"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded; the message names the file and the problem."""
+
+
+def save_checkpoint(detector: AnomalyDetector, folder: str | Path, *, half_precision: bool = False) -> Path:
+    """Write the detector's checkpoint folder (created if needed). ``half_precision`` stores float16 weights (half
+    the size; they are widened back to float32 on loading)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = detector.model
+    config = {**model.config, "architecture": type(model).__name__, "i3ad_version": __version__}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    state = {
+        k: v.detach().to("cpu", torch.float16 if half_precision else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    safetensors.torch.save_file(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    save_record(detector, folder)
+    return folder
+
+
+def save_record(detector: AnomalyDetector, folder: str | Path) -> None:
+    """(Re)write detector.json and the model card, e.g. after re-calibration; the weights are left alone."""
+    folder = Path(folder)
+    record = {
+        "category": detector.category,
+        "name": detector.name,
+        "preprocessing": detector.preprocessing.to_dict(),
+        "detection": detector.settings.to_dict(),
+        "calibration": detector.calibration.to_dict(),
+        "info": detector.info,
+        "i3ad_version": __version__,
+    }
+    (folder / DETECTOR_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (folder / CARD_FILE).write_text(model_card(detector))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: a checkpoint folder holds {', '.join(CHECKPOINT_FILES)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def load_model(folder: str | Path, device: torch.device | str = "cpu") -> InpaintingUNet | ConvAutoencoder:
+    """Build the network from config.json and load model.safetensors into it, strictly."""
+    folder = Path(folder)
+    config = _read_json(folder / CONFIG_FILE)
+    architecture = config.pop("architecture", None)
+    config.pop("i3ad_version", None)
+    if architecture not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{folder / CONFIG_FILE}: unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})"
+        )
+    try:
+        model = ARCHITECTURES[architecture](**config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{folder / CONFIG_FILE} does not describe a valid {architecture}: {error}") from None
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing (only safetensors weights are loaded)")
+    try:
+        state = safetensors.torch.load_file(weights, device="cpu")
+    except (safetensors.SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{weights} is damaged or not a safetensors file ({error})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        summary = str(error).splitlines()[0]
+        raise CheckpointError(f"{weights} does not match {folder / CONFIG_FILE}: {summary}") from None
+    return model.to(device).eval()
+
+
+def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> AnomalyDetector:
+    """Load a checkpoint folder written by ``save_checkpoint``. Raises CheckpointError with the reason."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    record = _read_json(folder / DETECTOR_FILE)
+    model = load_model(folder, device)
+    try:
+        detector = AnomalyDetector(
+            model=model,
+            preprocessing=Preprocessing(**record["preprocessing"]),
+            settings=DetectionSettings(**record["detection"]),
+            calibration=Calibration(**record["calibration"]),
+            category=str(record["category"]),
+            name=str(record["name"]),
+            info=dict(record.get("info", {})),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{folder / DETECTOR_FILE} is incomplete or invalid: {error!r}") from None
+    if detector.preprocessing.channels != model.config["channels"]:
+        raise CheckpointError(
+            f"{folder}: preprocessing has {detector.preprocessing.channels} channels, "
+            f"the model {model.config['channels']}"
+        )
+    return detector
+
+
+def list_checkpoints(root: str | Path) -> dict[str, list[str]]:
+    """{category: [variant, ...]} for every ``root/<category>/<variant>/`` that holds a detector.json."""
+    root = Path(root)
+    found: dict[str, list[str]] = {}
+    for record in sorted(root.glob(f"*/*/{DETECTOR_FILE}")) if root.is_dir() else []:
+        found.setdefault(record.parent.parent.name, []).append(record.parent.name)
+    return found
+
+
+def _metrics_table(metrics: dict) -> str:
+    if not metrics:
+        return "Not evaluated yet."
+    lines = ["| metric | value |", "|---|---|"] + [
+        f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()
+    ]
+    return "\n".join(lines)
+
+
+def model_card(detector: AnomalyDetector) -> str:
+    """The README.md of a checkpoint folder, from ``templates/model_card.md``."""
+    template = Template((Path(__file__).parent / "templates" / "model_card.md").read_text())
+    info = detector.info
+    training = info.get("training", {})
+    iterations = detector.settings.iterations
+    tau = detector.calibration.ssim_threshold
+    if detector.kind == "i3ad":
+        description = (
+            "I3AD inpainting U-Net: the pixels whose SSIM to the input is below tau are re-painted from their "
+            "surroundings, iteratively; the anomaly map compares the input with the final reconstruction "
+            f"(measure `{detector.settings.anomaly_measure}`)."
+        )
+    else:
+        description = (
+            "AE-SSIM baseline (Bergmann et al. 2018): a convolutional autoencoder; the anomaly map compares the input "
+            f"with its reconstruction (measure `{detector.settings.anomaly_measure}`)."
+        )
+    log = [entry for entry in info.get("train_log", []) if "loss" in entry]
+    steps_done = log[-1]["step"] if log else training.get("steps", "?")
+    summary = f"{steps_done} of {training.get('steps', '?')} steps, batch {training.get('batch_size', '?')}"
+    if log:
+        summary += f", final loss {log[-1]['loss']:.4f}, {log[-1]['seconds']} s on {info.get('device', '?')}"
+    return template.substitute(
+        license=info.get("license", MVTEC_LICENSE),
+        title=f"i3ad {detector.name} - {detector.category}",
+        description=description,
+        category=detector.category,
+        architecture=type(detector.model).__name__,
+        parameters=f"{sum(p.numel() for p in detector.model.parameters()):,}",
+        image_size=detector.preprocessing.image_size,
+        channels=detector.preprocessing.channels,
+        normalization=detector.preprocessing.normalization,
+        iterations=iterations if detector.kind == "i3ad" else 0,
+        ssim_threshold="n/a" if tau is None else f"{tau:.4f}",
+        score_threshold=f"{detector.calibration.score_threshold(iterations):.4f}",
+        holdout_images=detector.calibration.holdout_images,
+        version=__version__,
+        data_source=info.get("data_source", "Normal images of the category's train/good folder."),
+        command=info.get("command", "(not recorded)"),
+        train_summary=summary,
+        metrics=_metrics_table(info.get("metrics", {})),
+    )

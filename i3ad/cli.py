@@ -1,0 +1,367 @@
+"""Command line: ``python -m i3ad {train,evaluate,detect,synth} ...`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from i3ad.calibration import DEFAULT_SSIM_QUANTILE
+from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_record
+from i3ad.data import DatasetError, check_category_name, index_category, list_categories
+from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
+from i3ad.pipeline import evaluate_detector, load_test_set, recalibrate, resolve_device, train_category
+from i3ad.preprocessing import NORMALIZATIONS
+from i3ad.recipes import CATEGORY_AUGMENTATIONS, default_augmentations
+from i3ad.scoring import ANOMALY_MEASURES, DetectionSettings
+from i3ad.synthetic import make_synthetic_category
+from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
+
+DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _categories(data_root: str, requested: list[str]) -> list[str]:
+    if requested == ["all"]:
+        found = list_categories(data_root)
+        if not found:
+            raise DatasetError(f"no category with a train/good folder under {data_root}")
+        return found
+    return [check_category_name(c) for c in requested]
+
+
+def _augmentations(value: str, category: str) -> tuple[str, ...]:
+    if value == "default":
+        return default_augmentations(category)
+    if value == "none":
+        return ()
+    chosen = tuple(v for v in value.split(",") if v)
+    unknown = set(chosen) - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(
+            f"--augment: unknown {sorted(unknown)}; use 'default', 'none' or a comma list of {AUGMENTATIONS}"
+        )
+    return chosen
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    command = "python -m i3ad " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    for category in _categories(args.data_root, args.category):
+        index = index_category(args.data_root, category)
+        config = TrainConfig(
+            model=args.model,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            base_width=args.base_width,
+            latent_dim=args.latent_dim,
+            augmentations=_augmentations(args.augment, category),
+            holdout_fraction=args.holdout,
+            seed=args.seed,
+            bf16=args.bf16,
+            max_minutes=args.max_minutes,
+        )
+        name = args.name or args.model
+        out = Path(args.out) / category / name
+        started = time.perf_counter()
+        detector = train_category(
+            index,
+            config,
+            name=name,
+            image_size=args.image_size,
+            normalization=args.normalization,
+            settings=DetectionSettings(iterations=args.iterations, ssim_threshold=args.ssim_threshold),
+            ssim_quantile=None if args.ssim_quantile <= 0 else args.ssim_quantile,
+            device=device,
+            out=out,
+            half_precision=args.save_fp16,
+            info={"command": command, "data_source": data_source_note(category)},
+            progress=not args.quiet,
+        )
+        tau = detector.calibration.ssim_threshold
+        print(
+            f"{category}/{name}: trained {args.steps} steps in {time.perf_counter() - started:.0f} s on {device}; "
+            f"tau={'n/a' if tau is None else f'{tau:.4f}'}; saved to {out}"
+        )
+
+
+def data_source_note(category: str) -> str:
+    if category not in CATEGORY_AUGMENTATIONS:
+        return f"The normal images of train/good of category {category!r} (a user's own data)."
+    if category == "magnetic_tile":
+        return (
+            'Magnetic-tile defect dataset (Huang et al., "Surface defect saliency of magnetic tile", '
+            "The Visual Computer, 2020), train/good."
+        )
+    return (
+        f'MVTec AD, category {category}, train/good (Bergmann et al., "MVTec AD - A Comprehensive Real-World '
+        'Dataset for Unsupervised Anomaly Detection", CVPR 2019; licence CC BY-NC-SA 4.0).'
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    available = list_checkpoints(args.checkpoints)
+    if not available:
+        raise CheckpointError(f"no checkpoints under {args.checkpoints} (expected <category>/<model>/detector.json)")
+    categories = sorted(available) if args.category == ["all"] else [check_category_name(c) for c in args.category]
+    tables = []
+    for category in categories:
+        if category not in available:
+            raise CheckpointError(
+                f"no checkpoint for category {category!r} under {args.checkpoints} "
+                f"(have: {', '.join(sorted(available))})"
+            )
+        index = index_category(args.data_root, category)
+        test_sets = {}
+        for name in available[category]:
+            if args.model and name not in args.model:
+                continue
+            detector = load_checkpoint(Path(args.checkpoints) / category / name, device)
+            key = tuple(detector.preprocessing.to_dict().values())
+            if key not in test_sets:
+                test_sets = {key: load_test_set(index, detector.preprocessing, device)}
+            started = time.perf_counter()
+            table = evaluate_detector(
+                detector,
+                test_sets[key],
+                thresholds=args.thresholds,
+                max_iterations=args.iterations,
+                cell_sizes=args.cell_sizes,
+                measures=args.measures,
+                sigmas=args.sigmas,
+                batch_size=args.batch_size,
+                bf16=args.bf16,
+            )
+            tables.append(table)
+            best = table.loc[table["image_auroc"].idxmax()]
+            print(
+                f"{category}/{name}: {len(table)} rows in {time.perf_counter() - started:.1f} s; best image AUROC "
+                f"{best['image_auroc']:.3f} (T={best['iterations']}, tau={best['ssim_threshold']:.3g})"
+            )
+    result = pd.concat(tables, ignore_index=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.to_csv(out, index=False, float_format="%.4f")
+    print(f"wrote {len(result)} rows to {out}")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    for folder in args.checkpoint:
+        detector = load_checkpoint(folder, device)
+        changes = {
+            k: v
+            for k, v in {
+                "iterations": args.iterations,
+                "step0_cell_size": args.cell_size,
+                "anomaly_measure": args.measure,
+                "smoothing_sigma": args.sigma,
+            }.items()
+            if v is not None
+        }
+        index = index_category(args.data_root, detector.category)
+        detector = recalibrate(detector, index, detector.settings.with_(**changes), ssim_quantile=args.ssim_quantile)
+        save_record(detector, folder)
+        tau = detector.calibration.ssim_threshold
+        print(
+            f"{folder}: tau={'n/a' if tau is None else f'{tau:.4f}'}, "
+            f"score threshold at T={detector.settings.iterations}: "
+            f"{detector.calibration.score_threshold(detector.settings.iterations):.4f}"
+        )
+
+
+def _inputs(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ValueError(f"{item} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            files += found
+        else:
+            files.append(item)
+    return files
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    # Imported here: plotly (for the colour map) is only needed for pictures, not to train or evaluate.
+    from i3ad.visualize import binary_mask_image, heatmap_overlay
+
+    device = resolve_device(args.device)
+    detector = load_checkpoint(args.checkpoint, device)
+    iterations = detector.settings.iterations if args.iterations is None else args.iterations
+    out = Path(args.out)
+    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    threshold = detector.calibration.score_threshold(iterations)
+    rows, failures = [], 0
+    for number, path in enumerate(_inputs(args.inputs)):
+        row = {
+            "file": str(path),
+            "score": "",
+            "threshold": f"{threshold:.4f}",
+            "verdict": "",
+            "heatmap": "",
+            "error": "",
+        }
+        try:
+            image = detector.read(path)
+            result = detector.detect(
+                image, iterations=iterations if detector.kind == "i3ad" else 0, ssim_threshold=args.ssim_threshold
+            )
+            score = result.scores[0].item()
+            heatmap = out / "heatmaps" / f"{number:05d}_{path.stem}.png"
+            heatmap_overlay(image, result.anomaly_map[0].cpu(), vmax=2 * threshold).save(heatmap)
+            if args.save_masks:
+                binary_mask_image(result.anomaly_map[0].cpu(), threshold, image.shape[-2:]).save(
+                    heatmap.with_name(heatmap.stem + "_mask.png")
+                )
+            row.update(
+                score=f"{score:.4f}", verdict="anomalous" if score > threshold else "normal", heatmap=str(heatmap)
+            )
+        except (ImageReadError, ValueError) as error:
+            failures += 1
+            row["error"] = str(error)
+            print(f"skipped {path}: {error}", file=sys.stderr)
+        rows.append(row)
+        if row["verdict"]:
+            print(f"{path}: score {row['score']} -> {row['verdict']}")
+    with open(out / "scores.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"scored {len(rows) - failures} of {len(rows)} images; wrote {out / 'scores.csv'}")
+    if failures == len(rows):
+        raise SystemExit(1)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    root = make_synthetic_category(
+        args.out, args.category, size=args.size, channels=1 if args.greyscale else 3, seed=args.seed
+    )
+    print(f"wrote {root}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m i3ad", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model per category, calibrate it and save a checkpoint")
+    train.add_argument("--data-root", required=True, help="folder holding categories in the MVTec AD layout")
+    train.add_argument("--category", nargs="+", required=True, help="category names, or 'all'")
+    train.add_argument("--model", choices=MODEL_KINDS, default="i3ad")
+    train.add_argument("--name", help="checkpoint variant name (default: the model kind), e.g. i3ad-small")
+    train.add_argument("--out", default="checkpoints", help="checkpoints root; writes OUT/<category>/<name>/")
+    train.add_argument("--steps", type=int, default=TrainConfig.steps)
+    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    train.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    train.add_argument("--base-width", type=int, default=TrainConfig.base_width)
+    train.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim)
+    train.add_argument("--image-size", type=int, default=256)
+    train.add_argument("--normalization", choices=NORMALIZATIONS, default="none")
+    train.add_argument("--augment", default="default", help="'default' (per category), 'none', or e.g. hflip,vflip")
+    train.add_argument(
+        "--holdout", type=float, default=TrainConfig.holdout_fraction, help="share of train/good kept for calibration"
+    )
+    train.add_argument(
+        "--ssim-quantile",
+        type=float,
+        default=DEFAULT_SSIM_QUANTILE,
+        help="tau = this quantile of held-out normal SSIM (0: keep --ssim-threshold)",
+    )
+    train.add_argument("--ssim-threshold", type=float, default=DetectionSettings.ssim_threshold)
+    train.add_argument(
+        "--iterations", type=int, default=DetectionSettings.iterations, help="default T stored with the checkpoint"
+    )
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
+    train.add_argument(
+        "--max-minutes", type=float, help="stop training early after this long (still calibrates and saves)"
+    )
+    train.add_argument("--save-fp16", action="store_true", help="store float16 weights (half the size)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="metrics of checkpoints on test sets, for T = 0..N and several tau, to CSV"
+    )
+    evaluate.add_argument("--data-root", required=True)
+    evaluate.add_argument("--checkpoints", default="checkpoints")
+    evaluate.add_argument("--category", nargs="+", default=["all"])
+    evaluate.add_argument("--model", nargs="+", help="checkpoint variants to evaluate (default: all)")
+    evaluate.add_argument("--iterations", type=int, default=10, help="evaluate T = 0..this")
+    evaluate.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_THRESHOLDS),
+        help="tau values (the calibrated one is added)",
+    )
+    evaluate.add_argument(
+        "--cell-sizes", type=int, nargs="+", help="step-0 grid cell sizes (default: the checkpoint's)"
+    )
+    evaluate.add_argument(
+        "--measures", nargs="+", choices=ANOMALY_MEASURES, help="anomaly measures (default: the checkpoint's)"
+    )
+    evaluate.add_argument("--sigmas", type=float, nargs="+", help="map smoothing sigmas (default: the checkpoint's)")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
+    evaluate.add_argument("--out", default="results/evaluation.csv")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    detect = commands.add_parser("detect", help="score images or folders with a checkpoint; heat-maps and a CSV")
+    detect.add_argument("inputs", nargs="+", help="image files or folders")
+    detect.add_argument("--checkpoint", required=True, help="a checkpoint folder, e.g. checkpoints/bottle/i3ad")
+    detect.add_argument("--iterations", type=int, help="T (default: the checkpoint's)")
+    detect.add_argument("--ssim-threshold", type=float, help="tau (default: the calibrated one)")
+    detect.add_argument("--out", default="detections")
+    detect.add_argument("--save-masks", action="store_true", help="also save the binary anomaly masks")
+    detect.add_argument("--device", default="auto")
+    detect.set_defaults(run=cmd_detect)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="change a checkpoint's default settings and re-calibrate its thresholds"
+    )
+    calibrate.add_argument("checkpoint", nargs="+", help="checkpoint folders")
+    calibrate.add_argument(
+        "--data-root", required=True, help="the data the checkpoint was trained on (its held-out images are reused)"
+    )
+    calibrate.add_argument("--iterations", type=int, help="new default T")
+    calibrate.add_argument("--cell-size", type=int, help="new step-0 grid cell size")
+    calibrate.add_argument("--measure", choices=ANOMALY_MEASURES, help="new anomaly measure")
+    calibrate.add_argument("--sigma", type=float, help="new map smoothing sigma")
+    calibrate.add_argument(
+        "--ssim-quantile", type=float, help="re-calibrate tau at this quantile (default: keep the checkpoint's tau)"
+    )
+    calibrate.add_argument("--device", default="auto")
+    calibrate.set_defaults(run=cmd_calibrate)
+
+    synth = commands.add_parser("synth", help="write a small synthetic category (textures with painted defects)")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--category", default="synthetic")
+    synth.add_argument("--size", type=int, default=64)
+    synth.add_argument("--greyscale", action="store_true")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(run=cmd_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (DatasetError, CheckpointError, ImageReadError, ValueError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError:
+        print("error: the GPU ran out of memory; use a smaller --batch-size", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,132 @@
+"""Datasets in the MVTec AD folder layout.
+
+    CATEGORY/train/good/*.png                        normal training images
+    CATEGORY/test/good/*.png                         normal test images
+    CATEGORY/test/<defect>/*.png                     anomalous test images
+    CATEGORY/ground_truth/<defect>/<stem>_mask.png   pixel masks (optional, for every anomalous image or none)
+
+Any image extension PIL reads is accepted, in any size, RGB or greyscale.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from i3ad.images import IMAGE_EXTENSIONS, is_greyscale, read_image, read_mask
+from i3ad.preprocessing import Preprocessing
+
+NORMAL = "good"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class DatasetError(ValueError):
+    """The folder does not follow the MVTec AD layout; the message names the path and what to fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Path
+    label: int  # 0 normal, 1 anomalous
+    defect: str  # "good" or the defect type (the test sub-folder)
+    mask: Path | None
+
+
+@dataclass(frozen=True)
+class CategoryIndex:
+    name: str
+    root: Path
+    train: tuple[Path, ...]
+    test: tuple[Sample, ...]
+
+    @property
+    def has_masks(self) -> bool:
+        """True when every anomalous test image has a pixel mask, so pixel metrics can be computed."""
+        return any(s.label for s in self.test) and all(s.mask is not None for s in self.test if s.label)
+
+    @property
+    def greyscale(self) -> bool:
+        """True when the training images are single-channel (the model is then built for 1 channel)."""
+        return all(is_greyscale(p) for p in self.train[:8])
+
+
+def check_category_name(category: str) -> str:
+    """Refuse names that could escape a folder (``..``, ``/``) or are not plain identifiers."""
+    if not _SAFE_NAME.match(category) or ".." in category:
+        raise DatasetError(
+            f"category {category!r} is not a valid name: use letters, digits, '_', '-' and '.', e.g. 'bottle'"
+        )
+    return category
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def list_categories(data_root: str | Path) -> list[str]:
+    """Sub-folders of ``data_root`` that have a train/good folder."""
+    root = Path(data_root)
+    if not root.is_dir():
+        raise DatasetError(f"data root {root} does not exist or is not a folder")
+    return sorted(p.name for p in root.iterdir() if (p / "train" / NORMAL).is_dir())
+
+
+def index_category(data_root: str | Path, category: str) -> CategoryIndex:
+    """List the training images and labelled test samples of one category (no pixel is read).
+
+    Raises DatasetError when the folder is missing, has no images, or masks and images do not pair up.
+    """
+    root = Path(data_root) / check_category_name(category)
+    if not root.is_dir():
+        known = list_categories(data_root) if Path(data_root).is_dir() else []
+        raise DatasetError(f"category {category!r} not found under {data_root} (found: {', '.join(known) or 'none'})")
+    train_dir = root / "train" / NORMAL
+    if not train_dir.is_dir() or not (train := _images_in(train_dir)):
+        raise DatasetError(f"{train_dir} must exist and hold the normal training images")
+    test_dir, truth_dir = root / "test", root / "ground_truth"
+    test: list[Sample] = []
+    if test_dir.is_dir():
+        for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+            defect = defect_dir.name
+            for image in _images_in(defect_dir):
+                mask = None
+                if defect != NORMAL and (truth_dir / defect).is_dir():
+                    candidates = [truth_dir / defect / f"{image.stem}_mask{ext}" for ext in IMAGE_EXTENSIONS]
+                    mask = next((c for c in candidates if c.is_file()), None)
+                    if mask is None:
+                        raise DatasetError(
+                            f"{image} has no mask: expected {truth_dir / defect / (image.stem + '_mask.png')}"
+                        )
+                test.append(Sample(image, int(defect != NORMAL), defect, mask))
+    with_masks = {s.defect for s in test if s.mask is not None}
+    without_masks = {s.defect for s in test if s.label and s.mask is None}
+    if with_masks and without_masks:
+        raise DatasetError(
+            f"{truth_dir} has masks for {sorted(with_masks)} but none for {sorted(without_masks)}: "
+            "give every defect type masks, or none"
+        )
+    return CategoryIndex(category, root, tuple(train), tuple(test))
+
+
+def load_images(paths: list[Path] | tuple[Path, ...], preprocessing: Preprocessing, workers: int = 4) -> Tensor:
+    """Decode and preprocess images in parallel threads. Returns [N, C, S, S] float32 on the CPU."""
+    if not paths:
+        return torch.empty(0, preprocessing.channels, preprocessing.image_size, preprocessing.image_size)
+    with ThreadPoolExecutor(workers) as pool:
+        images = list(pool.map(lambda p: preprocessing(read_image(p, preprocessing.channels))[0], paths))
+    return torch.stack(images)
+
+
+def load_masks(samples: tuple[Sample, ...] | list[Sample], size: int) -> Tensor:
+    """Ground-truth masks at the model's resolution (nearest neighbour); zeros for normal images. [N, 1, S, S]."""
+    masks = torch.zeros(len(samples), 1, size, size)
+    for i, sample in enumerate(samples):
+        if sample.mask is not None:
+            masks[i] = F.interpolate(read_mask(sample.mask)[None], size=(size, size), mode="nearest")[0]
+    return masks

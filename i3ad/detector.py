@@ -1,0 +1,75 @@
+"""A trained model bundled with everything needed to use it: preprocessing, detection settings, calibration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from i3ad.calibration import Calibration
+from i3ad.images import read_image
+from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.preprocessing import Preprocessing
+from i3ad.scoring import DetectionResult, DetectionSettings, detect_by_autoencoder, detect_by_inpainting
+
+
+@dataclass
+class AnomalyDetector:
+    """What a checkpoint folder holds, ready to run.
+
+    name: the variant, e.g. "i3ad", "i3ad-small" or "ae". settings: the default detection settings (the calibrated
+    tau among them). info: training configuration and metrics, for the model card and the app.
+    """
+
+    model: InpaintingUNet | ConvAutoencoder
+    preprocessing: Preprocessing
+    settings: DetectionSettings
+    calibration: Calibration
+    category: str
+    name: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """ "i3ad" for the inpainting model, "ae" for the autoencoder baseline."""
+        return "i3ad" if isinstance(self.model, InpaintingUNet) else "ae"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> AnomalyDetector:
+        self.model.to(device)
+        return self
+
+    def read(self, source: str | Path | bytes) -> Tensor:
+        """Decode an image file for this model: [C, H, W] in [0, 1] at its own size (see ``i3ad.images.read_image``)."""
+        return read_image(source, self.preprocessing.channels)
+
+    def detect(
+        self,
+        images: Tensor,
+        *,
+        iterations: int | None = None,
+        ssim_threshold: float | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> DetectionResult:
+        """Detect anomalies in images [B, C, H, W] or [C, H, W] in [0, 1], of any size (resized to the model's).
+
+        iterations / ssim_threshold default to the checkpoint's calibrated settings. Maps are at the model's size.
+        """
+        settings = self.settings
+        if iterations is not None:
+            settings = settings.with_(iterations=iterations)
+        if ssim_threshold is not None:
+            settings = settings.with_(ssim_threshold=ssim_threshold)
+        batch = self.preprocessing(images).to(self.device)
+        if self.kind == "i3ad":
+            return detect_by_inpainting(self.model, batch, settings, autocast_dtype=autocast_dtype)
+        return detect_by_autoencoder(self.model, batch, settings, autocast_dtype=autocast_dtype)
+
+    def is_anomalous(self, scores: Tensor, iterations: int) -> Tensor:
+        """Verdicts [B] (True = anomalous) at the score threshold calibrated for this iteration count."""
+        return scores > self.calibration.score_threshold(iterations)

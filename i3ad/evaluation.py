@@ -1,0 +1,165 @@
+"""Evaluating a trained model on a category's test set, for every iteration count and threshold in one pass."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from i3ad.metrics import aupro, binary_auroc, f1_max, region_labels
+from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.scoring import (
+    DetectionSettings,
+    anomaly_map,
+    detect_by_autoencoder,
+    detect_by_inpainting,
+    image_scores,
+    inpaint_step0,
+)
+
+METRIC_COLUMNS = ("image_auroc", "image_f1_max", "pixel_auroc", "aupro")
+
+
+class TestSet:
+    """Preprocessed test images [N, C, S, S], labels [N] and ground-truth masks [N, 1, S, S] (None without masks),
+    on one device, with the defect regions labelled once for AUPRO."""
+
+    def __init__(self, images: Tensor, labels: Tensor, masks: Tensor | None) -> None:
+        if len(images) != len(labels) or (masks is not None and len(masks) != len(images)):
+            raise ValueError("images, labels and masks must have the same length")
+        self.images, self.labels, self.masks = images, labels, masks
+        self.regions = region_labels(masks) if masks is not None else None
+
+    def batches(self, batch_size: int) -> Iterable[slice]:
+        return (slice(i, i + batch_size) for i in range(0, len(self.images), batch_size))
+
+    def metrics(self, maps: Tensor) -> dict[str, float]:
+        """All metrics of anomaly maps [N, 1, S, S] (image score = map maximum)."""
+        row = {
+            "image_auroc": binary_auroc(image_scores(maps), self.labels),
+            "image_f1_max": f1_max(image_scores(maps), self.labels),
+            "pixel_auroc": math.nan,
+            "aupro": math.nan,
+        }
+        if self.masks is not None:
+            row["pixel_auroc"] = binary_auroc(maps, self.masks)
+            row["aupro"] = aupro(maps, self.masks, regions=self.regions)
+        return row
+
+
+def _variants(settings: DetectionSettings, measures: Iterable[str] | None, sigmas: Iterable[float] | None):
+    return [
+        settings.with_(anomaly_measure=m, smoothing_sigma=s)
+        for m in (measures or [settings.anomaly_measure])
+        for s in (sigmas or [settings.smoothing_sigma])
+    ]
+
+
+def sweep_inpainting(
+    model: InpaintingUNet,
+    test: TestSet,
+    settings: DetectionSettings,
+    *,
+    thresholds: Iterable[float],
+    max_iterations: int,
+    cell_sizes: Iterable[int] | None = None,
+    measures: Iterable[str] | None = None,
+    sigmas: Iterable[float] | None = None,
+    batch_size: int = 32,
+    autocast_dtype: torch.dtype | None = None,
+) -> pd.DataFrame:
+    """One row per step-0 cell size x threshold x iteration count (0..max_iterations) x anomaly measure x smoothing.
+
+    Step 0 is computed once for all thresholds and every iteration count comes out of the same loop: T = t is
+    scored from step t of the T = max_iterations run, which is exactly what a run with T = t returns.
+    """
+    tables = []
+    for cell_size in cell_sizes or [settings.step0_cell_size]:
+        table = _sweep_thresholds(
+            model,
+            test,
+            settings.with_(step0_cell_size=cell_size),
+            thresholds=thresholds,
+            max_iterations=max_iterations,
+            variants=_variants(settings, measures, sigmas),
+            batch_size=batch_size,
+            autocast_dtype=autocast_dtype,
+        )
+        tables.append(table.assign(step0_cell_size=cell_size))
+    return pd.concat(tables, ignore_index=True)
+
+
+def _sweep_thresholds(
+    model: InpaintingUNet,
+    test: TestSet,
+    settings: DetectionSettings,
+    *,
+    thresholds: Iterable[float],
+    max_iterations: int,
+    variants: list[DetectionSettings],
+    batch_size: int,
+    autocast_dtype: torch.dtype | None,
+) -> pd.DataFrame:
+    step0 = [
+        inpaint_step0(model, test.images[b], settings, autocast_dtype=autocast_dtype) for b in test.batches(batch_size)
+    ]
+    rows = []
+    for threshold in thresholds:
+        run = settings.with_(iterations=max_iterations, ssim_threshold=threshold)
+        maps: dict[tuple[int, int], list[Tensor]] = {}
+        hidden: dict[int, list[Tensor]] = {}
+        for b, reconstruction0 in zip(test.batches(batch_size), step0, strict=True):
+            images = test.images[b]
+            result = detect_by_inpainting(model, images, run, autocast_dtype=autocast_dtype, step0=reconstruction0)
+            for t, (reconstruction, ssim) in enumerate(zip(result.reconstructions, result.ssim_maps, strict=True)):
+                hidden.setdefault(t, []).append(result.masks[t].flatten(1).mean(1))
+                for v, variant in enumerate(variants):
+                    # Half precision keeps a whole test set's maps of every step in memory; the ranking is unchanged.
+                    maps.setdefault((v, t), []).append(anomaly_map(images, reconstruction, variant, ssim).half())
+        for (v, t), parts in maps.items():
+            variant = variants[v]
+            rows.append(
+                {
+                    "iterations": t,
+                    "ssim_threshold": threshold,
+                    "anomaly_measure": variant.anomaly_measure,
+                    "smoothing_sigma": variant.smoothing_sigma,
+                    "mean_mask_share": torch.cat(hidden[t]).mean().item() if t > 0 else 1.0,
+                    **test.metrics(torch.cat(parts).float()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def sweep_autoencoder(
+    model: ConvAutoencoder,
+    test: TestSet,
+    settings: DetectionSettings,
+    *,
+    measures: Iterable[str] | None = None,
+    sigmas: Iterable[float] | None = None,
+    batch_size: int = 32,
+    autocast_dtype: torch.dtype | None = None,
+) -> pd.DataFrame:
+    """The AE-SSIM baseline's rows (iterations 0, no threshold), one per anomaly measure x smoothing."""
+    rows = []
+    for variant in _variants(settings, measures, sigmas):
+        parts = [
+            detect_by_autoencoder(model, test.images[b], variant, autocast_dtype=autocast_dtype).anomaly_map.half()
+            for b in test.batches(batch_size)
+        ]
+        rows.append(
+            {
+                "iterations": 0,
+                "ssim_threshold": math.nan,
+                "step0_cell_size": math.nan,
+                "anomaly_measure": variant.anomaly_measure,
+                "smoothing_sigma": variant.smoothing_sigma,
+                "mean_mask_share": 1.0,
+                **test.metrics(torch.cat(parts).float()),
+            }
+        )
+    return pd.DataFrame(rows)

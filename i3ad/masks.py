@@ -1,0 +1,120 @@
+"""Inpainting masks: random ones for training and the complementary grids of detection step 0.
+
+A mask is a float tensor [B, 1, H, W] with 1 where a pixel is hidden (to be re-painted) and 0 where it is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from i3ad.similarity import gaussian_blur
+
+GRID_CELL_SIZES = (2, 4, 8, 16, 32)
+
+
+def complementary_grid_masks(count: int, cell_size: int, height: int, width: int, device=None) -> Tensor:
+    """``count`` disjoint grid masks that together hide every pixel exactly once.
+
+    Cell (i, j) of a ``cell_size`` grid belongs to mask (i + s j) mod count, with s = 2 for count >= 3 (s = 1, a
+    checkerboard, for count = 2), so that a hidden cell's four neighbours are always visible. Returns [count, 1, H, W].
+    """
+    if count < 2:
+        raise ValueError(f"step-0 needs at least 2 complementary masks so that no pixel sees itself, got {count}")
+    if cell_size < 1:
+        raise ValueError(f"cell_size must be >= 1, got {cell_size}")
+    stride = 1 if count == 2 else 2
+    rows = torch.arange(height, device=device) // cell_size
+    cols = torch.arange(width, device=device) // cell_size
+    group = (rows[:, None] + stride * cols[None, :]) % count
+    return (group[None] == torch.arange(count, device=device)[:, None, None]).float().unsqueeze(1)
+
+
+def _grid_masks(batch: int, size: tuple[int, int], coverage: Tensor, generator, device) -> Tensor:
+    height, width = size
+    cells = torch.tensor(GRID_CELL_SIZES, device=device)
+    cell = cells[torch.randint(len(GRID_CELL_SIZES), (batch,), generator=generator, device=device)]
+    out = torch.empty(batch, 1, height, width, device=device)
+    # One random field per cell size, then each sample picks its own: no Python loop over the batch.
+    for c in GRID_CELL_SIZES:
+        pick = cell == c
+        if not pick.any():
+            continue
+        low = torch.rand(int(pick.sum()), 1, -(-height // c), -(-width // c), generator=generator, device=device)
+        cells_hidden = (low < coverage[pick].view(-1, 1, 1, 1)).float()
+        out[pick] = F.interpolate(cells_hidden, scale_factor=c, mode="nearest")[..., :height, :width]
+    return out
+
+
+def _blob_masks(batch: int, size: tuple[int, int], coverage: Tensor, generator, device) -> Tensor:
+    height, width = size
+    noise = torch.rand(batch, 1, height // 4, width // 4, generator=generator, device=device)
+    # Three blob scales; each sample picks one (like thresholded SSIM maps of small to large defects).
+    fields = torch.stack([gaussian_blur(noise, sigma) for sigma in (1.0, 2.5, 6.0)])
+    scale = torch.randint(3, (batch,), generator=generator, device=device)
+    field = F.interpolate(fields[scale, torch.arange(batch, device=device)], size=size, mode="bilinear")
+    ordered = field.flatten(1).sort(dim=1).values
+    rank = ((1.0 - coverage) * (ordered.shape[1] - 1)).long().unsqueeze(1)
+    return (field > ordered.gather(1, rank).view(-1, 1, 1, 1)).float()
+
+
+def _stroke_masks(batch: int, size: tuple[int, int], generator, device, strokes: int = 6) -> Tensor:
+    height, width = size
+    ys = torch.linspace(0, 1, height, device=device).view(1, 1, height, 1)
+    xs = torch.linspace(0, 1, width, device=device).view(1, 1, 1, width)
+    start = torch.rand(batch, strokes, 2, generator=generator, device=device)
+    end = (start + 0.4 * (torch.rand(batch, strokes, 2, generator=generator, device=device) - 0.5)).clamp(0, 1)
+    thickness = 0.005 + 0.03 * torch.rand(batch, strokes, 1, 1, generator=generator, device=device)
+    used = torch.rand(batch, strokes, 1, 1, generator=generator, device=device) < 0.7
+    # Distance of every pixel to each segment start->end.
+    (y0, x0), (y1, x1) = start.unbind(-1), end.unbind(-1)
+    y0, x0, y1, x1 = (v.view(batch, strokes, 1, 1) for v in (y0, x0, y1, x1))
+    dy, dx = y1 - y0, x1 - x0
+    t = (((ys - y0) * dy + (xs - x0) * dx) / (dy**2 + dx**2 + 1e-8)).clamp(0, 1)
+    distance = ((ys - y0 - t * dy) ** 2 + (xs - x0 - t * dx) ** 2).sqrt()
+    return ((distance < thickness) & used).any(dim=1, keepdim=True).float()
+
+
+def _rectangle_masks(batch: int, size: tuple[int, int], generator, device, boxes: int = 3) -> Tensor:
+    height, width = size
+    ys = torch.arange(height, device=device).view(1, 1, height, 1) / height
+    xs = torch.arange(width, device=device).view(1, 1, 1, width) / width
+    centre = torch.rand(batch, boxes, 2, 1, 1, generator=generator, device=device)
+    half = 0.02 + 0.2 * torch.rand(batch, boxes, 2, 1, 1, generator=generator, device=device)
+    inside = ((ys - centre[:, :, 0]).abs() < half[:, :, 0]) & ((xs - centre[:, :, 1]).abs() < half[:, :, 1])
+    return inside.any(dim=1, keepdim=True).float()
+
+
+def random_training_masks(
+    batch: int,
+    size: tuple[int, int],
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    min_coverage: float = 0.02,
+    max_coverage: float = 0.7,
+) -> Tensor:
+    """A batch of random masks that covers what detection hides.
+
+    Each sample is one of: a grid of cells 2-32 px (RIAD-style cut-outs, incl. the step-0 grids), smooth blobs (like
+    thresholded SSIM maps), strokes, or rectangles; grid and blob masks hide between ``min_coverage`` and
+    ``max_coverage`` of the image. Returns [batch, 1, H, W] with at least one hidden pixel per sample.
+    """
+    device = torch.device(device)
+    coverage = min_coverage + (max_coverage - min_coverage) * torch.rand(batch, generator=generator, device=device)
+    kinds = torch.stack(
+        [
+            _grid_masks(batch, size, coverage, generator, device),
+            _blob_masks(batch, size, coverage, generator, device),
+            _stroke_masks(batch, size, generator, device),
+            _rectangle_masks(batch, size, generator, device),
+        ]
+    )
+    choice = torch.randint(len(kinds), (batch,), generator=generator, device=device)
+    masks = kinds[choice, torch.arange(batch, device=device)]
+    # An empty mask teaches nothing: hide a small square instead.
+    empty = masks.flatten(1).amax(dim=1) == 0
+    if empty.any():
+        masks[empty, :, : size[0] // 8, : size[1] // 8] = 1.0
+    return masks

@@ -1,0 +1,153 @@
+"""The two networks: the mask-conditioned inpainting U-Net of I3AD and the AE-SSIM baseline autoencoder.
+
+Both are plain ``nn.Module``s whose constructor arguments are their whole configuration (``config``), so a checkpoint
+is ``config.json`` + ``model.safetensors`` (see ``i3ad.checkpoints``). Images are [B, C, H, W] in [0, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _group_norm(in_channels),
+            nn.SiLU(),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            _group_norm(out_channels),
+            nn.SiLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.body(x)
+
+
+class InpaintingUNet(nn.Module):
+    """G(x * (1 - m), m) -> x_hat: a U-Net that sees the visible pixels and the mask, and paints every pixel.
+
+    Args:
+        channels: image channels (3 for RGB, 1 for greyscale).
+        base_width: channels of the first level; the CPU demo uses 16, the benchmark model 32.
+        width_multipliers: channel multiplier per level; each level after the first halves the resolution.
+        bottleneck_blocks: residual blocks at the lowest resolution (they give large masks a wide context).
+    """
+
+    def __init__(
+        self,
+        channels: int = 3,
+        base_width: int = 32,
+        width_multipliers: tuple[int, ...] = (1, 2, 4, 4, 4),
+        bottleneck_blocks: int = 2,
+    ) -> None:
+        super().__init__()
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+        self.config = {
+            "channels": channels,
+            "base_width": base_width,
+            "width_multipliers": list(width_multipliers),
+            "bottleneck_blocks": bottleneck_blocks,
+        }
+        widths = [base_width * m for m in width_multipliers]
+        self.stem = nn.Conv2d(channels + 1, widths[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        for i, width in enumerate(widths):
+            self.down_blocks.append(ResidualBlock(widths[max(i - 1, 0)], width))
+            if i < len(widths) - 1:
+                self.downsamples.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+        self.bottleneck = nn.Sequential(*[ResidualBlock(widths[-1], widths[-1]) for _ in range(bottleneck_blocks)])
+        self.upsamples = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
+        for i in reversed(range(len(widths) - 1)):
+            self.upsamples.append(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1))
+            self.up_blocks.append(ResidualBlock(2 * widths[i], widths[i]))
+        self.head = nn.Sequential(_group_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], channels, 3, padding=1))
+        self.size_multiple = 2 ** (len(widths) - 1)
+
+    def forward(self, images: Tensor, masks: Tensor) -> Tensor:
+        """images: [B, C, H, W] in [0, 1]; masks: [B, 1, H, W], 1 = hidden. Returns the painting [B, C, H, W]."""
+        height, width = images.shape[-2:]
+        # Hidden pixels are zeroed here, so that no caller can leak them to the network by mistake.
+        x = torch.cat([images * (1 - masks), masks], dim=1)
+        pad_h, pad_w = -height % self.size_multiple, -width % self.size_multiple
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        x = self.stem(x)
+        skips = []
+        for i, block in enumerate(self.down_blocks):
+            x = block(x)
+            if i < len(self.downsamples):
+                skips.append(x)
+                x = self.downsamples[i](x)
+        x = self.bottleneck(x)
+        for upsample, block in zip(self.upsamples, self.up_blocks, strict=True):
+            skip = skips.pop()
+            x = upsample(F.interpolate(x, size=skip.shape[-2:], mode="nearest"))
+            x = block(torch.cat([x, skip], dim=1))
+        return torch.sigmoid(self.head(x))[..., :height, :width]
+
+
+class ConvAutoencoder(nn.Module):
+    """AE-SSIM baseline (Bergmann et al. 2018): strided convolutions down to a ``latent_dim`` vector and back.
+
+    Args:
+        channels: image channels (3 for RGB, 1 for greyscale).
+        image_size: square input size; a power of two >= 32 (the encoder halves it down to 8 x 8).
+        base_width: channels of the first convolutions (32 in the paper).
+        latent_dim: size of the bottleneck vector.
+    """
+
+    def __init__(self, channels: int = 3, image_size: int = 256, base_width: int = 32, latent_dim: int = 128) -> None:
+        super().__init__()
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+        if image_size < 32 or image_size & (image_size - 1):
+            raise ValueError(f"image_size must be a power of two >= 32, got {image_size}")
+        self.config = {
+            "channels": channels,
+            "image_size": image_size,
+            "base_width": base_width,
+            "latent_dim": latent_dim,
+        }
+        halvings = (image_size // 8).bit_length() - 1
+        widths = [min(base_width * 2 ** (i // 2), 4 * base_width) for i in range(halvings)]
+
+        def act() -> nn.Module:
+            return nn.LeakyReLU(0.2)
+
+        encoder: list[nn.Module] = []
+        previous = channels
+        for width in widths:
+            # A 4x4 stride-2 convolution, then a 3x3 one at the new resolution, as in the paper's encoder.
+            encoder += [nn.Conv2d(previous, width, 4, stride=2, padding=1), _group_norm(width), act()]
+            encoder += [nn.Conv2d(width, width, 3, padding=1), _group_norm(width), act()]
+            previous = width
+        encoder += [nn.Conv2d(previous, latent_dim, 8)]
+        decoder: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, previous, 8), _group_norm(previous), act()]
+        for width in reversed(widths):
+            decoder += [nn.Conv2d(previous, width, 3, padding=1), _group_norm(width), act()]
+            decoder += [nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), _group_norm(width), act()]
+            previous = width
+        decoder += [nn.Conv2d(previous, channels, 3, padding=1), nn.Sigmoid()]
+        self.encoder = nn.Sequential(*encoder)
+        self.decoder = nn.Sequential(*decoder)
+        self.image_size = image_size
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images: [B, C, image_size, image_size] in [0, 1]. Returns the reconstruction, same shape."""
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"the autoencoder takes {self.image_size}x{self.image_size} images, got {tuple(images.shape[-2:])}"
+            )
+        return self.decoder(self.encoder(images))

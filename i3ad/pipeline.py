@@ -1,0 +1,185 @@
+"""Whole-category workflows on top of the pieces: train + calibrate + save, and evaluate a checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from i3ad.calibration import DEFAULT_SSIM_QUANTILE, Calibration, calibrate_inpainting, calibrate_scores
+from i3ad.checkpoints import save_checkpoint
+from i3ad.data import CategoryIndex, load_images, load_masks
+from i3ad.detector import AnomalyDetector
+from i3ad.evaluation import TestSet, sweep_autoencoder, sweep_inpainting
+from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.preprocessing import Preprocessing
+from i3ad.scoring import DetectionSettings, detect_by_autoencoder
+from i3ad.training import TrainConfig, split_holdout, train
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """ "auto" picks CUDA when present, else the CPU; asking for CUDA without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(device)
+
+
+def autocast_for(device: torch.device, bf16: bool) -> torch.dtype | None:
+    """bfloat16 autocast for the network when asked for and on CUDA; None (float32) otherwise."""
+    return torch.bfloat16 if bf16 and device.type == "cuda" else None
+
+
+def train_category(
+    index: CategoryIndex,
+    config: TrainConfig,
+    *,
+    name: str,
+    image_size: int = 256,
+    normalization: str = "none",
+    settings: DetectionSettings = DetectionSettings(),
+    ssim_quantile: float | None = DEFAULT_SSIM_QUANTILE,
+    device: torch.device | str = "cpu",
+    out: str | Path | None = None,
+    half_precision: bool = False,
+    info: dict | None = None,
+    progress: bool = True,
+) -> AnomalyDetector:
+    """Train on train/good minus a held-out share, calibrate on that share, and save to ``out`` if given
+    (``half_precision``: float16 weights, half the file size)."""
+    device = torch.device(device)
+    preprocessing = Preprocessing(
+        image_size=image_size, channels=1 if index.greyscale else 3, normalization=normalization
+    )
+    images = load_images(index.train, preprocessing)
+    train_ids, holdout_ids = split_holdout(len(images), config.holdout_fraction, config.seed)
+    model, log = train(images[train_ids], config, device=device, progress=progress)
+    if half_precision:
+        # Calibrate the weights exactly as they will be stored, so the thresholds fit the saved model.
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                tensor.copy_(tensor.half())
+    settings, calibration = calibrate(
+        model, images[holdout_ids].to(device), settings, ssim_quantile=ssim_quantile, bf16=config.bf16
+    )
+    detector = AnomalyDetector(
+        model=model,
+        preprocessing=preprocessing,
+        settings=settings,
+        calibration=calibration,
+        category=index.name,
+        name=name,
+        info={
+            "training": config.to_dict(),
+            "train_log": log,
+            "device": str(device),
+            "train_images": len(train_ids),
+            **(info or {}),
+        },
+    )
+    if out is not None:
+        save_checkpoint(detector, out, half_precision=half_precision)
+    return detector
+
+
+def calibrate(
+    model: InpaintingUNet | ConvAutoencoder,
+    holdout: torch.Tensor,
+    settings: DetectionSettings,
+    *,
+    ssim_quantile: float | None,
+    bf16: bool = False,
+) -> tuple[DetectionSettings, Calibration]:
+    """Thresholds from held-out normal images [N, C, S, S]: tau (inpainting model) and the score thresholds.
+    Returns the settings with the calibrated tau, and the calibration."""
+    autocast_dtype = autocast_for(holdout.device, bf16)
+    if isinstance(model, InpaintingUNet):
+        calibration = calibrate_inpainting(
+            model, holdout, settings, ssim_quantile=ssim_quantile, autocast_dtype=autocast_dtype
+        )
+        return settings.with_(ssim_threshold=calibration.ssim_threshold), calibration
+    scores = detect_by_autoencoder(model, holdout, settings, autocast_dtype=autocast_dtype).scores
+    return settings, calibrate_scores(scores)
+
+
+def holdout_images(detector: AnomalyDetector, index: CategoryIndex) -> torch.Tensor:
+    """The held-out normal images the checkpoint was calibrated on (same split as in training), preprocessed."""
+    training = detector.info.get("training", {})
+    if "holdout_fraction" not in training or "seed" not in training:
+        raise ValueError("the checkpoint does not record its training split (info.training.holdout_fraction, seed)")
+    _, holdout_ids = split_holdout(len(index.train), training["holdout_fraction"], training["seed"])
+    return load_images([index.train[i] for i in holdout_ids], detector.preprocessing)
+
+
+def recalibrate(
+    detector: AnomalyDetector, index: CategoryIndex, settings: DetectionSettings, *, ssim_quantile: float | None
+) -> AnomalyDetector:
+    """The detector with new default settings and thresholds re-calibrated on its own held-out images.
+
+    ssim_quantile None keeps the checkpoint's tau (and its recorded quantile) and re-calibrates the score thresholds.
+    """
+    holdout = holdout_images(detector, index).to(detector.device)
+    new_settings, calibration = calibrate(detector.model, holdout, settings, ssim_quantile=ssim_quantile)
+    if ssim_quantile is None:
+        calibration = replace(calibration, ssim_quantile=detector.calibration.ssim_quantile)
+    return replace(detector, settings=new_settings, calibration=calibration)
+
+
+def load_test_set(index: CategoryIndex, preprocessing: Preprocessing, device: torch.device | str = "cpu") -> TestSet:
+    """The category's test images, labels and (if it has them) masks, preprocessed and on ``device``."""
+    if not index.test:
+        raise ValueError(f"{index.root / 'test'} holds no test images; evaluation needs test/good and test/<defect>")
+    images = load_images([s.image for s in index.test], preprocessing).to(device)
+    labels = torch.tensor([s.label for s in index.test], device=device)
+    masks = load_masks(index.test, preprocessing.image_size).to(device) if index.has_masks else None
+    return TestSet(images, labels, masks)
+
+
+def evaluate_detector(
+    detector: AnomalyDetector,
+    test: TestSet,
+    *,
+    thresholds: list[float] | None = None,
+    max_iterations: int = 10,
+    cell_sizes: list[int] | None = None,
+    measures: list[str] | None = None,
+    sigmas: list[float] | None = None,
+    batch_size: int = 32,
+    bf16: bool = False,
+) -> pd.DataFrame:
+    """Metrics of one checkpoint for T = 0..max_iterations at each SSIM threshold (the calibrated one is always
+    included and flagged in the ``calibrated_threshold`` column); one row for the autoencoder."""
+    autocast_dtype = autocast_for(detector.device, bf16)
+    if detector.kind == "i3ad":
+        tau = detector.settings.ssim_threshold
+        taus = sorted({*(thresholds or []), tau})
+        table = sweep_inpainting(
+            detector.model,
+            test,
+            detector.settings,
+            thresholds=taus,
+            max_iterations=max_iterations,
+            cell_sizes=cell_sizes,
+            measures=measures,
+            sigmas=sigmas,
+            batch_size=batch_size,
+            autocast_dtype=autocast_dtype,
+        )
+        table.insert(2, "calibrated_threshold", table["ssim_threshold"] == tau)
+    else:
+        table = sweep_autoencoder(
+            detector.model,
+            test,
+            detector.settings,
+            measures=measures,
+            sigmas=sigmas,
+            batch_size=batch_size,
+            autocast_dtype=autocast_dtype,
+        )
+        table.insert(2, "calibrated_threshold", False)
+    table.insert(0, "category", detector.category)
+    table.insert(1, "model", detector.name)
+    return table

@@ -1,0 +1,164 @@
+"""Training the inpainting network (I3AD) or the autoencoder baseline on the normal images of one category."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from i3ad.masks import random_training_masks
+from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.scoring import paint
+
+MODEL_KINDS = ("i3ad", "ae")
+AUGMENTATIONS = ("hflip", "vflip", "rot90")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (saved into the checkpoint's detector.json)."""
+
+    model: str = "i3ad"  # "i3ad" (inpainting U-Net) or "ae" (AE-SSIM baseline)
+    steps: int = 2000  # optimiser steps
+    batch_size: int = 32
+    learning_rate: float = 5e-4  # AdamW peak; linear warm-up over 100 steps, then cosine decay to 5 %
+    weight_decay: float = 1e-4
+    base_width: int = 32  # U-Net / autoencoder width; 16 gives the CPU demo model
+    latent_dim: int = 128  # autoencoder bottleneck size (ignored for i3ad)
+    l2_weight: float = 1.0  # loss = (1 - SSIM) + l2_weight * MSE, on the re-painted image
+    augmentations: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"; only what the category allows
+    holdout_fraction: float = 0.1  # share of train/good kept out of training, for calibration
+    seed: int = 0
+    bf16: bool = False  # bfloat16 autocast on CUDA; off: on an H200 it ran slower than float32/TF32 for these nets
+    log_every: int = 100
+    max_minutes: float | None = None  # stop early (then calibrate and save) once training has run this long
+    extra: dict = field(default_factory=dict)  # free-form notes stored with the checkpoint (e.g. the command line)
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"model must be one of {MODEL_KINDS}, got {self.model!r}")
+        unknown = set(self.augmentations) - set(AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
+        if self.steps < 1 or self.batch_size < 1 or not 0 <= self.holdout_fraction < 1:
+            raise ValueError("steps and batch_size must be >= 1 and holdout_fraction in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_holdout(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, holdout) of ``count`` normal images; the holdout has round(fraction * count) images, at least 1
+    when fraction > 0, and never more than half."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    held = 0 if fraction <= 0 else min(max(1, round(fraction * count)), count // 2)
+    return sorted(order[held:]), sorted(order[:held])
+
+
+def build_model(config: TrainConfig, channels: int, image_size: int) -> InpaintingUNet | ConvAutoencoder:
+    if config.model == "i3ad":
+        return InpaintingUNet(channels=channels, base_width=config.base_width)
+    return ConvAutoencoder(
+        channels=channels, image_size=image_size, base_width=config.base_width, latent_dim=config.latent_dim
+    )
+
+
+def augment(images: Tensor, augmentations: tuple[str, ...], generator: torch.Generator) -> Tensor:
+    """Random flips / quarter turns, chosen per image. images: [B, C, H, W] (square for rot90)."""
+    batch = images.shape[0]
+
+    def chosen() -> Tensor:
+        return (torch.rand(batch, generator=generator, device=images.device) < 0.5).view(-1, 1, 1, 1)
+
+    if "hflip" in augmentations:
+        images = torch.where(chosen(), images.flip(-1), images)
+    if "vflip" in augmentations:
+        images = torch.where(chosen(), images.flip(-2), images)
+    if "rot90" in augmentations:
+        images = torch.where(chosen(), images.rot90(1, dims=(-2, -1)), images)
+    return images
+
+
+def _learning_rate(step: int, config: TrainConfig) -> float:
+    warmup = min(100, config.steps // 10)
+    if step < warmup:
+        return config.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def reconstruction_loss(reconstructions: Tensor, images: Tensor, l2_weight: float) -> Tensor:
+    """(1 - SSIM) + l2_weight * MSE, in float32 (pytorch-msssim's Gaussian SSIM, window 11)."""
+    reconstructions, images = reconstructions.float(), images.float()
+    window = min(11, images.shape[-1], images.shape[-2]) // 2 * 2 - 1
+    similarity = ssim(reconstructions, images, data_range=1.0, size_average=True, win_size=window)
+    return (1.0 - similarity) + l2_weight * F.mse_loss(reconstructions, images)
+
+
+def train(
+    images: Tensor,
+    config: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[InpaintingUNet | ConvAutoencoder, list[dict]]:
+    """Train a fresh model on normal images [N, C, S, S] (already preprocessed) and return it with its loss log.
+
+    The images are moved to ``device`` once; masks and augmentations are drawn there, so a GPU never waits for data.
+    """
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    data = images.to(device)
+    count, channels, size = data.shape[0], data.shape[1], data.shape[-1]
+    if count == 0:
+        raise ValueError("no training images")
+    model = build_model(config, channels, size).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    autocast_dtype = torch.bfloat16 if config.bf16 and device.type == "cuda" else None
+    log: list[dict] = []
+    started = time.perf_counter()
+    bar = tqdm(range(config.steps), desc=f"train {config.model}", disable=not progress, mininterval=1.0)
+    model.train()
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, config)
+        # 1. A batch of normal images, augmented as the category allows.
+        picks = torch.randint(count, (config.batch_size,), generator=generator, device=device)
+        batch = augment(data[picks], config.augmentations, generator)
+        # 2. Reconstruct: the U-Net re-paints randomly hidden pixels; the autoencoder rebuilds the whole image.
+        if config.model == "i3ad":
+            masks = random_training_masks(config.batch_size, (size, size), generator=generator, device=device)
+            reconstructions = paint(model, batch, masks, autocast_dtype)
+        else:
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                reconstructions = model(batch)
+        # 3. Loss on the image as detection will see it (kept pixels are exact, so only hidden ones teach).
+        loss = reconstruction_loss(reconstructions, batch, config.l2_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            entry = {"step": step + 1, "loss": loss.item(), "seconds": round(time.perf_counter() - started, 1)}
+            if not math.isfinite(entry["loss"]):
+                raise FloatingPointError(
+                    f"training diverged at step {step + 1} (loss {entry['loss']}); lower the learning rate"
+                )
+            log.append(entry)
+            bar.set_postfix(loss=f"{entry['loss']:.4f}")
+            if (
+                config.max_minutes is not None
+                and entry["seconds"] > 60 * config.max_minutes
+                and step + 1 < config.steps
+            ):
+                log.append({"stopped_early_at_step": step + 1, "reason": f"max_minutes={config.max_minutes}"})
+                break
+    model.eval()
+    return model, log

@@ -1,0 +1,48 @@
+"""Images for people: anomaly heat-maps over the input, binary masks, side-by-side step strips."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from plotly.colors import sample_colorscale, unlabel_rgb
+from torch import Tensor
+
+_LUT = np.array([unlabel_rgb(c) for c in sample_colorscale("Inferno", np.linspace(0, 1, 256))], dtype=np.uint8)
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """[C, H, W] in [0, 1] (C = 1 or 3) -> 8-bit PIL image."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy()
+    return Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+
+
+def colorize(anomaly_map: Tensor, vmax: float) -> np.ndarray:
+    """[1, H, W] map -> [H, W, 3] uint8 Inferno colours, 0 -> black, ``vmax`` and above -> white-yellow."""
+    scaled = (anomaly_map[0].detach().float().cpu() / max(vmax, 1e-6)).clamp(0, 1)
+    return _LUT[(scaled * 255).round().long().numpy()]
+
+
+def heatmap_overlay(image: Tensor, anomaly_map: Tensor, vmax: float, alpha: float = 0.5) -> Image.Image:
+    """The anomaly map in colour blended over the image; the map is resized to the image ([C, H, W], [1, h, w])."""
+    if anomaly_map.shape[-2:] != image.shape[-2:]:
+        anomaly_map = F.interpolate(
+            anomaly_map[None].float(), size=image.shape[-2:], mode="bilinear", align_corners=False
+        )[0]
+    base = to_pil(image.expand(3, -1, -1) if image.shape[0] == 1 else image)
+    heat = Image.fromarray(colorize(anomaly_map, vmax))
+    return Image.blend(base, heat, alpha)
+
+
+def binary_mask_image(anomaly_map: Tensor, threshold: float, size: tuple[int, int] | None = None) -> Image.Image:
+    """White where the map exceeds ``threshold``; resized (nearest) to ``size`` = (H, W) if given."""
+    mask = (anomaly_map.detach().float() > threshold).float()
+    if size is not None and mask.shape[-2:] != size:
+        mask = F.interpolate(mask[None], size=size, mode="nearest")[0]
+    return to_pil(mask)
+
+
+def step_strip(tensors: list[Tensor]) -> Image.Image:
+    """Images [C, H, W] side by side (greyscale ones repeated to RGB)."""
+    return to_pil(torch.cat([t.expand(3, -1, -1) if t.shape[0] == 1 else t for t in tensors], dim=-1))
