@@ -51,17 +51,21 @@ def calibrate_inpainting(
     *,
     ssim_quantile: float | None = DEFAULT_SSIM_QUANTILE,
     autocast_dtype: torch.dtype | None = None,
+    batch_size: int = 16,
 ) -> Calibration:
     """Choose tau (unless ``ssim_quantile`` is None: then settings.ssim_threshold is kept) and the score thresholds
-    on preprocessed held-out normal images [N, C, S, S]."""
+    on preprocessed held-out normal images [N, C, S, S], ``batch_size`` images at a time."""
     if len(holdout) == 0:
         raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
+    batches = holdout.split(batch_size)
     tau = settings.ssim_threshold
     if ssim_quantile is not None:
-        step0 = inpaint_step0(model, holdout, settings, autocast_dtype=autocast_dtype)
-        tau = quantile(ssim_map(holdout, step0), ssim_quantile)
+        step0_ssim = [ssim_map(b, inpaint_step0(model, b, settings, autocast_dtype=autocast_dtype)) for b in batches]
+        tau = quantile(torch.cat(step0_ssim), ssim_quantile)
     run = settings.with_(ssim_threshold=tau, iterations=MAX_CALIBRATED_ITERATIONS)
-    scores = detect_by_inpainting(model, holdout, run, autocast_dtype=autocast_dtype).step_scores
+    scores = torch.cat(
+        [detect_by_inpainting(model, b, run, autocast_dtype=autocast_dtype).step_scores for b in batches], 1
+    )
     return Calibration(tau, ssim_quantile, scores.amax(dim=1).tolist(), len(holdout))
 
 

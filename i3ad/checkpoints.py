@@ -176,7 +176,7 @@ def model_card(detector: AnomalyDetector) -> str:
         summary += f", final loss {log[-1]['loss']:.4f}, {log[-1]['seconds']} s on {info.get('device', '?')}"
     return template.substitute(
         license=info.get("license", MVTEC_LICENSE),
-        title=f"i3ad {detector.name} - {detector.category}",
+        title=f"i3ad checkpoint {detector.category}/{detector.name}",
         description=description,
         category=detector.category,
         architecture=type(detector.model).__name__,
@@ -190,7 +190,12 @@ def model_card(detector: AnomalyDetector) -> str:
         holdout_images=detector.calibration.holdout_images,
         version=__version__,
         data_source=info.get("data_source", "Normal images of the category's train/good folder."),
-        command=info.get("command", "(not recorded)"),
+        command=info.get("command", "(not recorded)")
+        + (
+            f"\n{info['calibrate_command']}  # then: new default settings, re-calibrated"
+            if "calibrate_command" in info
+            else ""
+        ),
         train_summary=summary,
         metrics=_metrics_table(info.get("metrics", {})),
     )

@@ -1,4 +1,4 @@
-"""Command line: ``python -m i3ad {train,evaluate,detect,synth} ...`` (``--help`` on each)."""
+"""Command line: ``python -m i3ad <command> ...``; ``python -m i3ad --help`` lists the commands, ``--help`` on each."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE
 from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_record
 from i3ad.data import DatasetError, check_category_name, index_category, list_categories
+from i3ad.evaluation import METRIC_COLUMNS
 from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
 from i3ad.pipeline import evaluate_detector, load_test_set, recalibrate, resolve_device, train_category
 from i3ad.preprocessing import NORMALIZATIONS
@@ -168,6 +169,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         }
         index = index_category(args.data_root, detector.category)
         detector = recalibrate(detector, index, detector.settings.with_(**changes), ssim_quantile=args.ssim_quantile)
+        detector.info["calibrate_command"] = "python -m i3ad " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         save_record(detector, folder)
         tau = detector.calibration.ssim_threshold
         print(
@@ -241,11 +243,96 @@ def cmd_detect(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from i3ad.benchmark import run_benchmark
+    from i3ad.data import load_images
+
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    detector = load_checkpoint(args.checkpoint, device)
+    if args.data_root:
+        paths = [s.image for s in index_category(args.data_root, detector.category).test]
+        images = load_images(paths[: max(args.batch_sizes)], detector.preprocessing)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            root = make_synthetic_category(
+                folder,
+                size=detector.preprocessing.image_size,
+                channels=detector.preprocessing.channels,
+                train=0,
+                test_good=8,
+                test_per_defect=4,
+            )
+            images = load_images(sorted(root.glob("test/*/*.png")), detector.preprocessing)
+    table = run_benchmark(
+        detector,
+        images.to(device),
+        batch_sizes=args.batch_sizes,
+        iterations=args.iterations,
+        precisions=args.precisions,
+        repeats=args.repeats,
+        sweep_images=args.sweep_images,
+    )
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3g}".format):
+        print(table.drop(columns=["date", "torch"]).to_string(index=False))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(
+            args.out,
+            index=False,
+            float_format="%.4g",
+            mode="a" if args.append else "w",
+            header=not (args.append and Path(args.out).exists()),
+        )
+        print(f"wrote {args.out}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from i3ad.plots import headline, load_results, markdown_table, summary_tables
+
+    results = load_results(args.results)
+    if args.update_cards:
+        for category, names in list_checkpoints(args.update_cards).items():
+            for name in names:
+                folder = Path(args.update_cards) / category / name
+                detector = load_checkpoint(folder)
+                rows = headline(results, detector.settings)
+                row = rows[(rows["category"] == category) & (rows["model"] == name)]
+                if row.empty:
+                    continue
+                metrics = {k: round(float(row.iloc[0][k]), 4) for k in METRIC_COLUMNS if pd.notna(row.iloc[0][k])}
+                detector.info["metrics"] = {**metrics, "source": f"{args.results} at the checkpoint's default settings"}
+                save_record(detector, folder)
+                print(f"{folder}: model card metrics updated")
+        return
+    tables = summary_tables(results)
+    print("Metrics at the default settings (I3AD: calibrated tau, T as shipped):\n")
+    print(markdown_table(tables["per_category"]))
+    print("\nI3AD image AUROC, mean over categories, against the number of iterations T (calibrated tau):\n")
+    print(markdown_table(tables["mean_by_iterations"]))
+    print("\nThresholds: I3AD image AUROC, mean over categories, at fixed tau values and the calibrated one:\n")
+    print(markdown_table(tables["thresholds"]))
+    print("\nScoring variants: I3AD image AUROC, mean over categories, at the calibrated tau:\n")
+    print(markdown_table(tables["scoring_variants"]))
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     root = make_synthetic_category(
         args.out, args.category, size=args.size, channels=1 if args.greyscale else 3, seed=args.seed
     )
     print(f"wrote {root}")
+
+
+def cmd_upload(args: argparse.Namespace) -> None:
+    from i3ad.hub import upload_checkpoints
+
+    uploaded = upload_checkpoints(
+        args.checkpoints, args.repo_id, categories=args.category, variants=args.model, private=args.private
+    )
+    print(f"uploaded {', '.join(uploaded)} to Hub repo {args.repo_id}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +431,29 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--device", default="auto")
     calibrate.set_defaults(run=cmd_calibrate)
 
+    bench = commands.add_parser("bench", help="speed benchmark: forwards, detection at several T, evaluation sweep")
+    bench.add_argument("--checkpoint", default="checkpoints/bottle/i3ad", help="an I3AD checkpoint folder")
+    bench.add_argument(
+        "--data-root", help="take test images of the checkpoint's category from here (default: synthetic)"
+    )
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    bench.add_argument("--iterations", type=int, nargs="+", default=[0, 1, 5, 10])
+    bench.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--sweep-images", type=int, default=0, help="also time a T=0..10 evaluation sweep over N images")
+    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--out", help="write (or with --append, add to) a CSV")
+    bench.add_argument("--append", action="store_true")
+    bench.set_defaults(run=cmd_bench)
+
+    report = commands.add_parser("report", help="print the README's tables from a results CSV")
+    report.add_argument("--results", default="results/benchmark.csv")
+    report.add_argument(
+        "--update-cards", metavar="CHECKPOINTS", help="write each checkpoint's metrics into its model card"
+    )
+    report.set_defaults(run=cmd_report)
+
     synth = commands.add_parser("synth", help="write a small synthetic category (textures with painted defects)")
     synth.add_argument("--out", required=True)
     synth.add_argument("--category", default="synthetic")
@@ -351,6 +461,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--greyscale", action="store_true")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=cmd_synth)
+
+    upload = commands.add_parser(
+        "upload", help="upload checkpoint folders to a Hugging Face Hub model repo (<category>/<variant>/ layout)"
+    )
+    upload.add_argument("--checkpoints", default="checkpoints", help="the local checkpoints root")
+    upload.add_argument("--repo-id", required=True, help="the Hub model repo, e.g. user/i3ad-checkpoints")
+    upload.add_argument("--category", nargs="+", help="categories to upload (default: all)")
+    upload.add_argument("--model", nargs="+", help="checkpoint variants to upload (default: all)")
+    upload.add_argument("--private", action="store_true", help="create the repo as private")
+    upload.set_defaults(run=cmd_upload)
     return parser
 
 
@@ -358,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (DatasetError, CheckpointError, ImageReadError, ValueError, FloatingPointError) as error:
+    except (DatasetError, CheckpointError, ImageReadError, ValueError, FloatingPointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError:

@@ -21,6 +21,19 @@ from i3ad.scoring import (
 )
 
 METRIC_COLUMNS = ("image_auroc", "image_f1_max", "pixel_auroc", "aupro")
+# Column order of every results table (``python -m i3ad evaluate`` writes exactly these).
+RESULT_COLUMNS = (
+    "category",
+    "model",
+    "iterations",
+    "ssim_threshold",
+    "calibrated_threshold",
+    "step0_cell_size",
+    "anomaly_measure",
+    "smoothing_sigma",
+    "mean_mask_share",
+    *METRIC_COLUMNS,
+)
 
 
 class TestSet:

@@ -68,7 +68,9 @@ def read_image(source: str | Path | bytes | Image.Image, channels: int) -> Tenso
         raise ImageReadError(f"{name}: the file is damaged or truncated ({error})") from None
     if image.mode.startswith("I") or image.mode == "F":
         array = np.asarray(image, dtype=np.float32)
-        array = array / 65535.0 if image.mode != "F" and array.max(initial=0) > 255 else array / 255.0
+        # A 16-bit mode is 16-bit even when the image is dark; only 32-bit "I" needs the value range to tell.
+        sixteen_bit = image.mode.startswith("I;16") or array.max(initial=0) > 255
+        array = array / 65535.0 if image.mode != "F" and sixteen_bit else array / 255.0
         if not np.isfinite(array).all():
             raise ImageReadError(f"{name}: the image holds NaN or infinite values")
         tensor = torch.from_numpy(np.clip(array, 0.0, 1.0)).unsqueeze(0)

@@ -12,7 +12,7 @@ from i3ad.calibration import DEFAULT_SSIM_QUANTILE, Calibration, calibrate_inpai
 from i3ad.checkpoints import save_checkpoint
 from i3ad.data import CategoryIndex, load_images, load_masks
 from i3ad.detector import AnomalyDetector
-from i3ad.evaluation import TestSet, sweep_autoencoder, sweep_inpainting
+from i3ad.evaluation import RESULT_COLUMNS, TestSet, sweep_autoencoder, sweep_inpainting
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings, detect_by_autoencoder
@@ -101,8 +101,10 @@ def calibrate(
             model, holdout, settings, ssim_quantile=ssim_quantile, autocast_dtype=autocast_dtype
         )
         return settings.with_(ssim_threshold=calibration.ssim_threshold), calibration
-    scores = detect_by_autoencoder(model, holdout, settings, autocast_dtype=autocast_dtype).scores
-    return settings, calibrate_scores(scores)
+    scores = [
+        detect_by_autoencoder(model, b, settings, autocast_dtype=autocast_dtype).scores for b in holdout.split(16)
+    ]
+    return settings, calibrate_scores(torch.cat(scores))
 
 
 def holdout_images(detector: AnomalyDetector, index: CategoryIndex) -> torch.Tensor:
@@ -168,7 +170,7 @@ def evaluate_detector(
             batch_size=batch_size,
             autocast_dtype=autocast_dtype,
         )
-        table.insert(2, "calibrated_threshold", table["ssim_threshold"] == tau)
+        table = table.assign(calibrated_threshold=table["ssim_threshold"] == tau)
     else:
         table = sweep_autoencoder(
             detector.model,
@@ -179,7 +181,6 @@ def evaluate_detector(
             batch_size=batch_size,
             autocast_dtype=autocast_dtype,
         )
-        table.insert(2, "calibrated_threshold", False)
-    table.insert(0, "category", detector.category)
-    table.insert(1, "model", detector.name)
-    return table
+        table = table.assign(calibrated_threshold=False)
+    table = table.assign(category=detector.category, model=detector.name)
+    return table[list(RESULT_COLUMNS)]

@@ -48,6 +48,67 @@ def headline(table: pd.DataFrame, settings: DetectionSettings = DetectionSetting
     return rows.sort_values(["category", "model"]).reset_index(drop=True)
 
 
+def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
+    """A pandas table as GitHub markdown (numbers rounded; NaN shown as "-")."""
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "-" if pd.isna(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def summary_tables(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> dict[str, pd.DataFrame]:
+    """The README's tables: metrics per category and model at the defaults, and I3AD's image AUROC against T."""
+    rows = headline(table, settings)
+    metrics = ["image_auroc", "pixel_auroc", "aupro", "image_f1_max"]
+    per_category = rows.pivot_table(index="category", columns="model", values=metrics, dropna=False)
+    per_category = per_category[[(m, model) for m in metrics for model in sorted(rows["model"].unique())]]
+    per_category.columns = [f"{model} {METRIC_LABELS[metric]}" for metric, model in per_category.columns]
+    per_category = per_category.reset_index()
+    mean = per_category.drop(columns="category").mean(numeric_only=True).to_frame().T.assign(category="mean")
+    per_category = pd.concat([per_category, mean[per_category.columns]], ignore_index=True)
+    curves = _at_settings(table, settings)
+    curves = curves[~curves["ssim_threshold"].isna()]
+    by_iterations = curves.pivot_table(index="model", columns="iterations", values="image_auroc", aggfunc="mean")
+    by_iterations.columns = [f"T={t}" for t in by_iterations.columns]
+    return {
+        "per_category": per_category,
+        "mean_by_iterations": by_iterations.reset_index(),
+        "scoring_variants": scoring_variants(table),
+        "thresholds": threshold_table(table, settings),
+    }
+
+
+def threshold_table(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
+    """Mean image AUROC over categories of each inpainting model at each fixed tau and at the calibrated one
+    (scored like ``settings``), for each T."""
+    same_scoring = (
+        (table["anomaly_measure"] == settings.anomaly_measure)
+        & (table["smoothing_sigma"] == settings.smoothing_sigma)
+        & (table["step0_cell_size"] == settings.step0_cell_size)
+    )
+    rows = table[same_scoring & table["ssim_threshold"].notna()]
+    tau = rows["ssim_threshold"].round(2).astype(str).where(~rows["calibrated_threshold"].astype(bool), "calibrated")
+    means = rows.assign(tau=tau).pivot_table(index=["model", "tau"], columns="iterations", values="image_auroc")
+    means.columns = [f"T={t}" for t in means.columns]
+    return means.reset_index()
+
+
+def scoring_variants(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean image AUROC over categories of every inpainting model x step-0 cell size x measure x smoothing, at the
+    calibrated tau, for each T (the ablation behind the defaults)."""
+    rows = table[table["calibrated_threshold"].astype(bool)]
+    keys = ["model", "step0_cell_size", "anomaly_measure", "smoothing_sigma"]
+    means = rows.pivot_table(index=keys, columns="iterations", values="image_auroc", aggfunc="mean")
+    means.columns = [f"T={t}" for t in means.columns]
+    means = means.reset_index().astype({"step0_cell_size": int})
+    return means.assign(smoothing_sigma=means["smoothing_sigma"].map("{:g}".format))
+
+
 def auroc_bars(
     table: pd.DataFrame, metric: str = "image_auroc", settings: DetectionSettings = DetectionSettings()
 ) -> go.Figure:

@@ -96,7 +96,7 @@ def _learning_rate(step: int, config: TrainConfig) -> float:
 def reconstruction_loss(reconstructions: Tensor, images: Tensor, l2_weight: float) -> Tensor:
     """(1 - SSIM) + l2_weight * MSE, in float32 (pytorch-msssim's Gaussian SSIM, window 11)."""
     reconstructions, images = reconstructions.float(), images.float()
-    window = min(11, images.shape[-1], images.shape[-2]) // 2 * 2 - 1
+    window = (min(11, images.shape[-1], images.shape[-2]) - 1) // 2 * 2 + 1  # the largest odd size <= 11 that fits
     similarity = ssim(reconstructions, images, data_range=1.0, size_average=True, win_size=window)
     return (1.0 - similarity) + l2_weight * F.mse_loss(reconstructions, images)
 

@@ -1,0 +1,177 @@
+"""Speed benchmark: network throughput, iterative detection against bare forwards, and a whole-category sweep.
+
+``python -m i3ad bench`` prints the table and can save it as CSV. Timings synchronise the GPU and take the median of
+several repeats after a warm-up.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import date
+
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from i3ad.detector import AnomalyDetector
+from i3ad.evaluation import TestSet, sweep_inpainting
+from i3ad.models import InpaintingUNet
+from i3ad.scoring import detect_by_inpainting
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(run: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``run`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        _synchronize(device)
+        started = time.perf_counter()
+        run()
+        _synchronize(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def forward_flops(model: InpaintingUNet, image_size: int) -> int:
+    """Floating-point operations of one forward pass on one image (torch.utils.flop_counter)."""
+    channels = model.config["channels"]
+    device = next(model.parameters()).device
+    images = torch.zeros(1, channels, image_size, image_size, device=device)
+    masks = torch.zeros(1, 1, image_size, image_size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(images, masks)
+    return counter.get_total_flops()
+
+
+@contextmanager
+def counting_forwards(model: InpaintingUNet):
+    """Counts the images the network paints while the context is open: yields a one-element list."""
+    count = [0]
+    handle = model.register_forward_pre_hook(lambda _module, inputs: count.__setitem__(0, count[0] + len(inputs[0])))
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+
+
+def run_benchmark(
+    detector: AnomalyDetector,
+    images: torch.Tensor,
+    *,
+    batch_sizes: list[int],
+    iterations: list[int],
+    precisions: list[str],
+    repeats: int = 5,
+    sweep_images: int = 0,
+) -> pd.DataFrame:
+    """Rows of measurements on ``images`` [N, C, S, S] (preprocessed, on the detector's device; batches are drawn
+    from them cyclically). ``sweep_images`` > 0 also times a T = 0..10 evaluation sweep over that many images."""
+    model, device = detector.model, detector.device
+    size = images.shape[-1]
+    flops = forward_flops(model, size)
+    settings = detector.settings
+    rows = []
+    for precision in precisions:
+        dtype = PRECISIONS[precision]
+        for batch_size in batch_sizes:
+            batch = images[torch.arange(batch_size) % len(images)]
+            masks = torch.zeros(batch_size, 1, size, size, device=device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+
+            def forward(batch=batch, masks=masks, dtype=dtype):
+                with (
+                    torch.inference_mode(),
+                    torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+                ):
+                    model(batch, masks)
+
+            seconds = median_seconds(forward, device, repeats)
+            per_image = seconds / batch_size
+            rows.append(
+                {
+                    "task": "network forward",
+                    "precision": precision,
+                    "batch": batch_size,
+                    "iterations": None,
+                    "images_per_s": batch_size / seconds,
+                    "latency_ms": 1000 * seconds,
+                    "forwards_per_image": 1.0,
+                    "gflop_per_image": flops / 1e9,
+                    "tflops": flops * batch_size / seconds / 1e12,
+                    "network_share": 1.0,
+                    "vs_bare_forwards": 1.0,
+                    "peak_memory_mb": _peak_memory_mb(device),
+                }
+            )
+            for t in iterations:
+                run = settings.with_(iterations=t)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+
+                def detect(batch=batch, run=run, dtype=dtype):
+                    return detect_by_inpainting(model, batch, run, autocast_dtype=dtype)
+
+                seconds = median_seconds(detect, device, repeats)
+                with counting_forwards(model) as painted:
+                    detect()
+                forwards = painted[0] / batch_size
+                bare = forwards * per_image * batch_size  # the same forwards at this batch size's bare speed
+                rows.append(
+                    {
+                        "task": "detection",
+                        "precision": precision,
+                        "batch": batch_size,
+                        "iterations": t,
+                        "images_per_s": batch_size / seconds,
+                        "latency_ms": 1000 * seconds,
+                        "forwards_per_image": forwards,
+                        "gflop_per_image": forwards * flops / 1e9,
+                        "tflops": forwards * flops * batch_size / seconds / 1e12,
+                        "network_share": bare / seconds,
+                        "vs_bare_forwards": seconds / bare,
+                        "peak_memory_mb": _peak_memory_mb(device),
+                    }
+                )
+    if sweep_images > 0:
+        subset = images[torch.arange(sweep_images) % len(images)]
+        test = TestSet(subset, torch.arange(sweep_images, device=device) % 2, None)
+        started = time.perf_counter()
+        sweep_inpainting(model, test, settings, thresholds=[settings.ssim_threshold], max_iterations=10)
+        _synchronize(device)
+        seconds = time.perf_counter() - started
+        rows.append(
+            {
+                "task": f"evaluation sweep T=0..10, {sweep_images} images",
+                "precision": "fp32",
+                "batch": 32,
+                "iterations": 10,
+                "images_per_s": sweep_images / seconds,
+                "latency_ms": 1000 * seconds,
+            }
+        )
+    table = pd.DataFrame(rows)
+    table.insert(
+        0, "device", torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    )
+    table.insert(1, "threads", torch.get_num_threads())
+    table.insert(2, "model", f"{detector.category}/{detector.name}")
+    table["date"] = date.today().isoformat()
+    table["torch"] = torch.__version__
+    return table

@@ -1,0 +1,198 @@
+"""Where the app finds checkpoints: a local folder first, then a Hugging Face Hub model repo; and the upload.
+
+The Hub repo has the local layout, ``<category>/<variant>/{config.json, model.safetensors, detector.json, README.md}``,
+so ``python -m i3ad upload`` mirrors a local ``checkpoints/`` folder into it. Downloads go through huggingface_hub's
+cache (``HF_HOME`` / ``HF_HUB_CACHE``) and honour ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT``; only the four files of the
+requested checkpoint are fetched, and the weights are only ever read as safetensors (``load_checkpoint``).
+
+Environment: ``I3AD_CHECKPOINTS`` (the local folder, default ``checkpoints``), ``I3AD_HUB_REPO`` (e.g.
+``user/i3ad-checkpoints``; unset = local only), ``I3AD_HUB_REVISION`` (branch, tag or commit; default ``main``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+from huggingface_hub.utils import validate_repo_id
+
+from i3ad.checkpoints import (
+    CARD_FILE,
+    CHECKPOINT_FILES,
+    DETECTOR_FILE,
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+)
+from i3ad.data import DatasetError, check_category_name
+from i3ad.detector import AnomalyDetector
+
+ENV_CHECKPOINTS, ENV_HUB_REPO, ENV_HUB_REVISION = "I3AD_CHECKPOINTS", "I3AD_HUB_REPO", "I3AD_HUB_REVISION"
+DEFAULT_CHECKPOINTS = "checkpoints"
+# The files of a checkpoint folder that are downloaded and uploaded; anything else in a folder (e.g. a pickle) is not.
+CHECKPOINT_FOLDER_FILES = (*CHECKPOINT_FILES, CARD_FILE)
+
+logger = logging.getLogger(__name__)
+
+
+def check_repo_id(repo_id: str) -> str:
+    """A Hub repo id such as ``user/name``, or CheckpointError saying what is wrong with it."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise CheckpointError(
+            f"{repo_id!r} is not a valid Hugging Face Hub repo id, e.g. 'user/name': {error}"
+        ) from None
+    return repo_id
+
+
+def check_name(kind: str, name: str) -> str:
+    """A category or variant name that is safe as one path component (no '..', no '/'); CheckpointError otherwise."""
+    message = f"{kind} {name!r} is not a valid name: use letters, digits, '_', '-' and '.', e.g. 'bottle'"
+    if not isinstance(name, str):
+        raise CheckpointError(message)
+    try:
+        return check_category_name(name)
+    except DatasetError:
+        raise CheckpointError(message) from None
+
+
+def _hub_patterns(category: str, variant: str) -> list[str]:
+    return [f"{category}/{variant}/{name}" for name in CHECKPOINT_FOLDER_FILES]
+
+
+def _describe(found: dict[str, list[str]]) -> str:
+    return ", ".join(f"{c}/{v}" for c, variants in sorted(found.items()) for v in variants) or "none"
+
+
+class CheckpointResolver:
+    """Finds the checkpoint folder of a (category, variant): in ``root`` if it is there, else in the Hub repo.
+
+    root: the local checkpoints folder (it need not exist). repo_id: a Hub model repo with the same layout, or None
+    for local checkpoints only. revision: the repo's branch, tag or commit (None = the default branch).
+    """
+
+    def __init__(self, root: str | Path, repo_id: str | None = None, revision: str | None = None) -> None:
+        self.root = Path(root)
+        self.repo_id = check_repo_id(repo_id) if repo_id else None
+        self.revision = revision or None
+
+    @classmethod
+    def from_env(cls, default_root: str | Path = DEFAULT_CHECKPOINTS) -> CheckpointResolver:
+        """The resolver the environment asks for: I3AD_CHECKPOINTS (else ``default_root``), I3AD_HUB_REPO,
+        I3AD_HUB_REVISION."""
+        return cls(
+            os.environ.get(ENV_CHECKPOINTS) or default_root,
+            os.environ.get(ENV_HUB_REPO) or None,
+            os.environ.get(ENV_HUB_REVISION) or None,
+        )
+
+    def __repr__(self) -> str:
+        return f"CheckpointResolver(root={str(self.root)!r}, repo_id={self.repo_id!r}, revision={self.revision!r})"
+
+    def _download(self, patterns: list[str]) -> Path:
+        """The cached snapshot folder of the repo holding (at least) the files matching ``patterns``."""
+        assert self.repo_id is not None
+        try:
+            return Path(snapshot_download(self.repo_id, revision=self.revision, allow_patterns=patterns))
+        except (HfHubHTTPError, LocalEntryNotFoundError) as error:
+            # Not found, no network and nothing cached, offline mode with an incomplete cache, Hub errors.
+            summary = str(error).strip().splitlines()[0]
+            raise CheckpointError(f"could not get checkpoints from Hub repo {self.repo_id!r}: {summary}") from None
+
+    def hub_checkpoints(self) -> dict[str, list[str]]:
+        """{category: [variant, ...]} of the Hub repo (only the small detector.json files are fetched); {} without
+        a repo, and {} with a logged warning when the repo cannot be reached and is not cached."""
+        if self.repo_id is None:
+            return {}
+        try:
+            return list_checkpoints(self._download([f"*/*/{DETECTOR_FILE}"]))
+        except CheckpointError as error:
+            logger.warning("%s", error)
+            return {}
+
+    def available(self) -> dict[str, list[str]]:
+        """{category: [variant, ...]} of every checkpoint, local or on the Hub, sorted."""
+        found = list_checkpoints(self.root)
+        for category, variants in self.hub_checkpoints().items():
+            found[category] = sorted(set(found.get(category, [])) | set(variants))
+        return dict(sorted(found.items()))
+
+    def resolve(self, category: str, variant: str) -> Path:
+        """The folder of checkpoint ``category/variant``: the local one if present, else downloaded from the Hub.
+        Raises CheckpointError naming where it looked when neither has it."""
+        check_name("category", category)
+        check_name("variant", variant)
+        local = self.root / category / variant
+        if (local / DETECTOR_FILE).is_file():
+            return local
+        if self.repo_id is None:
+            have = _describe(list_checkpoints(self.root))
+            raise CheckpointError(
+                f"no checkpoint {category}/{variant} under {self.root} (have: {have}); "
+                f"set {ENV_HUB_REPO} to a Hub repo to download checkpoints"
+            )
+        folder = self._download(_hub_patterns(category, variant)) / category / variant
+        missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"no checkpoint {category}/{variant} under {self.root} nor in Hub repo {self.repo_id!r} "
+                f"(missing {', '.join(missing)}; the repo has: {_describe(self.hub_checkpoints())})"
+            )
+        return folder
+
+    def load(self, category: str, variant: str, device: torch.device | str = "cpu") -> AnomalyDetector:
+        """Resolve and load a checkpoint (safetensors weights only). Raises CheckpointError."""
+        return load_checkpoint(self.resolve(category, variant), device)
+
+
+def upload_checkpoints(
+    root: str | Path,
+    repo_id: str,
+    *,
+    categories: list[str] | None = None,
+    variants: list[str] | None = None,
+    private: bool = False,
+    token: str | None = None,
+) -> list[str]:
+    """Upload checkpoint folders ``root/<category>/<variant>/`` to the Hub model repo ``repo_id`` (created if
+    needed) in one commit, at the same paths. Returns the uploaded ``category/variant`` names.
+
+    categories / variants: only these (default: all under ``root``). token: default the logged-in user's.
+    """
+    check_repo_id(repo_id)
+    found = list_checkpoints(root)
+    if not found:
+        raise CheckpointError(f"no checkpoints under {root} (expected <category>/<variant>/{DETECTOR_FILE})")
+    for category in categories or []:
+        check_name("category", category)
+        if category not in found:
+            raise CheckpointError(f"no checkpoint of category {category!r} under {root} (have: {_describe(found)})")
+    chosen = [
+        f"{category}/{variant}"
+        for category, names in found.items()
+        if not categories or category in categories
+        for variant in names
+        if not variants or variant in variants
+    ]
+    if not chosen:
+        raise CheckpointError(f"none of the checkpoints under {root} matches (have: {_describe(found)})")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=root,
+            allow_patterns=[f"{name}/{file}" for name in chosen for file in CHECKPOINT_FOLDER_FILES],
+            commit_message=f"Upload i3ad checkpoints: {', '.join(chosen)}",
+        )
+    except HfHubHTTPError as error:
+        summary = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"upload to Hub repo {repo_id!r} failed: {summary} (log in with `hf auth login` or set HF_TOKEN)"
+        ) from None
+    return chosen

@@ -1,0 +1,253 @@
+"""Checkpoint folders: exact round trips, and clear errors for everything that can be wrong with one."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from i3ad.calibration import Calibration
+from i3ad.checkpoints import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    save_record,
+)
+from i3ad.detector import AnomalyDetector
+from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.preprocessing import Preprocessing
+from i3ad.scoring import DetectionSettings
+
+
+def _detector(model=None, channels: int = 3) -> AnomalyDetector:
+    if model is None:
+        torch.manual_seed(0)
+        model = InpaintingUNet(channels=channels, base_width=8).eval()
+    return AnomalyDetector(
+        model=model,
+        preprocessing=Preprocessing(image_size=32, channels=channels, normalization="standardize"),
+        settings=DetectionSettings(iterations=2, ssim_threshold=0.4321, step0_cell_size=4, smoothing_sigma=2.0),
+        calibration=Calibration(0.4321, 0.01, [0.11, 0.22, 0.33], 5),
+        category="widget",
+        name="i3ad-test",
+        info={"training": {"steps": 3, "batch_size": 2}, "train_log": [{"step": 3, "loss": 0.5, "seconds": 1.0}]},
+    )
+
+
+@pytest.fixture
+def saved(tmp_path) -> tuple[AnomalyDetector, Path]:
+    detector = _detector()
+    return detector, save_checkpoint(detector, tmp_path / "widget" / "i3ad-test")
+
+
+def test_round_trip(saved):
+    detector, folder = saved
+    files = {"README.md", "config.json", "detector.json", "model.safetensors"}
+    assert {p.name for p in folder.iterdir()} == files
+    loaded = load_checkpoint(folder)
+    assert isinstance(loaded.model, InpaintingUNet)
+    assert loaded.model.config == detector.model.config
+    assert not loaded.model.training
+    original, restored = detector.model.state_dict(), loaded.model.state_dict()
+    assert original.keys() == restored.keys()
+    for key in original:
+        assert restored[key].dtype == original[key].dtype
+        assert torch.equal(restored[key], original[key]), key
+    assert loaded.settings == detector.settings
+    assert loaded.calibration == detector.calibration
+    assert loaded.preprocessing == detector.preprocessing
+    assert (loaded.category, loaded.name, loaded.kind) == ("widget", "i3ad-test", "i3ad")
+    assert loaded.info == detector.info
+    # The loaded model computes exactly what the saved one did.
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(loaded.detect(images).scores, detector.detect(images).scores)
+    card = (folder / "README.md").read_text()
+    assert "widget" in card and "InpaintingUNet" in card
+    assert list_checkpoints(folder.parent.parent) == {"widget": ["i3ad-test"]}
+
+
+def test_autoencoder_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = ConvAutoencoder(channels=1, image_size=32, base_width=8, latent_dim=16).eval()
+    detector = _detector(model, channels=1)
+    detector.calibration = Calibration(None, None, [0.7], 4)
+    loaded = load_checkpoint(save_checkpoint(detector, tmp_path / "ae"))
+    assert isinstance(loaded.model, ConvAutoencoder) and loaded.kind == "ae"
+    assert loaded.model.config == {"channels": 1, "image_size": 32, "base_width": 8, "latent_dim": 16}
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value)
+    assert loaded.calibration == detector.calibration
+
+
+def test_half_precision_round_trip(tmp_path):
+    detector = _detector()
+    folder = save_checkpoint(detector, tmp_path / "half", half_precision=True)
+    full = save_checkpoint(detector, tmp_path / "full")
+    stored = safetensors.torch.load_file(folder / "model.safetensors")
+    assert all(t.dtype == torch.float16 for t in stored.values())
+    assert (folder / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    loaded = load_checkpoint(folder)
+    rounded_somewhere = False
+    for key, value in detector.model.state_dict().items():
+        restored = loaded.model.state_dict()[key]
+        assert restored.dtype == torch.float32
+        assert torch.equal(restored, value.half().float()), key
+        rounded_somewhere |= not torch.equal(restored, value)
+    assert rounded_somewhere  # the float16 rounding is real, and it is exactly what came back
+
+
+def test_save_record_updates_settings_but_not_weights(saved):
+    detector, folder = saved
+    weights = (folder / "model.safetensors").read_bytes()
+    detector.settings = detector.settings.with_(iterations=5)
+    save_record(detector, folder)
+    assert load_checkpoint(folder).settings.iterations == 5
+    assert (folder / "model.safetensors").read_bytes() == weights
+
+
+def test_no_pickle_is_loaded(saved, monkeypatch):
+    _, folder = saved
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pickle loader was called")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    load_checkpoint(folder)
+
+
+def test_pickle_weights_next_to_missing_safetensors_are_not_used(saved, monkeypatch):
+    detector, folder = saved
+    torch.save(detector.model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is missing"):
+        load_checkpoint(folder)
+    assert loads == []
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name", ["config.json", "detector.json"])
+def test_missing_json(saved, name):
+    _, folder = saved
+    (folder / name).unlink()
+    with pytest.raises(CheckpointError, match=rf"{name} is missing"):
+        load_checkpoint(folder)
+
+
+def test_missing_weights(saved):
+    _, folder = saved
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is missing"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "tiny"])
+def test_damaged_weights(saved, damage):
+    _, folder = saved
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    replacement = {
+        "truncated": data[: len(data) // 2],
+        "garbage": bytes(range(256)) * 40,
+        "empty": b"",
+        "tiny": b"\x01\x02\x03",
+    }[damage]
+    weights.write_bytes(replacement)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is damaged or not a safetensors file"):
+        load_checkpoint(folder)
+
+
+def test_config_that_does_not_match_the_weights(saved):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    config["base_width"] = 16
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"does not match .*config\.json"):
+        load_checkpoint(folder)
+
+
+def test_weights_with_a_missing_tensor_are_refused(saved):
+    _, folder = saved
+    state = safetensors.torch.load_file(folder / "model.safetensors")
+    state.pop(next(iter(state)))
+    safetensors.torch.save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("name", ["config.json", "detector.json"])
+@pytest.mark.parametrize("content", ["{not json", "\xff\xfe", "[1, 2, 3]"])
+def test_invalid_json(saved, name, content):
+    _, folder = saved
+    (folder / name).write_bytes(content.encode("latin-1"))
+    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("architecture", ["ResNet50", None, ""])
+def test_unknown_architecture(saved, architecture):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    if architecture is None:
+        del config["architecture"]
+    else:
+        config["architecture"] = architecture
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="unknown architecture"):
+        load_checkpoint(folder)
+
+
+def test_invalid_model_config(saved):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    config["channels"] = 2
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not describe a valid InpaintingUNet"):
+        load_model(folder)
+    config["channels"] = 3
+    config["depth"] = 7
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not describe a valid InpaintingUNet"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda record: record.pop("calibration"),
+        lambda record: record["detection"].update(iterations=-3),
+        lambda record: record["preprocessing"].update(normalization="weird"),
+        lambda record: record["detection"].update(unknown_setting=1),
+    ],
+)
+def test_incomplete_detector_record(saved, change):
+    _, folder = saved
+    record = json.loads((folder / "detector.json").read_text())
+    change(record)
+    (folder / "detector.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"detector\.json is incomplete or invalid"):
+        load_checkpoint(folder)
+
+
+def test_channel_mismatch_between_preprocessing_and_model(saved):
+    _, folder = saved
+    record = json.loads((folder / "detector.json").read_text())
+    record["preprocessing"]["channels"] = 1
+    (folder / "detector.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="channels"):
+        load_checkpoint(folder)

@@ -1,0 +1,263 @@
+"""The command line end to end on a synthetic category (train, evaluate, detect, calibrate, synth) and its errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from i3ad.checkpoints import load_checkpoint
+from i3ad.cli import main
+from i3ad.data import index_category
+from i3ad.synthetic import make_synthetic_category
+
+# Small enough for two CPU cores (about 15 s uncontended), large enough for a real detector on the synthetic data.
+SMALL = ["--image-size", "64", "--base-width", "8", "--batch-size", "8"]
+I3AD_TRAIN = [*SMALL, "--steps", "80", "--learning-rate", "2e-3"]
+AE_TRAIN = [*SMALL, "--latent-dim", "16", "--steps", "10"]
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory) -> tuple[Path, Path]:
+    """(data_root, checkpoints root) with synthetic/i3ad and synthetic/ae trained once through the CLI."""
+    data_root, _ = synthetic_root
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
+    common = ["train", "--data-root", str(data_root), "--category", "synthetic", "--out", str(checkpoints)]
+    common += ["--device", "cpu", "--quiet"]
+    assert main([*common, "--model", "i3ad", *I3AD_TRAIN]) == 0
+    assert main([*common, "--model", "ae", *AE_TRAIN]) == 0
+    return data_root, checkpoints
+
+
+# --- end to end ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_writes_complete_checkpoints(trained):
+    _, checkpoints = trained
+    for name in ("i3ad", "ae"):
+        folder = checkpoints / "synthetic" / name
+        assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "detector.json", "README.md"}
+    record = json.loads((checkpoints / "synthetic" / "i3ad" / "detector.json").read_text())
+    assert record["category"] == "synthetic" and record["name"] == "i3ad"
+    assert record["preprocessing"] == {"image_size": 64, "channels": 3, "normalization": "none"}
+    calibration = record["calibration"]
+    assert -1.0 < calibration["ssim_threshold"] < 1.0
+    assert record["detection"]["ssim_threshold"] == calibration["ssim_threshold"]
+    assert len(calibration["score_thresholds"]) == 11
+    assert calibration["holdout_images"] == 6  # 10 % of the 60 training images
+    assert record["info"]["train_images"] == 54
+    assert record["info"]["training"]["steps"] == 80
+    losses = [entry["loss"] for entry in record["info"]["train_log"] if "loss" in entry]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    ae = load_checkpoint(checkpoints / "synthetic" / "ae")
+    assert ae.kind == "ae" and ae.calibration.ssim_threshold is None
+    assert len(ae.calibration.score_thresholds) == 1
+
+
+@pytest.mark.slow
+def test_evaluate_reaches_a_real_auroc(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    out = tmp_path / "results" / "evaluation.csv"
+    args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--category", "synthetic"]
+    args += ["--iterations", "2", "--thresholds", "0.5", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    i3ad = table[table["model"] == "i3ad"]
+    ae = table[table["model"] == "ae"]
+    detector = load_checkpoint(checkpoints / "synthetic" / "i3ad")
+    tau, default_t = detector.settings.ssim_threshold, detector.settings.iterations
+    assert sorted(i3ad["iterations"].unique()) == [0, 1, 2]
+    assert len(i3ad) == 3 * len({0.5, tau})  # the calibrated tau is added to the swept ones
+    assert (table["category"] == "synthetic").all()
+    default = i3ad[i3ad["calibrated_threshold"] & (i3ad["iterations"] == default_t)]
+    assert len(default) == 1
+    row = default.iloc[0]
+    assert row["ssim_threshold"] == pytest.approx(tau, abs=1e-4)
+    assert row["image_auroc"] >= 0.8, f"I3AD image AUROC at the default settings is {row['image_auroc']:.3f}"
+    assert row["pixel_auroc"] >= 0.8
+    assert 0.0 < row["aupro"] <= 1.0
+    assert 0.0 < row["mean_mask_share"] < 1.0
+    assert (i3ad[i3ad["iterations"] == 0]["mean_mask_share"] == 1.0).all()
+    # The baseline's row exists and is complete.
+    assert len(ae) == 1
+    assert ae.iloc[0]["iterations"] == 0 and not ae.iloc[0]["calibrated_threshold"]
+    for column in ("image_auroc", "image_f1_max", "pixel_auroc", "aupro"):
+        assert 0.0 <= ae.iloc[0][column] <= 1.0
+
+
+@pytest.mark.slow
+def test_detect_folder_with_a_corrupt_file(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    index = index_category(data_root, "synthetic")
+    for sample in index.test:
+        shutil.copy(sample.image, inputs / f"{sample.defect}_{sample.image.name}")
+    (inputs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really" * 10)
+    out = tmp_path / "detections"
+    args = ["detect", str(inputs), "--checkpoint", str(checkpoints / "synthetic" / "i3ad")]
+    args += ["--out", str(out), "--device", "cpu", "--save-masks"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "corrupt.png" in captured.err
+    with open(out / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(index.test) + 1
+    assert {Path(r["file"]).name for r in rows} == {p.name for p in inputs.iterdir()}
+    by_name = {Path(r["file"]).name: r for r in rows}
+    broken = by_name.pop("corrupt.png")
+    assert broken["error"] and not broken["score"] and not broken["heatmap"] and not broken["verdict"]
+    scores = {"good": [], "defect": []}
+    for name, row in by_name.items():
+        assert row["error"] == ""
+        assert row["verdict"] in ("normal", "anomalous")
+        assert (float(row["score"]) > float(row["threshold"])) == (row["verdict"] == "anomalous")
+        heatmap = Path(row["heatmap"])
+        assert heatmap.is_file() and heatmap.parent == out / "heatmaps"
+        with Image.open(heatmap) as picture:
+            assert picture.size == (64, 64) and picture.mode == "RGB"
+        assert heatmap.with_name(heatmap.stem + "_mask.png").is_file()
+        scores["good" if name.startswith("good_") else "defect"].append(float(row["score"]))
+    assert sum(scores["defect"]) / len(scores["defect"]) > sum(scores["good"]) / len(scores["good"])
+    assert len({row["threshold"] for row in rows}) == 1
+
+
+@pytest.mark.slow
+def test_detect_fails_when_no_image_is_readable(trained, tmp_path):
+    _, checkpoints = trained
+    broken = tmp_path / "broken.png"
+    broken.write_text("nothing")
+    args = ["detect", str(broken), "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--device", "cpu"])
+    assert exit_.value.code == 1
+    assert (tmp_path / "scores.csv").is_file()
+
+
+@pytest.mark.slow
+def test_calibrate_command_reuses_the_holdout(trained, tmp_path):
+    data_root, checkpoints = trained
+    folder = tmp_path / "synthetic" / "i3ad"
+    shutil.copytree(checkpoints / "synthetic" / "i3ad", folder)
+    before = load_checkpoint(folder)
+    assert main(["calibrate", str(folder), "--data-root", str(data_root), "--iterations", "3", "--device", "cpu"]) == 0
+    after = load_checkpoint(folder)
+    assert after.settings.iterations == 3
+    assert after.settings.ssim_threshold == before.settings.ssim_threshold
+    # Same tau, same held-out images: the same thresholds come out again.
+    assert after.calibration.score_thresholds == pytest.approx(before.calibration.score_thresholds, rel=1e-4)
+    assert (folder / "model.safetensors").read_bytes() == (
+        checkpoints / "synthetic" / "i3ad" / "model.safetensors"
+    ).read_bytes()
+
+
+@pytest.mark.slow
+def test_evaluate_errors_with_checkpoints(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    common = ["evaluate", "--checkpoints", str(checkpoints), "--device", "cpu", "--out", str(tmp_path / "r.csv")]
+    assert main([*common, "--data-root", str(tmp_path / "no-data")]) == 2
+    assert "not found" in _error(capsys)
+    assert main([*common, "--data-root", str(data_root), "--category", "other"]) == 2
+    err = _error(capsys)
+    assert "no checkpoint for category 'other'" in err and "synthetic" in err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_synth_command(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--category", "tiny", "--size", "32", "--greyscale"]) == 0
+    assert "tiny" in capsys.readouterr().out
+    index = index_category(tmp_path, "tiny")
+    assert index.greyscale and index.has_masks
+    assert len(index.train) == 60 and len(index.test) == 28
+    with Image.open(index.test[0].image) as image:
+        assert image.size == (32, 32) and image.mode == "L"
+    # The command writes what the library function writes.
+    reference = make_synthetic_category(tmp_path / "ref", "tiny", size=32, channels=1)
+    for path in sorted(reference.rglob("*.png"))[:20]:
+        assert path.read_bytes() == (tmp_path / "tiny" / path.relative_to(reference)).read_bytes()
+
+
+# --- errors ----------------------------------------------------------------------------------------------------------
+
+
+def _train(data_root, category: str, out: Path) -> list[str]:
+    return ["train", "--data-root", str(data_root), "--category", category, "--out", str(out), "--device", "cpu"]
+
+
+def test_train_with_a_wrong_data_root(tmp_path, capsys):
+    assert main([*_train(tmp_path / "missing", "synthetic", tmp_path / "ck"), "--steps", "1"]) == 2
+    err = _error(capsys)
+    assert "synthetic" in err and str(tmp_path / "missing") in err
+    assert not (tmp_path / "ck").exists()
+
+
+def test_train_with_an_unknown_category(synthetic_root, tmp_path, capsys):
+    data_root, _ = synthetic_root
+    assert main([*_train(data_root, "nosuch", tmp_path / "ck"), "--steps", "1"]) == 2
+    err = _error(capsys)
+    assert "'nosuch' not found" in err and "found: synthetic" in err
+
+
+@pytest.mark.parametrize("category", ["../synthetic", "a/b", ".."])
+def test_train_with_an_unsafe_category(synthetic_root, tmp_path, capsys, category):
+    data_root, _ = synthetic_root
+    assert main([*_train(data_root, category, tmp_path / "ck"), "--steps", "1"]) == 2
+    assert "not a valid name" in _error(capsys)
+
+
+def test_train_with_bad_settings(synthetic_root, tmp_path, capsys):
+    data_root, _ = synthetic_root
+    assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--augment", "twirl"]) == 2
+    assert "twirl" in _error(capsys)
+    assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--steps", "0"]) == 2
+    assert "steps" in _error(capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_train_on_a_missing_gpu(synthetic_root, tmp_path, capsys):
+    data_root, _ = synthetic_root
+    args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--steps", "1"]
+    args[args.index("--device") + 1] = "cuda"
+    assert main(args) == 2
+    assert "no CUDA GPU" in _error(capsys)
+
+
+def test_detect_with_a_missing_checkpoint_folder(synthetic_root, tmp_path, capsys):
+    _, folder = synthetic_root
+    args = ["detect", str(folder / "test" / "good"), "--checkpoint", str(tmp_path / "nothing" / "i3ad")]
+    assert main([*args, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = _error(capsys)
+    assert "does not exist" in err and str(tmp_path / "nothing" / "i3ad") in err
+
+
+def test_detect_with_a_broken_checkpoint(tmp_path, capsys):
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / "detector.json").write_text("{}")
+    (folder / "config.json").write_text('{"architecture": "InpaintingUNet", "base_width": 8}')
+    args = ["detect", str(tmp_path), "--checkpoint", str(folder), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(args) == 2
+    assert "model.safetensors is missing" in _error(capsys)
+
+
+def test_evaluate_with_a_missing_checkpoints_root(synthetic_root, tmp_path, capsys):
+    data_root, _ = synthetic_root
+    args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(tmp_path / "none")]
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "r.csv")]) == 2
+    assert "no checkpoints under" in _error(capsys)

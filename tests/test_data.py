@@ -1,0 +1,136 @@
+"""Indexing MVTec-style category folders and loading their images and masks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from i3ad.data import DatasetError, check_category_name, index_category, list_categories, load_images, load_masks
+from i3ad.preprocessing import Preprocessing
+from i3ad.synthetic import DEFECTS, make_synthetic_category
+
+
+@pytest.fixture
+def small_category(tmp_path) -> Path:
+    """A small synthetic category (32 px) that a test may break."""
+    return make_synthetic_category(tmp_path, "cat", size=32, train=6, test_good=3, test_per_defect=2)
+
+
+def test_index_synthetic_category(synthetic_root):
+    data_root, folder = synthetic_root
+    index = index_category(data_root, "synthetic")
+    assert index.name == "synthetic"
+    assert index.root == folder
+    assert len(index.train) == 60
+    assert all(p.parent == folder / "train" / "good" and p.suffix == ".png" for p in index.train)
+    assert list(index.train) == sorted(index.train)
+    assert len(index.test) == 12 + 8 * len(DEFECTS)
+    good = [s for s in index.test if s.label == 0]
+    bad = [s for s in index.test if s.label == 1]
+    assert len(good) == 12 and all(s.defect == "good" and s.mask is None for s in good)
+    assert len(bad) == 16 and {s.defect for s in bad} == set(DEFECTS)
+    for sample in bad:
+        assert sample.mask == folder / "ground_truth" / sample.defect / f"{sample.image.stem}_mask.png"
+        assert sample.mask.is_file()
+        assert sample.image.parent.name == sample.defect
+    assert index.has_masks
+    assert not index.greyscale
+    assert list_categories(data_root) == ["synthetic"]
+
+
+def test_greyscale_category_and_loading(tmp_path):
+    make_synthetic_category(tmp_path, "grey", size=32, channels=1, train=4, test_good=2, test_per_defect=1)
+    index = index_category(tmp_path, "grey")
+    assert index.greyscale
+    preprocessing = Preprocessing(image_size=16, channels=1)
+    images = load_images(index.train, preprocessing, workers=2)
+    assert images.shape == (4, 1, 16, 16)
+    assert images.dtype == torch.float32
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert load_images([], preprocessing).shape == (0, 1, 16, 16)
+
+
+def test_load_masks_matches_samples(small_category):
+    index = index_category(small_category.parent, "cat")
+    masks = load_masks(index.test, 16)
+    assert masks.shape == (len(index.test), 1, 16, 16)
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    for sample, mask in zip(index.test, masks, strict=True):
+        if sample.label:
+            assert mask.sum() > 0
+        else:
+            assert mask.sum() == 0
+
+
+def test_category_without_masks_is_fine(small_category):
+    shutil.rmtree(small_category / "ground_truth")
+    index = index_category(small_category.parent, "cat")
+    assert not index.has_masks
+    assert all(s.mask is None for s in index.test)
+    assert sum(s.label for s in index.test) == 2 * len(DEFECTS)
+
+
+def test_missing_category_lists_the_found_ones(small_category):
+    with pytest.raises(DatasetError, match=r"'nope' not found under .*found: cat"):
+        index_category(small_category.parent, "nope")
+
+
+def test_missing_data_root(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        index_category(tmp_path / "absent", "cat")
+    with pytest.raises(DatasetError, match="does not exist"):
+        list_categories(tmp_path / "absent")
+
+
+def test_missing_train_good(small_category):
+    shutil.rmtree(small_category / "train" / "good")
+    with pytest.raises(DatasetError, match=r"train[/\\]good must exist"):
+        index_category(small_category.parent, "cat")
+
+
+def test_empty_train_good(small_category):
+    for path in (small_category / "train" / "good").iterdir():
+        path.unlink()
+    (small_category / "train" / "good" / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetError, match="normal training images"):
+        index_category(small_category.parent, "cat")
+
+
+def test_anomalous_image_without_its_mask(small_category):
+    missing = small_category / "ground_truth" / "spot" / "001_mask.png"
+    missing.unlink()
+    with pytest.raises(DatasetError, match="has no mask") as error:
+        index_category(small_category.parent, "cat")
+    message = str(error.value)
+    assert str(small_category / "test" / "spot" / "001.png") in message
+    assert str(missing) in message  # says which file it expected
+
+
+def test_mask_with_other_extension_is_found(small_category):
+    mask = small_category / "ground_truth" / "spot" / "001_mask.png"
+    mask.rename(mask.with_suffix(".bmp"))  # still a PNG inside; the extension is what pairs them
+    index = index_category(small_category.parent, "cat")
+    sample = next(s for s in index.test if s.defect == "spot" and s.image.stem == "001")
+    assert sample.mask == mask.with_suffix(".bmp")
+
+
+def test_masks_for_some_defect_types_but_not_others(small_category):
+    shutil.rmtree(small_category / "ground_truth" / "scratch")
+    with pytest.raises(DatasetError, match=r"masks for \['spot'\] but none for \['scratch'\]"):
+        index_category(small_category.parent, "cat")
+
+
+@pytest.mark.parametrize("name", ["..", "../cat", "a/b", "cat/..", "a..b", "/etc", "", ".hidden", "a b", "x" * 101])
+def test_unsafe_category_names_are_refused(small_category, name):
+    with pytest.raises(DatasetError, match="not a valid name"):
+        index_category(small_category.parent, name)
+    with pytest.raises(DatasetError):
+        check_category_name(name)
+
+
+@pytest.mark.parametrize("name", ["bottle", "metal_nut", "my-parts.v2", "A1"])
+def test_safe_category_names_pass(name):
+    assert check_category_name(name) == name

@@ -1,0 +1,65 @@
+"""Complementary step-0 grid masks and random training masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from i3ad.masks import complementary_grid_masks, random_training_masks
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 5])
+@pytest.mark.parametrize("cell_size", [1, 2, 3, 8])
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (21, 34)])
+def test_grid_masks_partition_the_image(count, cell_size, height, width):
+    masks = complementary_grid_masks(count, cell_size, height, width)
+    assert masks.shape == (count, 1, height, width)
+    assert masks.dtype == torch.float32
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    # Every pixel hidden in exactly one mask.
+    assert torch.equal(masks.sum(dim=0), torch.ones(1, height, width))
+    # Every mask hides something (the image is large enough for every group to appear).
+    assert (masks.flatten(1).sum(dim=1) > 0).all()
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 5])
+@pytest.mark.parametrize("cell_size", [1, 2, 4, 8])
+def test_neighbours_of_a_hidden_cell_are_visible(count, cell_size):
+    size = 64
+    masks = complementary_grid_masks(count, cell_size, size, size).bool()[:, 0]
+    # Pixel level: moving one cell (cell_size pixels) right or down always lands on a visible pixel.
+    right = masks[:, :, :-cell_size] & masks[:, :, cell_size:]
+    down = masks[:, :-cell_size, :] & masks[:, cell_size:, :]
+    assert not right.any()
+    assert not down.any()
+    # And within a cell all pixels share the mask (cells are hidden whole).
+    cells = masks[:, ::cell_size, ::cell_size]
+    expanded = cells.repeat_interleave(cell_size, dim=1).repeat_interleave(cell_size, dim=2)
+    assert torch.equal(expanded[:, :size, :size], masks)
+
+
+def test_two_masks_are_a_checkerboard():
+    masks = complementary_grid_masks(2, 2, 8, 8)
+    expected = ((torch.arange(8)[:, None] // 2 + torch.arange(8)[None] // 2) % 2 == 0).float()
+    assert torch.equal(masks[0, 0], expected)
+    assert torch.equal(masks[1, 0], 1 - expected)
+
+
+def test_grid_masks_reject_bad_arguments():
+    with pytest.raises(ValueError, match="at least 2"):
+        complementary_grid_masks(1, 4, 16, 16)
+    with pytest.raises(ValueError, match="cell_size"):
+        complementary_grid_masks(4, 0, 16, 16)
+
+
+def test_random_training_masks_are_binary_non_empty_and_reproducible():
+    masks = random_training_masks(24, (32, 32), generator=torch.Generator().manual_seed(0))
+    assert masks.shape == (24, 1, 32, 32)
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert (masks.flatten(1).amax(dim=1) == 1).all()
+    again = random_training_masks(24, (32, 32), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(masks, again)
+    other = random_training_masks(24, (32, 32), generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(masks, other)
+    # Masks hide only part of the image on average.
+    assert 0.0 < masks.mean().item() < 0.9

@@ -1,0 +1,86 @@
+"""Preprocessing: resizing, range, contrast standardisation and input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from i3ad.preprocessing import Preprocessing
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_output_shape_dtype_and_range(channels):
+    preprocessing = Preprocessing(image_size=32, channels=channels)
+    image = torch.rand(channels, 50, 70, generator=torch.Generator().manual_seed(0)).double()
+    out = preprocessing(image)
+    assert out.shape == (1, channels, 32, 32)
+    assert out.dtype == torch.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    batch = preprocessing(torch.rand(3, channels, 20, 20))
+    assert batch.shape == (3, channels, 32, 32)
+
+
+def test_right_size_passes_unchanged_and_resizing_keeps_the_mean():
+    preprocessing = Preprocessing(image_size=16, channels=3)
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(preprocessing(image), image)
+    large = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    small = preprocessing(large)
+    assert abs(small.mean().item() - large.mean().item()) < 0.01
+    constant = torch.full((1, 3, 40, 24), 0.3)
+    torch.testing.assert_close(preprocessing(constant), torch.full((1, 3, 16, 16), 0.3))
+
+
+def test_out_of_range_values_are_clamped():
+    preprocessing = Preprocessing(image_size=16, channels=1)
+    image = torch.linspace(-1, 2, 256).view(1, 1, 16, 16)
+    out = preprocessing(image)
+    assert out.min() == 0.0 and out.max() == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_standardize_gives_target_mean_and_std(seed):
+    generator = torch.Generator().manual_seed(seed)
+    # Dim, low-contrast images with different brightness: standardisation equalises them.
+    images = 0.2 + 0.05 * torch.rand(2, 3, 32, 32, generator=generator)
+    images[1] += 0.3
+    out = Preprocessing(image_size=32, channels=3, normalization="standardize")(images)
+    for image in out:
+        assert image.mean().item() == pytest.approx(0.5, abs=1e-4)
+        assert image.std().item() == pytest.approx(0.125, abs=1e-4)
+    plain = Preprocessing(image_size=32, channels=3)(images)
+    assert plain[0].mean().item() == pytest.approx(images[0].mean().item(), abs=1e-6)
+
+
+def test_standardize_of_a_flat_image_is_finite():
+    out = Preprocessing(image_size=16, channels=1, normalization="standardize")(torch.full((1, 1, 16, 16), 0.8))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, torch.full_like(out, 0.5), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_is_refused(bad):
+    image = torch.rand(3, 20, 20)
+    image[1, 2, 3] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        Preprocessing(image_size=16, channels=3)(image)
+
+
+def test_wrong_channel_count_is_refused():
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        Preprocessing(image_size=16, channels=3)(torch.rand(1, 20, 20))
+    with pytest.raises(ValueError):
+        Preprocessing(image_size=16, channels=1)(torch.rand(20, 20))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"image_size": 8}, {"channels": 2}, {"normalization": "minmax"}, {"image_size": 15}]
+)
+def test_bad_settings(kwargs):
+    with pytest.raises(ValueError):
+        Preprocessing(**kwargs)
+
+
+def test_settings_round_trip():
+    preprocessing = Preprocessing(image_size=64, channels=1, normalization="standardize")
+    assert Preprocessing(**preprocessing.to_dict()) == preprocessing

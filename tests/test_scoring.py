@@ -1,0 +1,297 @@
+"""The detector's guarantees: exact pass-through of kept pixels, step 0 never seeing a pixel, skipping of repeated
+or empty masks, and the settings' validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from i3ad.masks import complementary_grid_masks
+from i3ad.scoring import (
+    DetectionSettings,
+    anomaly_map,
+    detect_by_autoencoder,
+    detect_by_inpainting,
+    image_scores,
+    inpaint_step0,
+    paint,
+)
+from i3ad.similarity import ssim_map
+
+
+class PaintCounter:
+    """Records the batch size of every forward call of a model (a forward pre-hook)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.batches: list[int] = []
+        self.handle = model.register_forward_pre_hook(lambda _module, args: self.batches.append(args[0].shape[0]))
+
+    def __enter__(self) -> PaintCounter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+def _random_masks(shape, share: float, seed: int) -> torch.Tensor:
+    return (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < share).float()
+
+
+# --- paint -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_paint_keeps_unmasked_pixels_bit_exact(unet, size):
+    images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    masks = _random_masks((3, 1, size, size), 0.4, 1)
+    with torch.no_grad():
+        painted = paint(unet, images, masks)
+        painting = unet(images, masks)
+    kept = (masks == 0).expand_as(images)
+    hidden = ~kept
+    assert torch.equal(painted[kept], images[kept])
+    assert torch.equal(painted[hidden], painting[hidden])
+    # The test means something: the network's painting differs from the input at kept pixels.
+    assert not torch.equal(painting[kept], images[kept])
+
+
+def test_paint_with_empty_and_full_masks(unet, images32):
+    with torch.no_grad():
+        assert torch.equal(paint(unet, images32, torch.zeros(2, 1, 32, 32)), images32)
+        full = paint(unet, images32, torch.ones(2, 1, 32, 32))
+        assert torch.equal(full, unet(images32, torch.ones(2, 1, 32, 32)))
+
+
+# --- detect_by_inpainting: pass-through ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_every_iteration_keeps_unmasked_pixels_bit_exact(unet, size):
+    generator = torch.Generator().manual_seed(2)
+    images = torch.rand(2, 3, size, size, generator=generator)
+    images[:, :, size // 4 : size // 2, size // 4 : size // 2] = 0.5  # a flat patch: SSIM there differs
+    # tau at the median of step-0 SSIM: the masks hide part of each image, not all or nothing.
+    step0 = inpaint_step0(unet, images, DetectionSettings())
+    tau = ssim_map(images, step0).median().item()
+    settings = DetectionSettings(iterations=3, ssim_threshold=tau, mask_dilation=1)
+    result = detect_by_inpainting(unet, images, settings)
+    assert len(result.reconstructions) == len(result.masks) == len(result.ssim_maps) == 4
+    assert len(result.anomaly_maps) == 4
+    torch.testing.assert_close(result.reconstructions[0], step0, rtol=0, atol=0)
+    assert torch.equal(result.masks[0], torch.ones(2, 1, size, size))
+    for t in range(1, 4):
+        mask, reconstruction = result.masks[t], result.reconstructions[t]
+        assert mask.shape == (2, 1, size, size)
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        share = mask.mean().item()
+        assert 0.0 < share < 1.0, f"step {t}: the mask should hide part of the images, hides {share:.2f}"
+        kept = (mask == 0).expand_as(images)
+        assert torch.equal(reconstruction[kept], images[kept]), f"step {t} changed a kept pixel"
+        # Hidden pixels were re-painted (they differ from the input).
+        assert not torch.equal(reconstruction[~kept], images[~kept])
+
+
+def test_mask_is_the_dilated_thresholded_ssim_of_the_previous_step(unet, images32):
+    settings = DetectionSettings(iterations=2, ssim_threshold=0.6, mask_dilation=2)
+    result = detect_by_inpainting(unet, images32, settings)
+    for t in (1, 2):
+        below = (result.ssim_maps[t - 1] < 0.6).float()
+        expected = torch.nn.functional.max_pool2d(below, 5, stride=1, padding=2)
+        assert torch.equal(result.masks[t], expected)
+        torch.testing.assert_close(result.ssim_maps[t], ssim_map(images32, result.reconstructions[t]))
+        torch.testing.assert_close(result.anomaly_maps[t], anomaly_map(images32, result.reconstructions[t], settings))
+
+
+def test_threshold_below_every_ssim_leaves_the_image_unchanged(unet, images32):
+    settings = DetectionSettings(iterations=4, ssim_threshold=-1.0)
+    with PaintCounter(unet) as counter:
+        result = detect_by_inpainting(unet, images32, settings)
+    assert result.ssim_maps[0].min() > -1.0
+    assert counter.batches == [settings.step0_masks * 2]  # only step 0 ran the network
+    for t in range(1, 5):
+        assert torch.equal(result.masks[t], torch.zeros(2, 1, 32, 32))
+        assert torch.equal(result.reconstructions[t], images32)
+        torch.testing.assert_close(result.ssim_maps[t], torch.ones(2, 1, 32, 32), atol=1e-6, rtol=0)
+
+
+def test_zero_iterations_is_step_zero_only(unet, images32):
+    result = detect_by_inpainting(unet, images32, DetectionSettings(iterations=0))
+    assert len(result.reconstructions) == 1
+    assert result.step_scores.shape == (1, 2)
+    torch.testing.assert_close(result.scores, image_scores(result.anomaly_map))
+
+
+def test_step_scores_are_the_maxima_of_each_steps_map(unet, images32):
+    result = detect_by_inpainting(unet, images32, DetectionSettings(iterations=2, ssim_threshold=0.7))
+    assert result.step_scores.shape == (3, 2)
+    for t in range(3):
+        assert torch.equal(result.step_scores[t], result.anomaly_maps[t].flatten(1).amax(1))
+    assert torch.equal(result.scores, result.step_scores[-1])
+    assert result.anomaly_map is result.anomaly_maps[-1]
+
+
+# --- step 0 ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("count", "cell_size"), [(2, 1), (3, 4), (4, 8)])
+@pytest.mark.parametrize("size", [32, 40])
+def test_step0_never_lets_a_pixel_see_itself(unet, count, cell_size, size):
+    model = unet
+    settings = DetectionSettings(step0_masks=count, step0_cell_size=cell_size)
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3))
+    before = inpaint_step0(model, images, settings)
+    for y, x in [(0, 0), (13, size - 7)]:
+        changed = images.clone()
+        changed[0, :, y, x] = 1.0 - changed[0, :, y, x]
+        changed[1, :, y, x] = torch.tensor([0.0, 1.0, 0.5])
+        after = inpaint_step0(model, changed, settings)
+        # Exactly no change at p: its painting comes only from the pass where p is hidden (and zeroed).
+        assert torch.equal(after[:, :, y, x], before[:, :, y, x])
+        # ... while the pixels that do see p (in their own passes) change: the test is sensitive.
+        assert not torch.equal(after, before)
+        # And the network does react to p where p is visible: a pass hiding p's neighbour but not p.
+        grids = complementary_grid_masks(count, cell_size, size, size)
+        visible_pass = next(k for k in range(count) if grids[k, 0, y, x] == 0)
+        with torch.no_grad():
+            seen = model(changed, grids[visible_pass].expand(2, 1, size, size))
+            unseen = model(images, grids[visible_pass].expand(2, 1, size, size))
+        assert not torch.equal(seen, unseen)
+
+
+def test_step0_stitches_the_k_paintings(unet, images32):
+    settings = DetectionSettings(step0_masks=3, step0_cell_size=4)
+    step0 = inpaint_step0(unet, images32, settings)
+    grids = complementary_grid_masks(3, 4, 32, 32)
+    expected = torch.zeros_like(images32)
+    with torch.no_grad():
+        for k in range(3):
+            mask = grids[k : k + 1].expand(2, 1, 32, 32)
+            expected = torch.where(mask > 0.5, unet(images32, mask), expected)
+    torch.testing.assert_close(step0, expected, atol=1e-6, rtol=0)
+
+
+def test_step0_with_greyscale_model(unet_grey):
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    step0 = inpaint_step0(unet_grey, images, DetectionSettings())
+    assert step0.shape == images.shape
+    assert ((step0 >= 0) & (step0 <= 1)).all()
+
+
+# --- skipping of repeated and empty masks ------------------------------------------------------------------------
+
+
+def test_unchanged_mask_reuses_the_reconstruction_without_painting_again(unet, images32):
+    # tau = 1: every pixel of an untrained model's reconstruction is below it, so every mask hides everything.
+    settings = DetectionSettings(iterations=3, ssim_threshold=1.0)
+    with PaintCounter(unet) as counter:
+        result = detect_by_inpainting(unet, images32, settings)
+    for t in (1, 2, 3):
+        assert torch.equal(result.masks[t], torch.ones(2, 1, 32, 32))
+    # Step 0 (K * B images), step 1 (B images), then nothing: steps 2 and 3 have step 1's mask.
+    assert counter.batches == [settings.step0_masks * 2, 2]
+    assert torch.equal(result.reconstructions[2], result.reconstructions[1])
+    assert torch.equal(result.reconstructions[3], result.reconstructions[1])
+    # ... and what was reused is what painting with that mask gives.
+    with torch.no_grad():
+        torch.testing.assert_close(result.reconstructions[1], unet(images32, torch.ones(2, 1, 32, 32)))
+
+
+def test_empty_mask_image_passes_through_while_the_other_is_painted(unet, images32):
+    # Image 0's step-0 reconstruction is perfect (SSIM 1, empty mask); image 1's is the negative (low SSIM).
+    step0 = torch.stack([images32[0], 1.0 - images32[1]])
+    settings = DetectionSettings(iterations=3, ssim_threshold=0.5, mask_dilation=1)
+    with PaintCounter(unet) as counter:
+        result = detect_by_inpainting(unet, images32, settings, step0=step0)
+    assert counter.batches[0] == 1  # only image 1 was painted at step 1
+    assert torch.equal(result.reconstructions[0], step0)
+    for t in (1, 2, 3):
+        assert torch.equal(result.masks[t][0], torch.zeros(1, 32, 32))
+        assert torch.equal(result.reconstructions[t][0], images32[0])
+        assert result.masks[t][1].sum() > 0
+        kept = (result.masks[t][1] == 0).expand(3, -1, -1)
+        assert torch.equal(result.reconstructions[t][1][kept], images32[1][kept])
+    assert torch.equal(result.reconstructions[1][1], paint(unet, images32[1:], result.masks[1][1:])[0])
+
+
+@pytest.mark.parametrize("tau", [0.3, 0.8])
+def test_every_step_equals_painting_with_its_own_mask(unet, tau):
+    """Whatever is skipped or reused, step t's reconstruction is what painting with step t's mask gives."""
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    images[1] = 0.5 + 0.1 * (images[1] - 0.5)  # a low-contrast image among the others
+    result = detect_by_inpainting(unet, images, DetectionSettings(iterations=3, ssim_threshold=tau))
+    for t in range(1, 4):
+        mask = result.masks[t]
+        with torch.no_grad():
+            expected = paint(unet, images, mask)  # an empty mask gives the input back
+        torch.testing.assert_close(result.reconstructions[t], expected, atol=1e-5, rtol=0)
+        for b in range(3):
+            if mask[b].amax() == 0:
+                assert torch.equal(result.reconstructions[t][b], images[b])
+            if t >= 2 and torch.equal(mask[b], result.masks[t - 1][b]):
+                assert torch.equal(result.reconstructions[t][b], result.reconstructions[t - 1][b])
+
+
+# --- inputs and settings -------------------------------------------------------------------------------------------
+
+
+def test_detect_rejects_bad_inputs(unet):
+    with pytest.raises(ValueError, match="expected images"):
+        detect_by_inpainting(unet, torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="expected images"):
+        inpaint_step0(unet, torch.rand(3, 32, 32), DetectionSettings())
+    bad = torch.rand(1, 3, 32, 32)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        detect_by_inpainting(unet, bad)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"iterations": -1},
+        {"iterations": 101},
+        {"ssim_threshold": 1.5},
+        {"ssim_threshold": -1.01},
+        {"step0_masks": 1},
+        {"step0_cell_size": 0},
+        {"mask_dilation": -1},
+        {"smoothing_sigma": -0.5},
+        {"anomaly_measure": "mse"},
+    ],
+)
+def test_detection_settings_reject_bad_values(changes):
+    with pytest.raises(ValueError):
+        DetectionSettings(**changes)
+
+
+def test_detection_settings_round_trip():
+    settings = DetectionSettings(iterations=3, ssim_threshold=0.25, anomaly_measure="ssim")
+    assert DetectionSettings(**settings.to_dict()) == settings
+    changed = settings.with_(iterations=5)
+    assert changed.iterations == 5 and changed.ssim_threshold == 0.25
+    assert settings.iterations == 3
+
+
+def test_anomaly_measures_differ_and_smoothing_applies(images32):
+    reconstruction = (images32 + 0.2 * torch.rand(images32.shape, generator=torch.Generator().manual_seed(7))).clamp(
+        0, 1
+    )
+    plain = anomaly_map(images32, reconstruction, DetectionSettings(anomaly_measure="ssim", smoothing_sigma=0))
+    torch.testing.assert_close(plain, 1 - ssim_map(images32, reconstruction))
+    combined = anomaly_map(images32, reconstruction, DetectionSettings(anomaly_measure="ssim+gms", smoothing_sigma=0))
+    assert not torch.allclose(plain, combined)
+    smooth = anomaly_map(images32, reconstruction, DetectionSettings(anomaly_measure="ssim", smoothing_sigma=4))
+    assert smooth.std() < plain.std()
+    same = anomaly_map(images32, images32, DetectionSettings())
+    assert same.abs().max() < 1e-5
+
+
+def test_autoencoder_detection(autoencoder):
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    result = detect_by_autoencoder(autoencoder, images, DetectionSettings(iterations=5))
+    assert len(result.reconstructions) == 1
+    assert result.anomaly_map.shape == (2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(result.reconstructions[0], autoencoder(images))
+    with pytest.raises(ValueError, match="32x32"):
+        detect_by_autoencoder(autoencoder, torch.rand(1, 3, 64, 64))
