@@ -1,0 +1,308 @@
+"""The i3ad web app: detect anomalies in an image with a category's model, and look at the benchmark.
+
+Run ``python app.py`` (http://127.0.0.1:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT change host and port). The same
+file is the Hugging Face Space's entry point; on ZeroGPU the detection runs inside ``spaces.GPU``.
+
+Environment: I3AD_CHECKPOINTS (local checkpoints folder, default ./checkpoints next to this file), I3AD_HUB_REPO and
+I3AD_HUB_REVISION (a Hub repo to download checkpoints missing locally, see i3ad/hub.py), I3AD_RESULTS (benchmark CSV,
+default results/benchmark.csv), I3AD_DATA_ROOT (a data folder in the MVTec AD layout whose test images become
+examples). The UI is a thin layer: the work is done in i3ad.demo.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Analytics off: Blocks(analytics_enabled=False) covers the app, this the calls Gradio makes outside it (launch).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+try:  # On a ZeroGPU Space, spaces.GPU attaches a GPU for the duration of each call; elsewhere it is not installed.
+    import spaces  # before torch, as ZeroGPU asks
+
+    gpu = spaces.GPU
+except ImportError:
+
+    def gpu(function):
+        return function
+
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from i3ad.calibration import MAX_CALIBRATED_ITERATIONS
+from i3ad.checkpoints import CheckpointError
+from i3ad.demo import (
+    BASELINE_VARIANT,
+    TAU_RANGE,
+    TAU_STEP,
+    ModelDefaults,
+    ModelStore,
+    benchmark_view,
+    data_examples,
+    default_variant,
+    detect_image,
+    model_defaults,
+    model_variants,
+    synthetic_examples,
+)
+from i3ad.hub import CheckpointResolver
+from i3ad.images import ImageReadError
+from i3ad.pipeline import resolve_device
+
+APP_DIR = Path(__file__).resolve().parent
+ENV_RESULTS, ENV_DATA_ROOT = "I3AD_RESULTS", "I3AD_DATA_ROOT"
+# Detections at once: two on a CPU (each already uses every core), more on a GPU.
+CPU_CONCURRENCY, GPU_CONCURRENCY = 2, 4
+OUTPUT_HEIGHT = 300  # px of the result images on the page
+
+INTRO = """# i3ad: anomaly detection by iterative inpainting
+Upload an image of a category (or pick an example). I3AD first repaints every pixel from its surroundings (four
+complementary grid masks), then repeatedly hides the pixels whose SSIM to the input is below **tau** and repaints only
+those, **T** times. Where the final reconstruction differs from the input is the anomaly map; its maximum is the image
+score, called anomalous above a threshold calibrated on held-out normal images. The autoencoder (AE) baseline is shown
+beside it."""
+
+
+@dataclass
+class AppConfig:
+    """Where the app finds its models, results and example images."""
+
+    resolver: CheckpointResolver
+    results: Path
+    data_root: Path | None = None
+    device: str = "auto"
+
+    @classmethod
+    def from_env(cls) -> AppConfig:
+        data_root = os.environ.get(ENV_DATA_ROOT)
+        return cls(
+            resolver=CheckpointResolver.from_env(APP_DIR / "checkpoints"),
+            results=Path(os.environ.get(ENV_RESULTS) or APP_DIR / "results" / "benchmark.csv"),
+            data_root=Path(data_root) if data_root else None,
+        )
+
+
+def slider_settings(defaults: ModelDefaults) -> tuple[dict, dict]:
+    """Settings of the iteration and tau sliders for a model: its default T and calibrated tau (fixed for the AE)."""
+    iterations = {"value": defaults.iterations, "interactive": defaults.ssim_threshold is not None}
+    if defaults.ssim_threshold is None:
+        return iterations, {"label": "SSIM threshold tau (not used by the AE)", "interactive": False}
+    value = round(defaults.ssim_threshold, 3)
+    tau = {
+        "value": value,
+        "minimum": min(TAU_RANGE[0], value),
+        "label": f"SSIM threshold tau (calibrated: {defaults.ssim_threshold:.4f})",
+        "interactive": True,
+    }
+    return iterations, tau
+
+
+class Handlers:
+    """The app's event functions; Gradio calls them, and so do the tests."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        self.store = ModelStore(config.resolver, resolve_device(config.device))
+        # Example images and each detection's files; removed when the app's process ends.
+        self._workspace = tempfile.TemporaryDirectory(prefix="i3ad_app_")
+        self.output_root = Path(self._workspace.name)
+        self.synthetic = synthetic_examples(self.output_root / "examples")
+
+    def categories(self) -> list[str]:
+        return list(self.store.available())
+
+    def examples(self, category: str) -> list[list[str]]:
+        return [[str(p)] for p in self.synthetic + data_examples(self.config.data_root, category)]
+
+    def defaults(self, category: str, variant: str) -> ModelDefaults:
+        try:
+            return model_defaults(self.store.get(category, variant))
+        except CheckpointError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+
+    def model_controls(self, category: str, variant: str) -> tuple[dict, dict, str]:
+        """Iteration slider, tau slider and the model's description, for the chosen model."""
+        defaults = self.defaults(category, variant)
+        iterations, tau = slider_settings(defaults)
+        return gr.update(**iterations), gr.update(**tau), defaults.description
+
+    def on_category(self, category: str) -> tuple:
+        """A new category: its model menu, the default model's slider settings, its example images."""
+        variants = self.store.available().get(category)
+        if not variants:
+            raise gr.Error(f"No model for category {category!r}.", print_exception=False)
+        choices = model_variants(variants)
+        variant = default_variant(variants)
+        menu = gr.update(choices=choices, value=variant, visible=len(choices) > 1)
+        return (menu, *self.model_controls(category, variant), gr.Dataset(samples=self.examples(category)))
+
+    def detect(
+        self,
+        category: str,
+        variant: str,
+        image: str | dict | None,
+        iterations: float,
+        ssim_threshold: float | None,
+        progress: gr.Progress | None = None,
+    ) -> tuple:
+        """Run the detection; returns heat-map, mask, baseline heat-map, summary, step gallery and files.
+
+        image: a file path, or Gradio's file payload (the detect event skips Gradio's preprocessing, whose image
+        decoding would turn a non-image upload into a bare "Error"; read_image says what is wrong instead).
+        """
+        path, name = (image.get("path"), image.get("orig_name")) if isinstance(image, dict) else (image, None)
+        if not path:
+            raise gr.Error("Upload an image (or click an example) first.", print_exception=False)
+        if progress is not None:
+            progress(0.1, desc=f"Running {category} / {variant}")
+        try:
+            report = detect_image(
+                self.store,
+                category,
+                variant,
+                path,
+                iterations=int(iterations),
+                ssim_threshold=ssim_threshold,
+                out_dir=Path(tempfile.mkdtemp(dir=self.output_root)),
+            )
+        except (CheckpointError, ImageReadError, ValueError, TypeError) as error:
+            message = str(error).replace(path, name) if name else str(error)  # the user's file name, not the cache's
+            raise gr.Error(message, print_exception=False) from None
+        baseline = report.baseline.heatmap if report.baseline else None
+        if report.baseline is None and variant != BASELINE_VARIANT:
+            gr.Warning(f"No autoencoder baseline checkpoint for {category}: the AE heat-map is left empty.")
+        return (
+            report.heatmap,
+            report.mask,
+            baseline,
+            report.summary(),
+            report.steps,
+            [str(p) for p in report.files],
+        )
+
+    def benchmark(self) -> tuple:
+        """Message, table and the three figures of the benchmark tab (hidden when there is nothing to show)."""
+        view = benchmark_view(self.config.results)
+        figures = (view.image_auroc, view.pixel_auroc, view.auroc_vs_iterations)
+        table = view.table.round(4) if view.table is not None else pd.DataFrame()
+        return (
+            view.message,
+            gr.update(value=table, visible=view.table is not None),
+            *(gr.update(value=figure, visible=figure is not None) for figure in figures),
+        )
+
+
+def build_app(config: AppConfig | None = None) -> gr.Blocks:
+    """The Blocks app, not launched. The first category's default model is loaded to fill in the controls, the others
+    on first use; the synthetic example images are written to a temporary folder."""
+    handlers = Handlers(config or AppConfig.from_env())
+    categories = handlers.categories()
+    if not categories:
+        raise CheckpointError(
+            f"no checkpoints found ({handlers.store.resolver}); train some with `python -m i3ad train` or set "
+            "I3AD_CHECKPOINTS / I3AD_HUB_REPO"
+        )
+    # The first category's controls are filled in here, so that the page and the API start with working values.
+    category = categories[0]
+    variants = handlers.store.available()[category]
+    variant = default_variant(variants)
+    defaults = handlers.defaults(category, variant)
+    iterations_settings, tau_settings = slider_settings(defaults)
+
+    @gpu
+    def detect(category, variant, image, iterations, ssim_threshold, progress=gr.Progress()):  # noqa: B008
+        return handlers.detect(category, variant, image, iterations, ssim_threshold, progress)
+
+    with gr.Blocks(title="i3ad anomaly detection", analytics_enabled=False) as app:
+        gr.Markdown(INTRO)
+        with gr.Tab("Detect"), gr.Row():
+            with gr.Column(scale=1):
+                category_menu = gr.Dropdown(categories, value=category, label="category", elem_id="category")
+                choices = model_variants(variants)
+                # Custom values: the API may ask for a variant of another category than the page's first one.
+                variant_menu = gr.Dropdown(
+                    choices,
+                    value=variant,
+                    label="model",
+                    allow_custom_value=True,
+                    visible=len(choices) > 1,
+                    elem_id="variant",
+                )
+                image = gr.Image(label="image", height=320, elem_id="image")
+                examples = gr.Examples(
+                    handlers.examples(category), inputs=[image], label="examples", elem_id="examples"
+                )
+                iterations = gr.Slider(
+                    0,
+                    MAX_CALIBRATED_ITERATIONS,
+                    step=1,
+                    label="iterations T",
+                    elem_id="iterations",
+                    **iterations_settings,
+                )
+                tau = gr.Slider(maximum=TAU_RANGE[1], step=TAU_STEP, elem_id="tau", **tau_settings)
+                model_info = gr.Markdown(defaults.description)
+                run = gr.Button("Detect anomalies", variant="primary", elem_id="run")
+            with gr.Column(scale=2):
+                summary = gr.Markdown("Upload an image and press *Detect anomalies*.", elem_id="summary")
+                with gr.Row():
+                    heatmap = gr.Image(
+                        label="I3AD anomaly heat-map", format="png", height=OUTPUT_HEIGHT, elem_id="heatmap"
+                    )
+                    mask = gr.Image(
+                        label="anomaly mask (score > threshold)", format="png", height=OUTPUT_HEIGHT, elem_id="mask"
+                    )
+                    baseline = gr.Image(
+                        label="AE baseline heat-map", format="png", height=OUTPUT_HEIGHT, elem_id="baseline"
+                    )
+                steps = gr.Gallery(
+                    label="each step: reconstruction, mask, anomaly map",
+                    format="png",
+                    columns=3,
+                    object_fit="contain",
+                    height="auto",
+                    elem_id="steps",
+                )
+                files = gr.File(label="downloads: heat-map, mask, scores", file_count="multiple")
+        with gr.Tab("Benchmark", elem_id="benchmark-tab"):
+            benchmark_message = gr.Markdown()
+            reload = gr.Button("Reload results", size="sm")
+            image_plot = gr.Plot(label="image AUROC")
+            pixel_plot = gr.Plot(label="pixel AUROC")
+            iterations_plot = gr.Plot(label="image AUROC against T")
+            table = gr.Dataframe(label="results at the default settings", interactive=False, elem_id="benchmark-table")
+
+        model_controls = [iterations, tau, model_info]
+        category_menu.change(
+            handlers.on_category,
+            category_menu,
+            [variant_menu, *model_controls, examples.dataset],
+            api_visibility="private",
+        )
+        variant_menu.input(
+            handlers.model_controls, [category_menu, variant_menu], model_controls, api_visibility="private"
+        )
+        run.click(
+            detect,
+            [category_menu, variant_menu, image, iterations, tau],
+            [heatmap, mask, baseline, summary, steps, files],
+            api_name="detect",
+            preprocess=False,  # uploads are still checked to be in Gradio's cache; see Handlers.detect
+        )
+        benchmark_outputs = [benchmark_message, table, image_plot, pixel_plot, iterations_plot]
+        app.load(handlers.benchmark, None, benchmark_outputs, api_visibility="private")
+        reload.click(handlers.benchmark, None, benchmark_outputs, api_visibility="private")
+    app.queue(default_concurrency_limit=CPU_CONCURRENCY if handlers.store.device.type == "cpu" else GPU_CONCURRENCY)
+    return app
+
+
+if __name__ == "__main__":
+    try:
+        demo = build_app()
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None
+    demo.launch()

@@ -1,0 +1,367 @@
+"""What the Gradio app (app.py) shows, without Gradio: loaded models, one image's detection as pictures and files,
+example images and the benchmark view. Errors are i3ad's own (CheckpointError, ImageReadError, ValueError); the app
+turns them into messages.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from PIL import Image
+
+from i3ad.calibration import MAX_CALIBRATED_ITERATIONS
+from i3ad.checkpoints import CheckpointError
+from i3ad.data import NORMAL, DatasetError, index_category
+from i3ad.detector import AnomalyDetector
+from i3ad.hub import CheckpointResolver, check_name
+from i3ad.plots import auroc_bars, auroc_vs_iterations, headline, load_results
+from i3ad.scoring import DetectionResult, DetectionSettings
+from i3ad.synthetic import make_synthetic_category
+from i3ad.visualize import binary_mask_image, colorize, heatmap_overlay, to_pil
+
+# The variant name of the autoencoder baseline; every other variant of a category is an I3AD model.
+BASELINE_VARIANT = "ae"
+DEFAULT_VARIANT = "i3ad"
+# Heat-maps are coloured from 0 to this multiple of the score threshold, so the threshold sits mid-scale (as in
+# `python -m i3ad detect`): normal images stay dark, anomalies glow.
+HEATMAP_RANGE = 2.0
+# Resolution of the app's tau slider. A tau within half a step of the calibrated one is the calibrated one, so the
+# default run reproduces the checkpoint's calibration exactly.
+TAU_STEP = 0.001
+# The tau slider spans the useful part of SSIM's range [-1, 1], widened for a checkpoint calibrated below it.
+TAU_RANGE = (0.0, 1.0)
+SYNTHETIC_SIZE = 256
+# The benchmark table's columns (the others are the same in every row at the default settings).
+TABLE_COLUMNS = (
+    "category",
+    "model",
+    "iterations",
+    "ssim_threshold",
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "image_f1_max",
+    "mean_mask_share",
+)
+
+logger = logging.getLogger(__name__)
+
+
+def model_variants(variants: list[str]) -> list[str]:
+    """The variants offered in the model menu: the I3AD ones (the baseline only if it is all there is)."""
+    return [v for v in variants if v != BASELINE_VARIANT] or list(variants)
+
+
+def default_variant(variants: list[str]) -> str:
+    choices = model_variants(variants)
+    return DEFAULT_VARIANT if DEFAULT_VARIANT in choices else choices[0]
+
+
+class ModelStore:
+    """Detectors loaded once per (category, variant) on one device and kept for later requests."""
+
+    def __init__(self, resolver: CheckpointResolver, device: torch.device | str = "cpu") -> None:
+        self.resolver = resolver
+        self.device = torch.device(device)
+        self._loaded: dict[tuple[str, str, str], AnomalyDetector] = {}
+        self._lock = threading.Lock()
+        self._available: dict[str, list[str]] | None = None
+
+    def available(self) -> dict[str, list[str]]:
+        """{category: [variant, ...]}, looked up once (the Hub is asked at most once per app)."""
+        if self._available is None:
+            self._available = self.resolver.available()
+        return self._available
+
+    def get(self, category: str, variant: str) -> AnomalyDetector:
+        """The loaded detector; CheckpointError for a category or variant without a checkpoint."""
+        check_name("category", category)
+        check_name("variant", variant)
+        available = self.available()
+        if category not in available:
+            raise CheckpointError(f"no checkpoint for category {category!r} (have: {', '.join(available) or 'none'})")
+        if variant not in available[category]:
+            raise CheckpointError(
+                f"category {category!r} has no model {variant!r} (have: {', '.join(available[category])})"
+            )
+        key = (category, variant, str(self.device))
+        with self._lock:  # two first requests for one model load it once
+            if key not in self._loaded:
+                self._loaded[key] = self.resolver.load(category, variant, self.device)
+            return self._loaded[key]
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What the app's controls start at for one model: its default T and calibrated tau."""
+
+    iterations: int
+    ssim_threshold: float | None
+    description: str
+
+
+def model_defaults(detector: AnomalyDetector) -> ModelDefaults:
+    tau = detector.calibration.ssim_threshold
+    iterations = detector.settings.iterations if detector.kind == "i3ad" else 0
+    size = detector.preprocessing.image_size
+    description = (
+        f"**{detector.category} / {detector.name}** ({detector.kind}): {size}x{size} px, "
+        f"{detector.preprocessing.channels} channel(s); calibrated on {detector.calibration.holdout_images} "
+        "held-out normal images"
+    )
+    if tau is not None:
+        description += f"; tau = {tau:.4f}, default T = {iterations}"
+    return ModelDefaults(iterations, tau, description)
+
+
+@dataclass
+class BaselineView:
+    """The autoencoder baseline's answer for the same image."""
+
+    heatmap: Image.Image
+    score: float
+    threshold: float
+
+    @property
+    def anomalous(self) -> bool:
+        return self.score > self.threshold
+
+
+@dataclass
+class DetectionReport:
+    """One image's detection, ready to show: pictures at the input's size, step images, summary and files."""
+
+    category: str
+    variant: str
+    iterations: int
+    ssim_threshold: float | None
+    calibrated_ssim_threshold: float | None
+    score: float
+    threshold: float
+    heatmap: Image.Image
+    mask: Image.Image
+    steps: list[tuple[Image.Image, str]]  # per step: reconstruction, mask, anomaly map
+    step_scores: list[float]
+    step_thresholds: list[float]
+    baseline: BaselineView | None = None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def anomalous(self) -> bool:
+        return self.score > self.threshold
+
+    @property
+    def verdict(self) -> str:
+        return "anomalous" if self.anomalous else "normal"
+
+    def summary(self) -> str:
+        """Markdown: the verdict, the score against the threshold used, and the settings."""
+        comparison = ">" if self.anomalous else "<="
+        lines = [
+            f"## {self.verdict.upper()}",
+            f"Anomaly score **{self.score:.4f}** {comparison} score threshold **{self.threshold:.4f}** "
+            f"(calibrated for {self.category} / {self.variant} at T = {self.iterations}).",
+        ]
+        if self.ssim_threshold is not None:
+            lines.append(f"T = {self.iterations} iterations, SSIM threshold tau = {self.ssim_threshold:.4f}.")
+            if self.ssim_threshold != self.calibrated_ssim_threshold:
+                lines.append(
+                    f"The score thresholds were calibrated at tau = {self.calibrated_ssim_threshold:.4f}: "
+                    "at another tau the verdict is only indicative."
+                )
+        if self.baseline is not None:
+            lines.append(
+                f"Autoencoder baseline: score {self.baseline.score:.4f}, threshold {self.baseline.threshold:.4f} "
+                f"-> {'anomalous' if self.baseline.anomalous else 'normal'}."
+            )
+        return "\n\n".join(lines)
+
+
+def _step_images(result: DetectionResult, thresholds: list[float]) -> list[tuple[Image.Image, str]]:
+    """Per step t: the reconstruction, the mask of hidden pixels and the anomaly map (coloured like the heat-map,
+    against the score threshold of T = t), each with a caption."""
+    items = []
+    for t, (reconstruction, mask, amap, score) in enumerate(
+        zip(result.reconstructions, result.masks, result.anomaly_maps, result.step_scores[:, 0], strict=True)
+    ):
+        hidden = "every pixel once, by grid masks" if t == 0 else f"{mask[0].float().mean().item():.0%} hidden"
+        items += [
+            (to_pil(reconstruction[0]), f"step {t}: reconstruction"),
+            (to_pil(mask[0]), f"step {t}: mask ({hidden})"),
+            (
+                Image.fromarray(colorize(amap[0], HEATMAP_RANGE * thresholds[t])),
+                f"step {t}: anomaly map, score {score:.3f}",
+            ),
+        ]
+    return items
+
+
+def _effective_tau(calibrated: float | None, requested: float | None) -> float | None:
+    """The tau to run with: the calibrated one, unless another was asked for (a slider value within half a step of
+    the calibrated tau is the calibrated tau)."""
+    if requested is None or (calibrated is not None and abs(requested - calibrated) <= TAU_STEP / 2):
+        return calibrated
+    return float(requested)
+
+
+def detect_image(
+    store: ModelStore,
+    category: str,
+    variant: str,
+    image_path: str | Path,
+    *,
+    iterations: int | None = None,
+    ssim_threshold: float | None = None,
+    out_dir: str | Path,
+    with_baseline: bool = True,
+) -> DetectionReport:
+    """Run one model (and the category's autoencoder baseline when it has one) on an image file.
+
+    iterations / ssim_threshold: default the checkpoint's. Writes ``<name>_heatmap.png``, ``<name>_mask.png`` and
+    ``<name>_scores.csv`` to ``out_dir``. Raises CheckpointError, ImageReadError or ValueError.
+    """
+    detector = store.get(category, variant)
+    image = detector.read(image_path)
+    if detector.kind == "i3ad":
+        iterations = detector.settings.iterations if iterations is None else int(iterations)
+        if not 0 <= iterations <= MAX_CALIBRATED_ITERATIONS:
+            raise ValueError(f"iterations must be between 0 and {MAX_CALIBRATED_ITERATIONS}, got {iterations}")
+        tau = _effective_tau(detector.calibration.ssim_threshold, ssim_threshold)
+    else:
+        iterations, tau = 0, None
+    result = detector.detect(image, iterations=iterations, ssim_threshold=tau)
+    step_thresholds = [detector.calibration.score_threshold(t) for t in range(iterations + 1)]
+    threshold = step_thresholds[-1]
+    anomaly_map = result.anomaly_map[0].cpu()
+    report = DetectionReport(
+        category=category,
+        variant=variant,
+        iterations=iterations,
+        ssim_threshold=tau,
+        calibrated_ssim_threshold=detector.calibration.ssim_threshold,
+        score=result.scores[0].item(),
+        threshold=threshold,
+        heatmap=heatmap_overlay(image, anomaly_map, vmax=HEATMAP_RANGE * threshold),
+        mask=binary_mask_image(anomaly_map, threshold, tuple(image.shape[-2:])),
+        steps=_step_images(result, step_thresholds),
+        step_scores=result.step_scores[:, 0].tolist(),
+        step_thresholds=step_thresholds,
+    )
+    if with_baseline and variant != BASELINE_VARIANT and BASELINE_VARIANT in store.available()[category]:
+        baseline = store.get(category, BASELINE_VARIANT)
+        baseline_image = baseline.read(image_path)
+        baseline_result = baseline.detect(baseline_image)
+        baseline_threshold = baseline.calibration.score_threshold(0)
+        report.baseline = BaselineView(
+            heatmap=heatmap_overlay(
+                baseline_image, baseline_result.anomaly_map[0].cpu(), vmax=HEATMAP_RANGE * baseline_threshold
+            ),
+            score=baseline_result.scores[0].item(),
+            threshold=baseline_threshold,
+        )
+    report.files = save_report(report, Path(image_path).stem, out_dir)
+    return report
+
+
+def save_report(report: DetectionReport, name: str, out_dir: str | Path) -> list[Path]:
+    """Write the heat-map and mask (PNG, lossless) and the scores CSV (one row per step, and the baseline's)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    heatmap, mask, scores = (out_dir / f"{name}_{suffix}" for suffix in ("heatmap.png", "mask.png", "scores.csv"))
+    report.heatmap.save(heatmap)
+    report.mask.save(mask)
+    rows = [
+        {
+            "model": report.variant,
+            "iterations": t,
+            "ssim_threshold": "" if report.ssim_threshold is None else f"{report.ssim_threshold:.4f}",
+            "score": f"{score:.4f}",
+            "score_threshold": f"{limit:.4f}",
+            "verdict": "anomalous" if score > limit else "normal",
+        }
+        for t, (score, limit) in enumerate(zip(report.step_scores, report.step_thresholds, strict=True))
+    ]
+    if report.baseline is not None:
+        rows.append(
+            {
+                "model": BASELINE_VARIANT,
+                "iterations": 0,
+                "ssim_threshold": "",
+                "score": f"{report.baseline.score:.4f}",
+                "score_threshold": f"{report.baseline.threshold:.4f}",
+                "verdict": "anomalous" if report.baseline.anomalous else "normal",
+            }
+        )
+    with open(scores, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "category", *rows[0]])
+        writer.writeheader()
+        writer.writerows({"image": name, "category": report.category, **row} for row in rows)
+    return [heatmap, mask, scores]
+
+
+def synthetic_examples(folder: str | Path) -> list[Path]:
+    """Three 256-px synthetic images (normal, dark spot, bright scratch) written to ``folder``."""
+    root = make_synthetic_category(
+        folder, "synthetic", size=SYNTHETIC_SIZE, train=0, test_good=1, test_per_defect=1, seed=0
+    )
+    return sorted(root.glob("test/*/*.png"), key=lambda p: (p.parent.name != NORMAL, p.parent.name))
+
+
+def data_examples(data_root: str | Path | None, category: str, limit: int = 4) -> list[Path]:
+    """A few test images of ``category`` under ``data_root`` (MVTec AD layout): the first normal one and the first
+    of each defect type. [] without a data root or when it lacks the category (with a logged warning)."""
+    if not data_root:
+        return []
+    try:
+        samples = index_category(data_root, category).test
+    except DatasetError as error:
+        logger.warning("no example images for %s: %s", category, error)
+        return []
+    first: dict[str, Path] = {}
+    for sample in samples:
+        first.setdefault(sample.defect, sample.image)
+    ordered = sorted(first.items(), key=lambda item: (item[0] != NORMAL, item[0]))
+    return [path for _, path in ordered][:limit]
+
+
+@dataclass
+class BenchmarkView:
+    """The benchmark tab: a message, the headline table and the figures (None when there is nothing to show)."""
+
+    message: str
+    table: pd.DataFrame | None = None
+    image_auroc: go.Figure | None = None
+    pixel_auroc: go.Figure | None = None
+    auroc_vs_iterations: go.Figure | None = None
+
+
+def benchmark_view(results: str | Path) -> BenchmarkView:
+    """Figures and table from a results CSV, or a message saying why there are none."""
+    try:
+        table = load_results(results)
+        rows = headline(table)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        return BenchmarkView(f"**No benchmark results to show.** {error}")
+    if rows.empty:
+        return BenchmarkView(f"**No benchmark results to show.** {results} has no rows at the default settings.")
+    has_pixel = "pixel_auroc" in rows and rows["pixel_auroc"].notna().any()
+    settings = DetectionSettings()
+    message = (
+        f"From `{results}` ({len(table)} rows), at the default settings: anomaly measure `{settings.anomaly_measure}`, "
+        f"smoothing sigma {settings.smoothing_sigma:g}, step-0 cells of {settings.step0_cell_size} px; I3AD at "
+        f"T = {settings.iterations} with each category's calibrated tau."
+    )
+    return BenchmarkView(
+        message=message,
+        table=rows[[c for c in TABLE_COLUMNS if c in rows]],
+        image_auroc=auroc_bars(table, "image_auroc"),
+        pixel_auroc=auroc_bars(table, "pixel_auroc") if has_pixel else None,
+        auroc_vs_iterations=auroc_vs_iterations(table, "image_auroc"),
+    )

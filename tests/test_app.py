@@ -1,0 +1,286 @@
+"""The Gradio app: its event functions called directly, and the launched app driven through gradio_client.
+
+The models are tiny untrained 64-px checkpoints built here (the app does not care whether a model is any good); one
+test runs a committed 256-px checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import socket
+from pathlib import Path
+from typing import NamedTuple
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import app
+from i3ad.checkpoints import load_checkpoint, save_checkpoint
+from i3ad.data import load_images
+from i3ad.detector import AnomalyDetector
+from i3ad.evaluation import RESULT_COLUMNS
+from i3ad.hub import CheckpointResolver
+from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.pipeline import calibrate
+from i3ad.preprocessing import Preprocessing
+from i3ad.scoring import DetectionSettings
+from i3ad.synthetic import make_synthetic_category
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 64
+
+
+def build_tiny_checkpoints(root: Path, data: Path) -> Path:
+    """Checkpoints root with synth/{i3ad, i3ad-small, ae} and other/i3ad (no baseline): untrained 64-px models
+    calibrated on a few synthetic normal images."""
+    torch.manual_seed(0)
+    preprocessing = Preprocessing(image_size=SIZE, channels=3)
+    settings = DetectionSettings(iterations=2, smoothing_sigma=2.0)
+    for category, seed in (("synth", 0), ("other", 1)):
+        index = make_synthetic_category(data, category, size=SIZE, train=4, test_good=1, test_per_defect=1, seed=seed)
+        holdout = load_images(sorted((index / "train" / "good").glob("*.png")), preprocessing, workers=1)
+        models = {"i3ad": InpaintingUNet(base_width=8, width_multipliers=(1, 2), bottleneck_blocks=1)}
+        if category == "synth":
+            models["i3ad-small"] = InpaintingUNet(base_width=4, width_multipliers=(1, 2), bottleneck_blocks=1)
+            models["ae"] = ConvAutoencoder(image_size=SIZE, base_width=4, latent_dim=8)
+        for variant, model in models.items():
+            model.eval()
+            calibrated, calibration = calibrate(model, holdout, settings, ssim_quantile=0.01)
+            detector = AnomalyDetector(model, preprocessing, calibrated, calibration, category, variant)
+            save_checkpoint(detector, root / category / variant)
+    return root
+
+
+def write_results_csv(path: Path) -> Path:
+    """A small results table in the exact format of `python -m i3ad evaluate`, at the default settings."""
+    defaults = DetectionSettings()
+    rows = []
+    for c, category in enumerate(("synth", "other")):
+        common = {"category": category, "anomaly_measure": defaults.anomaly_measure}
+        common["smoothing_sigma"] = defaults.smoothing_sigma
+        for t in range(4):
+            auroc = 0.7 + 0.05 * t - 0.1 * c
+            rows.append(
+                {
+                    **common,
+                    "model": "i3ad",
+                    "iterations": t,
+                    "ssim_threshold": 0.5,
+                    "calibrated_threshold": True,
+                    "step0_cell_size": defaults.step0_cell_size,
+                    "mean_mask_share": 1.0 if t == 0 else 0.1,
+                    "image_auroc": auroc,
+                    "image_f1_max": auroc - 0.1,
+                    "pixel_auroc": auroc + 0.1,
+                    "aupro": auroc - 0.2,
+                }
+            )
+        rows.append(
+            {
+                **common,
+                "model": "ae",
+                "iterations": 0,
+                "ssim_threshold": math.nan,
+                "calibrated_threshold": False,
+                "step0_cell_size": math.nan,
+                "mean_mask_share": 1.0,
+                "image_auroc": 0.6,
+                "image_f1_max": 0.5,
+                "pixel_auroc": 0.8,
+                "aupro": 0.4,
+            }
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows)[list(RESULT_COLUMNS)].to_csv(path, index=False, float_format="%.4f")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class AppFiles(NamedTuple):
+    checkpoints: Path
+    results: Path
+    data: Path
+
+
+@pytest.fixture(scope="module")
+def app_files(tmp_path_factory) -> AppFiles:
+    """Tiny checkpoints, a results CSV and the synthetic data they came from, shared by this module's tests."""
+    base = tmp_path_factory.mktemp("app")
+    checkpoints = build_tiny_checkpoints(base / "checkpoints", base / "data")
+    return AppFiles(checkpoints, write_results_csv(base / "results" / "benchmark.csv"), base / "data")
+
+
+@pytest.fixture(scope="module")
+def handlers(app_files):
+    checkpoints, results, data = app_files
+    return app.Handlers(app.AppConfig(CheckpointResolver(checkpoints), results, data_root=data, device="cpu"))
+
+
+@pytest.fixture
+def spot_image(app_files) -> str:
+    return str(app_files.data / "synth" / "test" / "spot" / "000.png")
+
+
+def test_detect_returns_maps_score_gallery_and_files(handlers, spot_image):
+    detector = handlers.store.get("synth", "i3ad")
+    tau = round(detector.calibration.ssim_threshold, 3)
+
+    heatmap, mask, baseline, summary, steps, files = handlers.detect("synth", "i3ad", spot_image, 2, tau)
+
+    assert heatmap.size == mask.size == baseline.size == (SIZE, SIZE)
+    assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    assert len(steps) == 9  # reconstruction, mask and anomaly map of steps 0, 1, 2
+    assert all(isinstance(picture, Image.Image) and "step" in caption for picture, caption in steps)
+    names = sorted(Path(f).name for f in files)
+    assert names == ["000_heatmap.png", "000_mask.png", "000_scores.csv"]
+    assert Image.open(next(f for f in files if f.endswith("_heatmap.png"))).format == "PNG"
+    with open(next(f for f in files if f.endswith(".csv"))) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["model"], r["iterations"]) for r in rows] == [("i3ad", "0"), ("i3ad", "1"), ("i3ad", "2"), ("ae", "0")]
+    final = rows[2]
+    threshold = detector.calibration.score_threshold(2)
+    assert float(final["score_threshold"]) == pytest.approx(threshold, abs=1e-4)
+    verdict = "ANOMALOUS" if float(final["score"]) > threshold else "NORMAL"
+    assert f"## {verdict}" in summary and final["score"] in summary
+    # The slider's rounded tau is taken as the calibrated one: no "indicative only" warning.
+    assert "only indicative" not in summary
+
+
+def test_detect_at_another_tau_says_the_verdict_is_indicative(handlers, spot_image):
+    *_, summary, steps, _ = handlers.detect("synth", "i3ad", spot_image, 1, 0.9)
+    assert "tau = 0.9000" in summary and "only indicative" in summary
+    captions = [caption for _, caption in steps]
+    assert captions[3] == "step 1: reconstruction" and re.fullmatch(r"step 1: mask \(\d+% hidden\)", captions[4])
+    assert captions[5].startswith("step 1: anomaly map, score ")
+
+
+def test_category_change_updates_model_menu_and_threshold_slider(handlers):
+    menu, iterations, tau, description, examples = handlers.on_category("other")
+    calibrated = load_checkpoint(handlers.store.resolver.root / "other" / "i3ad").calibration.ssim_threshold
+    assert tau["value"] == round(calibrated, 3)
+    assert tau["minimum"] <= tau["value"] <= 1  # untrained models calibrate below 0: the slider still reaches it
+    assert f"{calibrated:.4f}" in tau["label"] and f"{calibrated:.4f}" in description
+    assert iterations["value"] == 2
+    assert menu["choices"] == ["i3ad"] and menu["visible"] is False  # one I3AD model: no menu
+    assert isinstance(examples, gr.Dataset)
+
+    menu, _, tau_synth, _, _ = handlers.on_category("synth")
+    assert menu["choices"] == ["i3ad", "i3ad-small"] and menu["visible"] is True
+    assert tau_synth["value"] != tau["value"]
+    _, tau_small, _ = handlers.model_controls("synth", "i3ad-small")
+    small = load_checkpoint(handlers.store.resolver.root / "synth" / "i3ad-small").calibration.ssim_threshold
+    assert tau_small["value"] == round(small, 3)
+
+
+def test_examples_are_synthetic_plus_the_categorys_test_images(handlers, app_files):
+    examples = [Path(sample[0]) for sample in handlers.examples("synth")]
+    assert len(examples) == 6  # 3 synthetic + good, scratch, spot of synth
+    assert all(p.is_file() for p in examples)
+    assert Image.open(examples[0]).size == (256, 256)
+    assert {p.parent.name for p in examples[3:]} == {"good", "scratch", "spot"}
+    assert all(app_files.data / "synth" in p.parents for p in examples[3:])
+
+
+def test_model_without_baseline_warns_and_leaves_ae_empty(handlers, app_files):
+    image = str(app_files.data / "other" / "test" / "good" / "000.png")
+    with pytest.warns(UserWarning, match="No autoencoder baseline"):
+        _, _, baseline, summary, _, files = handlers.detect("other", "i3ad", image, 0, 0.5)
+    assert baseline is None and "Autoencoder" not in summary
+    assert len(files) == 3
+
+
+@pytest.mark.parametrize(
+    ("category", "variant", "content", "message"),
+    [
+        ("synth", "i3ad", b"this is not an image", "not a readable image"),
+        ("synth", "i3ad", "truncated", "damaged or truncated"),
+        ("nope", "i3ad", "valid", "no checkpoint for category 'nope'"),
+        ("../synth", "i3ad", "valid", "not a valid name"),
+        ("synth", "i3ad-xl", "valid", "has no model 'i3ad-xl'"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(handlers, spot_image, tmp_path, category, variant, content, message):
+    path = tmp_path / "upload.png"
+    if content == "valid":
+        path.write_bytes(Path(spot_image).read_bytes())
+    elif content == "truncated":
+        path.write_bytes(Path(spot_image).read_bytes()[:400])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(gr.Error, match=message):
+        handlers.detect(category, variant, str(path), 1, 0.5)
+
+
+def test_no_image_gives_a_clear_error(handlers):
+    with pytest.raises(gr.Error, match="Upload an image"):
+        handlers.detect("synth", "i3ad", None, 1, 0.5)
+
+
+def test_benchmark_tab_shows_figures_or_says_results_are_missing(handlers, tmp_path):
+    message, table, *figures = handlers.benchmark()
+    assert table["visible"] and set(table["value"]["model"]) == {"ae", "i3ad"}
+    assert all(f["visible"] for f in figures)
+    assert all(f["value"].data for f in figures)
+
+    missing = tmp_path / "results" / "benchmark.csv"
+    empty = app.Handlers(app.AppConfig(handlers.store.resolver, missing, device="cpu"))
+    message, table, *figures = empty.benchmark()
+    assert "No benchmark results" in message and str(missing) in message
+    assert table["visible"] is False and not any(f["visible"] for f in figures)
+
+
+def test_launched_app_answers_gradio_client(app_files, monkeypatch, tmp_path):
+    from gradio_client import Client, handle_file
+
+    checkpoints, results, data = app_files
+    monkeypatch.setenv("I3AD_CHECKPOINTS", str(checkpoints))
+    monkeypatch.setenv("I3AD_RESULTS", str(results))
+    monkeypatch.delenv("I3AD_HUB_REPO", raising=False)
+    demo = app.build_app()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path))
+        image = data / "synth" / "test" / "scratch" / "000.png"
+        heatmap, mask, baseline, summary, steps, files = client.predict(
+            "synth", "i3ad", handle_file(str(image)), 1, 0.5, api_name="/detect"
+        )
+        assert "Anomaly score" in summary and "score threshold" in summary
+        assert Image.open(heatmap).size == (SIZE, SIZE) and Path(mask).is_file() and Path(baseline).is_file()
+        assert len(steps) == 6
+        downloaded = {Path(f).name: Path(f) for f in files}
+        assert set(downloaded) == {"000_heatmap.png", "000_mask.png", "000_scores.csv"}
+        assert "score" in downloaded["000_scores.csv"].read_text().splitlines()[0]
+
+        not_image = tmp_path / "fake.png"
+        not_image.write_text("hello")
+        with pytest.raises(Exception, match=r"fake\.png: not a readable image"):
+            client.predict("synth", "i3ad", handle_file(str(not_image)), 1, 0.5, api_name="/detect")
+    finally:
+        demo.close()
+
+
+@pytest.mark.skipif(not (ROOT / "checkpoints").is_dir(), reason="no committed checkpoints/ folder")
+def test_committed_checkpoint_detects_on_a_synthetic_256_image(tmp_path):
+    from i3ad.demo import ModelStore, detect_image, synthetic_examples
+
+    store = ModelStore(CheckpointResolver(ROOT / "checkpoints"))
+    category = next((c for c, variants in store.available().items() if "i3ad" in variants), None)
+    if category is None:
+        pytest.skip("no committed i3ad checkpoint")
+    spot = synthetic_examples(tmp_path / "examples")[1]
+    report = detect_image(store, category, "i3ad", spot, iterations=0, out_dir=tmp_path / "out", with_baseline=False)
+    assert math.isfinite(report.score) and report.threshold > 0
+    assert report.heatmap.size == report.mask.size == (256, 256)
+    assert len(report.steps) == 3 and all(p.is_file() for p in report.files)

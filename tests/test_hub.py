@@ -1,0 +1,305 @@
+"""Loading checkpoints from a Hugging Face Hub repo, against a local stand-in for the Hub (no mock of huggingface_hub).
+
+The stand-in answers the HTTP requests huggingface_hub 2.4 makes for ``snapshot_download``: the revision info
+(GET /api/models/{repo}/revision/{rev}), the file tree (GET /api/models/{repo}/tree/{commit}), and per file
+HEAD + GET /{repo}/resolve/{commit}/{path} with X-Repo-Commit / ETag / Content-Length; LFS files (the safetensors
+weights) answer with a redirect to a second "CDN" server and X-Linked-Etag / X-Linked-Size, as the Hub does.
+The resolver runs in a subprocess, because huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE on import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+import torch
+
+from i3ad.calibration import Calibration
+from i3ad.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from i3ad.cli import main
+from i3ad.detector import AnomalyDetector
+from i3ad.hub import CheckpointResolver
+from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.preprocessing import Preprocessing
+from i3ad.scoring import DetectionSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "i3ad-tests/checkpoints"
+LFS_SUFFIXES = (".safetensors", ".bin")
+
+
+def save_tiny_checkpoint(folder: Path, category: str, variant: str) -> None:
+    """An untrained 32-px checkpoint with made-up thresholds: enough to be served, downloaded and loaded."""
+    torch.manual_seed(len(category) + len(variant))
+    if variant == "ae":
+        model, tau = ConvAutoencoder(image_size=32, base_width=4, latent_dim=8), None
+    else:
+        model, tau = InpaintingUNet(base_width=4, width_multipliers=(1, 2), bottleneck_blocks=1), 0.4
+    calibration = Calibration(tau, 0.01 if tau else None, [0.3] * 11, 4)
+    settings = DetectionSettings(ssim_threshold=tau or 0.5)
+    detector = AnomalyDetector(model, Preprocessing(32, 3), settings, calibration, category, variant)
+    save_checkpoint(detector, folder / category / variant)
+
+
+def git_blob_id(data: bytes) -> str:
+    """The id git gives a file's content (the Hub's ETag of a file stored in git, and its tree "oid")."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class FakeHub:
+    """One model repo served from a folder at http://127.0.0.1:<port>, its LFS files from a second "CDN" server.
+    ``requests`` records (method, path) of every request to either."""
+
+    def __init__(self, repo_id: str, folder: Path) -> None:
+        self.repo_id = repo_id
+        self.files = {
+            p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+        }
+        # A commit id of 40 hex digits that changes with the content, like git's.
+        self.commit = git_blob_id(json.dumps(sorted((k, git_blob_id(v)) for k, v in self.files.items())).encode())
+        self.blobs = {hashlib.sha256(v).hexdigest(): v for k, v in self.files.items() if k.endswith(LFS_SUFFIXES)}
+        self.requests: list[tuple[str, str]] = []
+        self.hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(self._answer_hub))
+        self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(self._answer_cdn))
+        self.url = f"http://127.0.0.1:{self.hub.server_address[1]}"
+        self.cdn_url = f"http://127.0.0.1:{self.cdn.server_address[1]}"
+        for server in (self.hub, self.cdn):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        for server in (self.hub, self.cdn):
+            server.shutdown()
+            server.server_close()
+
+    def _handler(self, answer):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                hub.requests.append(("GET", self.path))
+                answer(self, head=False)
+
+            def do_HEAD(self):
+                hub.requests.append(("HEAD", self.path))
+                answer(self, head=True)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+    @staticmethod
+    def _send(request, status: int, headers: dict, body: bytes = b"", head: bool = False) -> None:
+        request.send_response(status)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            request.send_header(key, value)
+        request.end_headers()
+        if not head:
+            request.wfile.write(body)
+
+    def _json(self, request, data, head: bool) -> None:
+        self._send(request, 200, {"Content-Type": "application/json"}, json.dumps(data).encode(), head)
+
+    def _not_found(self, request, code: str, head: bool) -> None:
+        headers = {"X-Error-Code": code, "X-Error-Message": f"{code} (test hub)", "X-Repo-Commit": self.commit}
+        self._send(request, 404, headers, b'{"error": "not found"}', head)
+
+    def _tree(self) -> list[dict]:
+        entries, folders = [], set()
+        for path, data in self.files.items():
+            entry = {"type": "file", "oid": git_blob_id(data), "size": len(data), "path": path}
+            if path.endswith(LFS_SUFFIXES):
+                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+            entries.append(entry)
+            parts = path.split("/")[:-1]
+            folders |= {"/".join(parts[: i + 1]) for i in range(len(parts))}
+        return [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)] + entries
+
+    def _answer_hub(self, request, head: bool) -> None:
+        path = unquote(urlparse(request.path).path)
+        api, resolve = f"/api/models/{self.repo_id}/", f"/{self.repo_id}/resolve/"
+        if path.startswith(api):
+            kind, _, revision = path[len(api) :].partition("/")
+            if revision not in ("main", self.commit):
+                return self._not_found(request, "RevisionNotFound", head)
+            if kind == "revision":
+                siblings = [{"rfilename": p} for p in self.files]
+                return self._json(request, {"id": self.repo_id, "sha": self.commit, "siblings": siblings}, head)
+            if kind == "tree":
+                return self._json(request, self._tree(), head)
+        elif path.startswith(resolve):
+            revision, _, name = path[len(resolve) :].partition("/")
+            if revision not in ("main", self.commit):
+                return self._not_found(request, "RevisionNotFound", head)
+            if name not in self.files:
+                return self._not_found(request, "EntryNotFound", head)
+            data = self.files[name]
+            headers = {"X-Repo-Commit": self.commit, "ETag": f'"{git_blob_id(data)}"'}
+            if name.endswith(LFS_SUFFIXES):
+                sha256 = hashlib.sha256(data).hexdigest()
+                headers |= {
+                    "Location": f"{self.cdn_url}/blobs/{sha256}",
+                    "X-Linked-Etag": f'"{sha256}"',
+                    "X-Linked-Size": str(len(data)),
+                }
+                return self._send(request, 302, headers, head=head)
+            return self._send(request, 200, headers, data, head)
+        self._not_found(request, "RepoNotFound", head)
+
+    def _answer_cdn(self, request, head: bool) -> None:
+        sha256 = urlparse(request.path).path.removeprefix("/blobs/")
+        if sha256 not in self.blobs:
+            return self._send(request, 404, {}, b"no such blob", head)
+        self._send(request, 200, {"ETag": f'"{sha256}"'}, self.blobs[sha256], head)
+
+
+# Run in a fresh interpreter: prints what the resolver found, or the error it gave, as JSON.
+RESOLVE_SCRIPT = """
+import json, sys
+from i3ad.checkpoints import CheckpointError
+from i3ad.hub import CheckpointResolver
+
+resolver = CheckpointResolver.from_env()
+answers = {"available": resolver.available()}
+for category, variant in [tuple(arg.split("/")) for arg in sys.argv[1:]]:
+    try:
+        detector = resolver.load(category, variant)
+        answers[f"{category}/{variant}"] = {"folder": str(resolver.resolve(category, variant)), "name": detector.name}
+    except CheckpointError as error:
+        answers[f"{category}/{variant}"] = {"error": str(error)}
+print(json.dumps(answers))
+"""
+
+
+def resolve_in_subprocess(env: dict, *checkpoints: str) -> dict:
+    process = subprocess.run(
+        [sys.executable, "-c", RESOLVE_SCRIPT, *checkpoints], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 0, process.stderr
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A repo with synth/{i3ad, ae} and other/i3ad, plus a pickle file that must never be fetched."""
+    repo = tmp_path / "repo"
+    for category, variant in (("synth", "i3ad"), ("synth", "ae"), ("other", "i3ad")):
+        save_tiny_checkpoint(repo, category, variant)
+    (repo / "synth" / "i3ad" / "pytorch_model.bin").write_bytes(b"\x80\x04 a pickle")
+    hub = FakeHub(REPO_ID, repo)
+    yield hub, repo
+    hub.stop()
+
+
+def hub_env(tmp_path: Path, endpoint: str, offline: bool = False) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "I3AD_"))}
+    env |= {
+        "PYTHONPATH": str(ROOT),
+        "HF_ENDPOINT": endpoint,
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "I3AD_CHECKPOINTS": str(tmp_path / "no_local_checkpoints"),
+        "I3AD_HUB_REPO": REPO_ID,
+    }
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def test_download_then_offline_load_from_cache(served, tmp_path):
+    hub, repo = served
+
+    online = resolve_in_subprocess(hub_env(tmp_path, hub.url), "synth/i3ad", "missing/i3ad")
+
+    assert online["available"] == {"other": ["i3ad"], "synth": ["ae", "i3ad"]}
+    folder = Path(online["synth/i3ad"]["folder"])
+    snapshot = tmp_path / "hf_home" / "hub" / "models--i3ad-tests--checkpoints" / "snapshots" / hub.commit
+    assert folder == snapshot / "synth" / "i3ad"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "detector.json",
+        "model.safetensors",
+    ]
+    downloaded = load_checkpoint(folder).model.state_dict()
+    original = load_checkpoint(repo / "synth" / "i3ad").model.state_dict()
+    assert all(torch.equal(downloaded[k], original[k]) for k in original)
+    # The Hub's real endpoints were used; the weights came through the LFS redirect; nothing else was fetched.
+    paths = [path for _, path in hub.requests]
+    assert f"/api/models/{REPO_ID}/revision/main" in paths
+    assert any(p.startswith(f"/api/models/{REPO_ID}/tree/{hub.commit}") for p in paths)
+    assert ("HEAD", f"/{REPO_ID}/resolve/{hub.commit}/synth/i3ad/model.safetensors") in hub.requests
+    assert any(p.startswith("/blobs/") for p in paths)
+    fetched = {p.split(f"/resolve/{hub.commit}/")[1] for p in paths if "/resolve/" in p}
+    assert fetched == {
+        "synth/i3ad/config.json",
+        "synth/i3ad/model.safetensors",
+        "synth/i3ad/detector.json",
+        "synth/i3ad/README.md",
+        "synth/ae/detector.json",
+        "other/i3ad/detector.json",
+    }
+    assert "pytorch_model.bin" not in str(paths)
+    # A category the repo does not have: a clear message, naming what it has.
+    error = online["missing/i3ad"]["error"]
+    assert "no checkpoint missing/i3ad" in error and REPO_ID in error and "synth/i3ad" in error
+
+    hub.stop()
+    offline = resolve_in_subprocess(hub_env(tmp_path, hub.url, offline=True), "synth/i3ad", "synth/ae")
+
+    assert offline["synth/i3ad"] == {"folder": str(folder), "name": "i3ad"}
+    assert offline["available"] == online["available"]  # from the cached detector.json files
+    assert "could not get checkpoints" in offline["synth/ae"]["error"]  # never downloaded: not in the cache
+
+
+def test_local_checkpoints_come_first(tmp_path):
+    save_tiny_checkpoint(tmp_path / "local", "synth", "i3ad")
+    # The repo is never asked (its endpoint does not exist): the local folder has the checkpoint.
+    resolver = CheckpointResolver(tmp_path / "local", repo_id=REPO_ID)
+    assert resolver.resolve("synth", "i3ad") == tmp_path / "local" / "synth" / "i3ad"
+    with pytest.raises(CheckpointError, match=r"no checkpoint synth/ae under .*set I3AD_HUB_REPO"):
+        CheckpointResolver(tmp_path / "local").resolve("synth", "ae")
+
+
+@pytest.mark.parametrize("repo_id", ["not a repo", "user/name/extra", "user//name", "../user", "u" * 200])
+def test_invalid_repo_id_is_refused(tmp_path, monkeypatch, repo_id):
+    with pytest.raises(CheckpointError, match="not a valid Hugging Face Hub repo id"):
+        CheckpointResolver(tmp_path, repo_id=repo_id)
+    monkeypatch.setenv("I3AD_HUB_REPO", repo_id)
+    with pytest.raises(CheckpointError, match="not a valid Hugging Face Hub repo id"):
+        CheckpointResolver.from_env(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("category", "variant"),
+    [("../checkpoints", "i3ad"), ("..", "i3ad"), ("synth/../../etc", "i3ad"), ("/etc", "i3ad"), ("synth", "../ae")],
+)
+def test_path_traversal_is_refused(tmp_path, category, variant):
+    save_tiny_checkpoint(tmp_path / "local", "synth", "i3ad")
+    resolver = CheckpointResolver(tmp_path / "local" / "synth", repo_id=REPO_ID)
+    with pytest.raises(CheckpointError, match="is not a valid name"):
+        resolver.load(category, variant)
+
+
+def test_upload_command_refuses_bad_arguments_before_any_network(tmp_path, capsys):
+    save_tiny_checkpoint(tmp_path / "checkpoints", "synth", "i3ad")
+    root = str(tmp_path / "checkpoints")
+
+    assert main(["upload", "--checkpoints", root, "--repo-id", "not a repo"]) == 2
+    assert "not a valid Hugging Face Hub repo id" in capsys.readouterr().err
+    assert main(["upload", "--checkpoints", root, "--repo-id", REPO_ID, "--category", "pill"]) == 2
+    assert "no checkpoint of category 'pill'" in capsys.readouterr().err
+    assert main(["upload", "--checkpoints", str(tmp_path / "empty"), "--repo-id", REPO_ID]) == 2
+    assert "no checkpoints under" in capsys.readouterr().err
