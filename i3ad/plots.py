@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from PIL import Image
+from plotly.subplots import make_subplots
 
 from i3ad.scoring import DetectionSettings
 
@@ -148,3 +152,31 @@ def auroc_vs_iterations(
         title=f"{METRIC_LABELS.get(metric, metric)} of {model} against the number of iterations",
     )
     return figure.update_traces(selector={"name": "mean"}, line={"dash": "dash", "width": 3})
+
+
+def image_grid(panels: list[list], title: str, panel_size: int = 180) -> go.Figure:
+    """Rows of image panels, each (caption, PIL image) or None (left empty), as one figure (e.g. the steps of a
+    detection)."""
+
+    def data_uri(image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    rows, columns = len(panels), max(len(row) for row in panels)
+    padded = [row + [None] * (columns - len(row)) for row in panels]
+    figure = make_subplots(
+        rows=rows,
+        cols=columns,
+        subplot_titles=[panel[0] if panel else "" for row in padded for panel in row],
+        horizontal_spacing=0.01,
+        vertical_spacing=0.25 / rows,
+    )
+    for r, row in enumerate(padded, start=1):
+        for c, panel in enumerate(row, start=1):
+            if panel is not None:
+                figure.add_trace(go.Image(source=data_uri(panel[1]), name=panel[0]), row=r, col=c)
+    figure.update_xaxes(visible=False).update_yaxes(visible=False).update_annotations(font_size=11)
+    return figure.update_layout(
+        title=title, width=columns * panel_size + 40, height=rows * (panel_size + 30) + 90, margin={"t": 90}
+    )

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from i3ad.masks import random_training_masks
 from i3ad.models import ConvAutoencoder, InpaintingUNet
