@@ -18,7 +18,7 @@ import torch
 from i3ad import __version__
 from i3ad.calibration import Calibration
 from i3ad.detector import AnomalyDetector
-from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings
 
@@ -103,7 +103,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
     except RuntimeError as error:
         summary = str(error).splitlines()[0]
         raise CheckpointError(f"{weights} does not match {folder / CONFIG_FILE}: {summary}") from None
-    return model.to(device).eval()
+    return for_device(model, device).eval()
 
 
 def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> AnomalyDetector:

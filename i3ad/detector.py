@@ -10,7 +10,7 @@ from torch import Tensor
 
 from i3ad.calibration import Calibration
 from i3ad.images import read_image
-from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionResult, DetectionSettings, detect_by_autoencoder, detect_by_inpainting
 
@@ -41,7 +41,7 @@ class AnomalyDetector:
         return next(self.model.parameters()).device
 
     def to(self, device: torch.device | str) -> AnomalyDetector:
-        self.model.to(device)
+        self.model = for_device(self.model, device)
         return self
 
     def read(self, source: str | Path | bytes) -> Tensor:

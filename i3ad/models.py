@@ -11,6 +11,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """Move a model to ``device``; on the CPU also to channels-last memory, where oneDNN's convolutions ran 1.3-3.6x
+    faster for these networks (2 cores, batch 1-4). On the GPU it is left as is: an H200 ran bfloat16 channels-last
+    slower than plain float32."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if torch.device(device).type == "cpu" else model
+
+
 def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels), channels)
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from i3ad.masks import random_training_masks
-from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.scoring import paint
 
 MODEL_KINDS = ("i3ad", "ae")
@@ -119,7 +119,7 @@ def train(
     count, channels, size = data.shape[0], data.shape[1], data.shape[-1]
     if count == 0:
         raise ValueError("no training images")
-    model = build_model(config, channels, size).to(device)
+    model = for_device(build_model(config, channels, size), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     autocast_dtype = torch.bfloat16 if config.bf16 and device.type == "cuda" else None
     log: list[dict] = []
