@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 
 def for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
-    """Move a model to ``device``; on the CPU also to channels-last memory, where oneDNN's convolutions ran 1.3-3.6x
+    """Move a model to ``device``; on the CPU also to channels-last memory, where oneDNN's convolutions ran 1.2-1.4x
     faster for these networks (2 cores, batch 1-4). On the GPU it is left as is: an H200 ran bfloat16 channels-last
     slower than plain float32."""
     model = model.to(device)
