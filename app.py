@@ -26,12 +26,15 @@ except ImportError:
         return function
 
 
+import html
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+import torch
 
 from i3ad.calibration import MAX_CALIBRATED_ITERATIONS
 from i3ad.checkpoints import CheckpointError
@@ -58,6 +61,11 @@ ENV_RESULTS, ENV_DATA_ROOT = "I3AD_RESULTS", "I3AD_DATA_ROOT"
 # Detections at once: two on a CPU (each already uses every core), more on a GPU.
 CPU_CONCURRENCY, GPU_CONCURRENCY = 2, 4
 OUTPUT_HEIGHT = 300  # px of the result images on the page
+# Uploads above this size are refused by Gradio before they reach the disk; a 40-megapixel image (the most
+# i3ad.images reads) fits unless it is 16-bit or incompressible noise.
+MAX_UPLOAD_SIZE = "100mb"
+
+logger = logging.getLogger(__name__)
 
 INTRO = """# i3ad: anomaly detection by iterative inpainting
 Upload an image of a category (or pick an example). I3AD first repaints every pixel from its surroundings (four
@@ -101,12 +109,42 @@ def slider_settings(defaults: ModelDefaults) -> tuple[dict, dict]:
     return iterations, tau
 
 
+def _inside(path: str, folder: Path) -> bool:
+    """Whether ``path`` is in ``folder`` once ".." and links are resolved."""
+    try:
+        return Path(path).resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError, RuntimeError):  # a NUL character, a link loop
+        return False
+
+
+def image_path(image: str | dict | None, upload_folder: Path | None = None) -> tuple[str, str | None]:
+    """(path, the user's file name or None) of the detect event's image: a file path or Gradio's file payload.
+
+    upload_folder: when given, the file must lie in it (Gradio's cache, where uploads and examples are). Gradio checks
+    that a file payload is an upload only when the payload carries its FileData marker, and adds the marker to one
+    that does not (Gradio 6.31, with or without preprocessing): a request with {"path": "/any/file.png"} reaches the
+    handler unchecked, and its heat-map would show any image on the server.
+    """
+    payload = image if isinstance(image, dict) else {"path": image}
+    path, name = payload.get("path"), payload.get("orig_name")
+    if not path:
+        raise gr.Error("Upload an image (or click an example) first.", print_exception=False)
+    if not isinstance(path, str) or (upload_folder is not None and not _inside(path, upload_folder)):
+        raise gr.Error(
+            "The image must be a file uploaded to this app (from Python: gradio_client.handle_file(path)).",
+            print_exception=False,
+        )
+    return path, name if isinstance(name, str) and name else None
+
+
 class Handlers:
     """The app's event functions; Gradio calls them, and so do the tests."""
 
     def __init__(self, config: AppConfig) -> None:
         self.config = config
         self.store = ModelStore(config.resolver, resolve_device(config.device))
+        # Set by build_app to Gradio's cache: the detect event then only reads files from there (see image_path).
+        self.upload_folder: Path | None = None
         # Example images and each detection's files; removed when the app's process ends.
         self._workspace = tempfile.TemporaryDirectory(prefix="i3ad_app_")
         self.output_root = Path(self._workspace.name)
@@ -153,25 +191,34 @@ class Handlers:
 
         image: a file path, or Gradio's file payload (the detect event skips Gradio's preprocessing, whose image
         decoding would turn a non-image upload into a bare "Error"; read_image says what is wrong instead).
+        iterations and ssim_threshold are checked by detect_image: a request may carry anything.
         """
-        path, name = (image.get("path"), image.get("orig_name")) if isinstance(image, dict) else (image, None)
-        if not path:
-            raise gr.Error("Upload an image (or click an example) first.", print_exception=False)
+        path, name = image_path(image, self.upload_folder)
         if progress is not None:
             progress(0.1, desc=f"Running {category} / {variant}")
+        out_of_memory = False
         try:
             report = detect_image(
                 self.store,
                 category,
                 variant,
                 path,
-                iterations=int(iterations),
+                iterations=iterations,
                 ssim_threshold=ssim_threshold,
                 out_dir=Path(tempfile.mkdtemp(dir=self.output_root)),
             )
-        except (CheckpointError, ImageReadError, ValueError, TypeError) as error:
+        except (CheckpointError, ImageReadError, ValueError) as error:
             message = str(error).replace(path, name) if name else str(error)  # the user's file name, not the cache's
-            raise gr.Error(message, print_exception=False) from None
+            # Gradio shows messages as HTML; the file name and other values in them are the user's, shown as text.
+            raise gr.Error(html.escape(message, quote=False), print_exception=False) from None
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = True  # the cache is emptied outside this block, whose traceback still holds the tensors
+        if out_of_memory:
+            torch.cuda.empty_cache()
+            raise gr.Error(
+                "The GPU ran out of memory during the detection; try again in a moment.",
+                print_exception=False,
+            )
         baseline = report.baseline.heatmap if report.baseline else None
         if report.baseline is None and variant != BASELINE_VARIANT:
             gr.Warning(f"No autoencoder baseline checkpoint for {category}: the AE heat-map is left empty.")
@@ -196,9 +243,23 @@ class Handlers:
         )
 
 
+def first_working_model(handlers: Handlers, categories: list[str]) -> tuple[str, ModelDefaults]:
+    """The first category whose default model loads, and that model's defaults: the page opens on it. A damaged
+    checkpoint is logged and passed over (choosing it later says what is wrong); CheckpointError when none loads."""
+    problems = []
+    for category in categories:
+        variant = default_variant(handlers.store.available()[category])
+        try:
+            return category, model_defaults(handlers.store.get(category, variant))
+        except CheckpointError as error:
+            logger.warning("%s/%s cannot be loaded: %s", category, variant, error)
+            problems.append(str(error))
+    raise CheckpointError(f"no checkpoint could be loaded: {'; '.join(problems)}")
+
+
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
-    """The Blocks app, not launched. The first category's default model is loaded to fill in the controls, the others
-    on first use; the synthetic example images are written to a temporary folder."""
+    """The Blocks app, not launched. The default model of the first category that has a working one is loaded to
+    fill in the controls, the others on first use; the synthetic example images are written to a temporary folder."""
     handlers = Handlers(config or AppConfig.from_env())
     categories = handlers.categories()
     if not categories:
@@ -206,11 +267,11 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             f"no checkpoints found ({handlers.store.resolver}); train some with `python -m i3ad train` or set "
             "I3AD_CHECKPOINTS / I3AD_HUB_REPO"
         )
-    # The first category's controls are filled in here, so that the page and the API start with working values.
-    category = categories[0]
+    # The first working category's controls are filled in here, so that the page and the API start with working
+    # values.
+    category, defaults = first_working_model(handlers, categories)
     variants = handlers.store.available()[category]
     variant = default_variant(variants)
-    defaults = handlers.defaults(category, variant)
     iterations_settings, tau_settings = slider_settings(defaults)
 
     @gpu
@@ -233,6 +294,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                     elem_id="variant",
                 )
                 image = gr.Image(label="image", height=320, elem_id="image")
+                handlers.upload_folder = Path(image.GRADIO_CACHE)
                 examples = gr.Examples(
                     handlers.examples(category), inputs=[image], label="examples", elem_id="examples"
                 )
@@ -305,4 +367,4 @@ if __name__ == "__main__":
         demo = build_app()
     except CheckpointError as error:
         raise SystemExit(f"error: {error}") from None
-    demo.launch()
+    demo.launch(max_file_size=MAX_UPLOAD_SIZE)

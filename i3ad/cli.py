@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from i3ad.calibration import DEFAULT_SSIM_QUANTILE
+from i3ad.calibration import DEFAULT_SSIM_QUANTILE, MAX_CALIBRATED_ITERATIONS
 from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_record
 from i3ad.data import DatasetError, check_category_name, index_category, list_categories
 from i3ad.evaluation import METRIC_COLUMNS
@@ -25,6 +25,8 @@ from i3ad.synthetic import make_synthetic_category
 from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
 
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Heat-map files are named after their image, cut to this many characters so that the name fits the file system.
+MAX_NAME_LENGTH = 100
 
 
 def _categories(data_root: str, requested: list[str]) -> list[str]:
@@ -198,12 +200,26 @@ def cmd_detect(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     detector = load_checkpoint(args.checkpoint, device)
+    # The settings are checked once, before any image is read, rather than failing on every image.
     iterations = detector.settings.iterations if args.iterations is None else args.iterations
+    if detector.kind == "ae":
+        iterations = 0
+    elif not 0 <= iterations <= MAX_CALIBRATED_ITERATIONS:
+        raise ValueError(
+            f"--iterations must be between 0 and {MAX_CALIBRATED_ITERATIONS} (the score thresholds are calibrated "
+            f"up to there), got {iterations}"
+        )
+    if args.ssim_threshold is not None and not -1.0 <= args.ssim_threshold <= 1.0:  # NaN fails too
+        raise ValueError(f"--ssim-threshold must be between -1 and 1 (SSIM's range), got {args.ssim_threshold}")
+    inputs = _inputs(args.inputs)
     out = Path(args.out)
-    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot create the output folder ({error})") from None
     threshold = detector.calibration.score_threshold(iterations)
     rows, failures = [], 0
-    for number, path in enumerate(_inputs(args.inputs)):
+    for number, path in enumerate(inputs):
         row = {
             "file": str(path),
             "score": "",
@@ -212,13 +228,13 @@ def cmd_detect(args: argparse.Namespace) -> None:
             "heatmap": "",
             "error": "",
         }
+        out_of_memory = False
         try:
             image = detector.read(path)
-            result = detector.detect(
-                image, iterations=iterations if detector.kind == "i3ad" else 0, ssim_threshold=args.ssim_threshold
-            )
+            result = detector.detect(image, iterations=iterations, ssim_threshold=args.ssim_threshold)
             score = result.scores[0].item()
-            heatmap = out / "heatmaps" / f"{number:05d}_{path.stem}.png"
+            # Numbered, so that equal names from different folders do not collide; cut to fit the file system.
+            heatmap = out / "heatmaps" / f"{number:05d}_{path.stem[:MAX_NAME_LENGTH]}.png"
             heatmap_overlay(image, result.anomaly_map[0].cpu(), vmax=2 * threshold).save(heatmap)
             if args.save_masks:
                 binary_mask_image(result.anomaly_map[0].cpu(), threshold, image.shape[-2:]).save(
@@ -228,12 +244,18 @@ def cmd_detect(args: argparse.Namespace) -> None:
                 score=f"{score:.4f}", verdict="anomalous" if score > threshold else "normal", heatmap=str(heatmap)
             )
         except (ImageReadError, ValueError) as error:
-            failures += 1
             row["error"] = str(error)
-            print(f"skipped {path}: {error}", file=sys.stderr)
-        rows.append(row)
-        if row["verdict"]:
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = True  # the cache is emptied outside this block, whose traceback still holds the tensors
+            row["error"] = "the GPU ran out of memory on this image; try --device cpu"
+        if out_of_memory:
+            torch.cuda.empty_cache()
+        if row["error"]:
+            failures += 1
+            print(f"skipped {path}: {row['error']}", file=sys.stderr)
+        else:
             print(f"{path}: score {row['score']} -> {row['verdict']}")
+        rows.append(row)
     with open(out / "scores.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -58,7 +58,7 @@ class CategoryIndex:
 
 def check_category_name(category: str) -> str:
     """Refuse names that could escape a folder (``..``, ``/``) or are not plain identifiers."""
-    if not _SAFE_NAME.match(category) or ".." in category:
+    if not isinstance(category, str) or not _SAFE_NAME.fullmatch(category) or ".." in category:
         raise DatasetError(
             f"category {category!r} is not a valid name: use letters, digits, '_', '-' and '.', e.g. 'bottle'"
         )

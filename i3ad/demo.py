@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
+import numbers
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,9 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import Tensor
 
 from i3ad.calibration import MAX_CALIBRATED_ITERATIONS
 from i3ad.checkpoints import CheckpointError
@@ -38,6 +42,11 @@ TAU_STEP = 0.001
 # The tau slider spans the useful part of SSIM's range [-1, 1], widened for a checkpoint calibrated below it.
 TAU_RANGE = (0.0, 1.0)
 SYNTHETIC_SIZE = 256
+# The heat-map and mask are drawn at the input's size, but at most this many pixels a side: the maps themselves are at
+# the model's resolution, and a full-size overlay of a 40-megapixel photo would take gigabytes per request.
+DISPLAY_MAX_SIDE = 2048
+# Output files are named after the input; longer names are cut so that "<name>_heatmap.png" fits the file system.
+MAX_NAME_LENGTH = 100
 # The benchmark table's columns (the others are the same in every row at the default settings).
 TABLE_COLUMNS = (
     "category",
@@ -136,7 +145,8 @@ class BaselineView:
 
 @dataclass
 class DetectionReport:
-    """One image's detection, ready to show: pictures at the input's size, step images, summary and files."""
+    """One image's detection, ready to show: pictures at the input's size (at most DISPLAY_MAX_SIDE a side), step
+    images, summary and files."""
 
     category: str
     variant: str
@@ -203,12 +213,67 @@ def _step_images(result: DetectionResult, thresholds: list[float]) -> list[tuple
     return items
 
 
+def _is_number(value: object) -> bool:
+    """A real number (numpy's too), but not a bool, a string or anything else a request may carry."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_whole(value: numbers.Real) -> bool:
+    # Integers are whole already, and math.isfinite cannot even take one with 400 digits.
+    return isinstance(value, numbers.Integral) or (math.isfinite(value) and value == int(value))
+
+
+def _shown(value: object, limit: int = 24) -> str:
+    """A request's value for an error message, cut short (a request may send anything, of any length)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def check_iterations(value: object) -> int:
+    """The iteration count T of a request: a whole number from 0 to MAX_CALIBRATED_ITERATIONS (the sliders send
+    floats such as 2.0). ValueError naming the value otherwise."""
+    if not _is_number(value) or not _is_whole(value):
+        raise ValueError(
+            f"iterations must be a whole number from 0 to {MAX_CALIBRATED_ITERATIONS}, got {_shown(value)}"
+        )
+    if not 0 <= value <= MAX_CALIBRATED_ITERATIONS:
+        raise ValueError(
+            f"iterations must be between 0 and {MAX_CALIBRATED_ITERATIONS} (the score thresholds are calibrated "
+            f"up to there), got {_shown(value)}"
+        )
+    return int(value)
+
+
+def check_ssim_threshold(value: object) -> float | None:
+    """The SSIM threshold tau of a request: None (the calibrated one) or a number in SSIM's range [-1, 1]."""
+    if value is None:
+        return None
+    if not _is_number(value) or not -1.0 <= value <= 1.0:  # NaN fails the comparison too
+        raise ValueError(f"the SSIM threshold tau must be a number from -1 to 1, got {_shown(value)}")
+    return float(value)
+
+
 def _effective_tau(calibrated: float | None, requested: float | None) -> float | None:
     """The tau to run with: the calibrated one, unless another was asked for (a slider value within half a step of
     the calibrated tau is the calibrated tau)."""
     if requested is None or (calibrated is not None and abs(requested - calibrated) <= TAU_STEP / 2):
         return calibrated
-    return float(requested)
+    return requested
+
+
+def display_image(image: Tensor) -> Tensor:
+    """The input [C, H, W] shrunk (keeping its aspect ratio) to at most DISPLAY_MAX_SIDE a side, for the pictures."""
+    height, width = image.shape[-2:]
+    scale = DISPLAY_MAX_SIDE / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(image[None], size=size, mode="area")[0]
+
+
+def output_name(image_path: str | Path) -> str:
+    """The stem the output files of an image are named after, cut to MAX_NAME_LENGTH characters."""
+    return Path(image_path).stem[:MAX_NAME_LENGTH] or "image"
 
 
 def detect_image(
@@ -217,29 +282,32 @@ def detect_image(
     variant: str,
     image_path: str | Path,
     *,
-    iterations: int | None = None,
+    iterations: int | float | None = None,
     ssim_threshold: float | None = None,
     out_dir: str | Path,
     with_baseline: bool = True,
 ) -> DetectionReport:
     """Run one model (and the category's autoencoder baseline when it has one) on an image file.
 
-    iterations / ssim_threshold: default the checkpoint's. Writes ``<name>_heatmap.png``, ``<name>_mask.png`` and
-    ``<name>_scores.csv`` to ``out_dir``. Raises CheckpointError, ImageReadError or ValueError.
+    iterations / ssim_threshold: default the checkpoint's; they may come straight from a request, and are checked
+    (check_iterations, check_ssim_threshold) before anything is loaded. Writes ``<name>_heatmap.png``,
+    ``<name>_mask.png`` and ``<name>_scores.csv`` to ``out_dir``. Raises CheckpointError, ImageReadError or
+    ValueError.
     """
+    requested_iterations = None if iterations is None else check_iterations(iterations)
+    requested_tau = check_ssim_threshold(ssim_threshold)
     detector = store.get(category, variant)
-    image = detector.read(image_path)
     if detector.kind == "i3ad":
-        iterations = detector.settings.iterations if iterations is None else int(iterations)
-        if not 0 <= iterations <= MAX_CALIBRATED_ITERATIONS:
-            raise ValueError(f"iterations must be between 0 and {MAX_CALIBRATED_ITERATIONS}, got {iterations}")
-        tau = _effective_tau(detector.calibration.ssim_threshold, ssim_threshold)
+        iterations = detector.settings.iterations if requested_iterations is None else requested_iterations
+        tau = _effective_tau(detector.calibration.ssim_threshold, requested_tau)
     else:
         iterations, tau = 0, None
+    image = detector.read(image_path)
     result = detector.detect(image, iterations=iterations, ssim_threshold=tau)
     step_thresholds = [detector.calibration.score_threshold(t) for t in range(iterations + 1)]
     threshold = step_thresholds[-1]
     anomaly_map = result.anomaly_map[0].cpu()
+    shown = display_image(image)
     report = DetectionReport(
         category=category,
         variant=variant,
@@ -248,25 +316,29 @@ def detect_image(
         calibrated_ssim_threshold=detector.calibration.ssim_threshold,
         score=result.scores[0].item(),
         threshold=threshold,
-        heatmap=heatmap_overlay(image, anomaly_map, vmax=HEATMAP_RANGE * threshold),
-        mask=binary_mask_image(anomaly_map, threshold, tuple(image.shape[-2:])),
+        heatmap=heatmap_overlay(shown, anomaly_map, vmax=HEATMAP_RANGE * threshold),
+        mask=binary_mask_image(anomaly_map, threshold, tuple(shown.shape[-2:])),
         steps=_step_images(result, step_thresholds),
         step_scores=result.step_scores[:, 0].tolist(),
         step_thresholds=step_thresholds,
     )
     if with_baseline and variant != BASELINE_VARIANT and BASELINE_VARIANT in store.available()[category]:
         baseline = store.get(category, BASELINE_VARIANT)
-        baseline_image = baseline.read(image_path)
+        # The same decoded image when the channels agree: a large input is decoded once, not twice.
+        same_channels = baseline.preprocessing.channels == detector.preprocessing.channels
+        baseline_image = image if same_channels else baseline.read(image_path)
         baseline_result = baseline.detect(baseline_image)
         baseline_threshold = baseline.calibration.score_threshold(0)
         report.baseline = BaselineView(
             heatmap=heatmap_overlay(
-                baseline_image, baseline_result.anomaly_map[0].cpu(), vmax=HEATMAP_RANGE * baseline_threshold
+                shown if same_channels else display_image(baseline_image),
+                baseline_result.anomaly_map[0].cpu(),
+                vmax=HEATMAP_RANGE * baseline_threshold,
             ),
             score=baseline_result.scores[0].item(),
             threshold=baseline_threshold,
         )
-    report.files = save_report(report, Path(image_path).stem, out_dir)
+    report.files = save_report(report, output_name(image_path), out_dir)
     return report
 
 

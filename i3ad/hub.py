@@ -53,7 +53,8 @@ def check_repo_id(repo_id: str) -> str:
 def check_name(kind: str, name: str) -> str:
     """A category or variant name that is safe as one path component (no '..', no '/'); CheckpointError otherwise."""
     message = f"{kind} {name!r} is not a valid name: use letters, digits, '_', '-' and '.', e.g. 'bottle'"
-    if not isinstance(name, str):
+    # The newline is checked here because the "$" of check_category_name's pattern also matches before a final "\n".
+    if not isinstance(name, str) or "\n" in name:
         raise CheckpointError(message)
     try:
         return check_category_name(name)

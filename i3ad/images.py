@@ -10,49 +10,69 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # Decoding is refused above this many pixels (10000 x 10000 would need 1.2 GB as float RGB) and below this side.
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 8
 GREYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# 32-bit integer and float images carry no bit depth: their values are divided by the first of these that holds
+# their maximum (1 for float images only: floats in [0, 1] are already intensities).
+_VALUE_RANGES = (255.0, 65535.0)
 
 
 class ImageReadError(ValueError):
     """An input that is not a usable image; the message says what is wrong and what to do."""
 
 
+def _name(source: str | Path | bytes | Image.Image) -> str:
+    if isinstance(source, bytes):
+        return "the uploaded data"
+    if isinstance(source, Image.Image):
+        return getattr(source, "filename", "") or "the image"
+    return str(source)
+
+
+def _reason(error: Exception) -> str:
+    """What went wrong, without the file name (which an ImageReadError message starts with, and which the app
+    replaces by the name the user gave the file)."""
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
 def _open(source: str | Path | bytes | Image.Image) -> Image.Image:
+    """The image with its header read (pixels are decoded later, by ``load``)."""
     if isinstance(source, Image.Image):
         return source
-    name = "the uploaded data" if isinstance(source, bytes) else str(source)
+    name = _name(source)
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except FileNotFoundError:
         raise ImageReadError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise ImageReadError(f"{name}: is a folder, not an image file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
-        raise ImageReadError(f"{name}: not a readable image ({error})") from None
+    except Image.DecompressionBombError as error:
+        # Pillow's own limit (far above MAX_PIXELS) is checked on opening, before ours.
+        raise ImageReadError(
+            f"{name}: larger than the {MAX_PIXELS // 1_000_000} megapixels this tool accepts ({error}); "
+            "downscale it first"
+        ) from None
+    except UnidentifiedImageError:  # its message only repeats the file name, escaped
+        raise ImageReadError(f"{name}: not a readable image (not in a format Pillow knows)") from None
+    except (OSError, ValueError) as error:
+        raise ImageReadError(f"{name}: not a readable image ({_reason(error)})") from None
     return image
 
 
 def is_greyscale(source: str | Path | bytes | Image.Image) -> bool:
     """True when the file stores one channel (checked from the header, without decoding the pixels)."""
-    return _open(source).mode in GREYSCALE_MODES
-
-
-def read_image(source: str | Path | bytes | Image.Image, channels: int) -> Tensor:
-    """Decode an image to a [channels, H, W] float32 tensor in [0, 1].
-
-    Conversions: EXIF orientation is applied; palette, CMYK and 1-bit images become RGB or greyscale; alpha is dropped;
-    16-bit images are divided by 65535; RGB becomes greyscale (ITU-R 601 luma) for 1-channel models and greyscale is
-    repeated for 3-channel ones. Raises ImageReadError for unreadable, truncated, tiny (< 8 px) or huge
-    (> 40 megapixel) images.
-    """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
     image = _open(source)
-    name = getattr(image, "filename", "") or "the image"
+    try:
+        return image.mode in GREYSCALE_MODES
+    finally:
+        if image is not source:
+            image.close()
+
+
+def _check_size(image: Image.Image, name: str) -> None:
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageReadError(
@@ -61,24 +81,74 @@ def read_image(source: str | Path | bytes | Image.Image, channels: int) -> Tenso
         )
     if min(width, height) < MIN_SIDE:
         raise ImageReadError(f"{name}: {width}x{height} is too small to inspect (at least {MIN_SIDE} px a side)")
+
+
+def _wide_values(image: Image.Image, name: str) -> np.ndarray:
+    """Intensities in [0, 1] of a 16-bit, 32-bit integer or float image, as float32 [H, W]."""
+    array = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise ImageReadError(f"{name}: the image holds NaN or infinite values")
+    peak = float(array.max(initial=0.0))
+    if image.mode.startswith("I;16"):
+        scale = 65535.0  # 16-bit even when the image is dark
+    elif image.mode == "F" and peak <= 1.0:
+        scale = 1.0
+    else:
+        scale = next((limit for limit in _VALUE_RANGES if peak <= limit), None)
+        if scale is None:
+            raise ImageReadError(
+                f"{name}: {image.mode} image with values up to {peak:g}, beyond 16 bits; "
+                "save it as an 8- or 16-bit image"
+            )
+    return np.clip(array / scale, 0.0, 1.0)
+
+
+def _pixels(image: Image.Image, channels: int, name: str) -> np.ndarray:
+    """The decoded pixels: float32 [H, W] in [0, 1] for 16-bit, 32-bit and float images, else uint8 [H, W] (1
+    channel) or [H, W, 3]."""
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError) as error:
-        raise ImageReadError(f"{name}: the file is damaged or truncated ({error})") from None
+        raise ImageReadError(f"{name}: the file is damaged or truncated ({_reason(error)})") from None
     if image.mode.startswith("I") or image.mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        # A 16-bit mode is 16-bit even when the image is dark; only 32-bit "I" needs the value range to tell.
-        sixteen_bit = image.mode.startswith("I;16") or array.max(initial=0) > 255
-        array = array / 65535.0 if image.mode != "F" and sixteen_bit else array / 255.0
-        if not np.isfinite(array).all():
-            raise ImageReadError(f"{name}: the image holds NaN or infinite values")
-        tensor = torch.from_numpy(np.clip(array, 0.0, 1.0)).unsqueeze(0)
+        return _wide_values(image, name)
+    try:
+        image = image.convert("L" if channels == 1 else "RGB")
+    except ValueError as error:  # e.g. LAB, which Pillow cannot turn into greyscale
+        raise ImageReadError(
+            f"{name}: colour mode {image.mode} cannot be converted ({error}); save it as RGB or greyscale"
+        ) from None
+    return np.array(image, dtype=np.uint8)  # a writable copy, which torch can share
+
+
+def read_image(source: str | Path | bytes | Image.Image, channels: int) -> Tensor:
+    """Decode an image to a [channels, H, W] float32 tensor in [0, 1].
+
+    Conversions: EXIF orientation is applied; the first frame of an animation or multi-page file is used; palette,
+    CMYK and 1-bit images become RGB or greyscale; alpha is dropped; 16-bit images are divided by 65535; 32-bit
+    integer and float images are divided by 255, or 65535 when their values exceed 255 (float images already in
+    [0, 1] are kept) and are refused beyond 65535; RGB becomes greyscale (ITU-R 601 luma) for 1-channel models and
+    greyscale is repeated for 3-channel ones. Raises ImageReadError for unreadable, truncated, tiny (< 8 px) or huge
+    (> 40 megapixel) images, the size being checked from the header, before any pixel is decoded.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    image = _open(source)
+    name = _name(source)
+    try:
+        _check_size(image, name)
+        pixels = _pixels(image, channels, name)
+    finally:
+        if image is not source:  # release the file (a multi-frame file stays open until closed)
+            image.close()
+    if pixels.dtype == np.float32:
+        tensor = torch.from_numpy(pixels).unsqueeze(0)
         return tensor if channels == 1 else tensor.expand(3, -1, -1).clone()
-    image = image.convert("L" if channels == 1 else "RGB")
-    array = np.asarray(image, dtype=np.uint8)
-    tensor = torch.from_numpy(array.copy()).float().div_(255.0)
-    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+    tensor = torch.from_numpy(pixels)
+    # Channels first while still 8-bit: one float copy instead of two.
+    tensor = tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+    return tensor.float().div_(255.0)
 
 
 def read_mask(path: str | Path) -> Tensor:
