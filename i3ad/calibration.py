@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from i3ad.batching import map_batches
 from i3ad.models import InpaintingUNet
 from i3ad.scoring import DetectionSettings, detect_by_inpainting, inpaint_step0, ssim_map
 
@@ -57,15 +58,21 @@ def calibrate_inpainting(
     on preprocessed held-out normal images [N, C, S, S], ``batch_size`` images at a time."""
     if len(holdout) == 0:
         raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
-    batches = holdout.split(batch_size)
     tau = settings.ssim_threshold
     if ssim_quantile is not None:
-        step0_ssim = [ssim_map(b, inpaint_step0(model, b, settings, autocast_dtype=autocast_dtype)) for b in batches]
+        step0_ssim = map_batches(
+            lambda b: ssim_map(b, inpaint_step0(model, b, settings, autocast_dtype=autocast_dtype)),
+            holdout,
+            batch_size=batch_size,
+        )
         tau = quantile(torch.cat(step0_ssim), ssim_quantile)
     run = settings.with_(ssim_threshold=tau, iterations=MAX_CALIBRATED_ITERATIONS)
-    scores = torch.cat(
-        [detect_by_inpainting(model, b, run, autocast_dtype=autocast_dtype).step_scores for b in batches], 1
+    step_scores = map_batches(
+        lambda b: detect_by_inpainting(model, b, run, autocast_dtype=autocast_dtype).step_scores,
+        holdout,
+        batch_size=batch_size,
     )
+    scores = torch.cat(step_scores, dim=1)
     return Calibration(tau, ssim_quantile, scores.amax(dim=1).tolist(), len(holdout))
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from i3ad.batching import map_batches
 from i3ad.metrics import aupro, binary_auroc, f1_max, region_labels
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.scoring import (
@@ -45,9 +46,6 @@ class TestSet:
             raise ValueError("images, labels and masks must have the same length")
         self.images, self.labels, self.masks = images, labels, masks
         self.regions = region_labels(masks) if masks is not None else None
-
-    def batches(self, batch_size: int) -> Iterable[slice]:
-        return (slice(i, i + batch_size) for i in range(0, len(self.images), batch_size))
 
     def metrics(self, maps: Tensor) -> dict[str, float]:
         """All metrics of anomaly maps [N, 1, S, S] (image score = map maximum)."""
@@ -116,22 +114,28 @@ def _sweep_thresholds(
     batch_size: int,
     autocast_dtype: torch.dtype | None,
 ) -> pd.DataFrame:
-    step0 = [
-        inpaint_step0(model, test.images[b], settings, autocast_dtype=autocast_dtype) for b in test.batches(batch_size)
-    ]
+    step0 = torch.cat(
+        map_batches(
+            lambda images: inpaint_step0(model, images, settings, autocast_dtype=autocast_dtype),
+            test.images,
+            batch_size=batch_size,
+        )
+    )
     rows = []
     for threshold in thresholds:
         run = settings.with_(iterations=max_iterations, ssim_threshold=threshold)
-        maps: dict[tuple[int, int], list[Tensor]] = {}
-        hidden: dict[int, list[Tensor]] = {}
-        for b, reconstruction0 in zip(test.batches(batch_size), step0, strict=True):
-            images = test.images[b]
+
+        def score_steps(images: Tensor, reconstruction0: Tensor, run=run) -> tuple[list[Tensor], list[list[Tensor]]]:
+            """Share of hidden pixels per step [T + 1] x [B], and the maps per step and variant."""
             result = detect_by_inpainting(model, images, run, autocast_dtype=autocast_dtype, step0=reconstruction0)
-            for t, (reconstruction, ssim) in enumerate(zip(result.reconstructions, result.ssim_maps, strict=True)):
-                hidden.setdefault(t, []).append(result.masks[t].flatten(1).mean(1))
-                for v, variant in enumerate(variants):
-                    # Half precision keeps a whole test set's maps of every step in memory; the ranking is unchanged.
-                    maps.setdefault((v, t), []).append(anomaly_map(images, reconstruction, variant, ssim).half())
+            steps = zip(result.reconstructions, result.ssim_maps, strict=True)
+            # Half precision keeps a whole test set's maps of every step in memory; the ranking is unchanged.
+            maps = [[anomaly_map(images, r, variant, ssim).half() for variant in variants] for r, ssim in steps]
+            return [m.flatten(1).mean(1) for m in result.masks], maps
+
+        batches = map_batches(score_steps, test.images, step0, batch_size=batch_size)
+        hidden = {t: torch.cat([b[0][t] for b in batches]) for t in range(max_iterations + 1)}
+        maps = {(v, t): [b[1][t][v] for b in batches] for t in range(max_iterations + 1) for v in range(len(variants))}
         for (v, t), parts in maps.items():
             variant = variants[v]
             rows.append(
@@ -140,7 +144,7 @@ def _sweep_thresholds(
                     "ssim_threshold": threshold,
                     "anomaly_measure": variant.anomaly_measure,
                     "smoothing_sigma": variant.smoothing_sigma,
-                    "mean_mask_share": torch.cat(hidden[t]).mean().item() if t > 0 else 1.0,
+                    "mean_mask_share": hidden[t].mean().item() if t > 0 else 1.0,
                     **test.metrics(torch.cat(parts).float()),
                 }
             )
@@ -160,10 +164,13 @@ def sweep_autoencoder(
     """The AE-SSIM baseline's rows (iterations 0, no threshold), one per anomaly measure x smoothing."""
     rows = []
     for variant in _variants(settings, measures, sigmas):
-        parts = [
-            detect_by_autoencoder(model, test.images[b], variant, autocast_dtype=autocast_dtype).anomaly_map.half()
-            for b in test.batches(batch_size)
-        ]
+        parts = map_batches(
+            lambda images, variant=variant: detect_by_autoencoder(
+                model, images, variant, autocast_dtype=autocast_dtype
+            ).anomaly_map.half(),
+            test.images,
+            batch_size=batch_size,
+        )
         rows.append(
             {
                 "iterations": 0,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from i3ad.batching import map_batches
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE, Calibration, calibrate_inpainting, calibrate_scores
 from i3ad.checkpoints import save_checkpoint
 from i3ad.data import CategoryIndex, load_images, load_masks
@@ -101,9 +102,11 @@ def calibrate(
             model, holdout, settings, ssim_quantile=ssim_quantile, autocast_dtype=autocast_dtype
         )
         return settings.with_(ssim_threshold=calibration.ssim_threshold), calibration
-    scores = [
-        detect_by_autoencoder(model, b, settings, autocast_dtype=autocast_dtype).scores for b in holdout.split(16)
-    ]
+    scores = map_batches(
+        lambda b: detect_by_autoencoder(model, b, settings, autocast_dtype=autocast_dtype).scores,
+        holdout,
+        batch_size=16,
+    )
     return settings, calibrate_scores(torch.cat(scores))
 
 

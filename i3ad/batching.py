@@ -1,0 +1,40 @@
+"""Running a function over a data set in batches, with smaller batches when a GPU runs out of memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+
+Result = TypeVar("Result")
+
+
+def map_batches(function: Callable[..., Result], *tensors: Tensor, batch_size: int) -> list[Result]:
+    """``function(*batch)`` for consecutive batches of ``tensors`` (all of the same length), in order.
+
+    On a CUDA out-of-memory error the failed batch is tried again at half the size (and later batches keep the smaller
+    size), down to one item; a single item that does not fit raises the error.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    count = len(tensors[0])
+    if any(len(t) != count for t in tensors):
+        raise ValueError("all tensors must have the same length")
+    results: list[Result] = []
+    start = 0
+    while start < count:
+        batch = [t[start : start + batch_size] for t in tensors]
+        try:
+            results.append(function(*batch))
+            start += len(batch[0])
+            continue
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+        # Outside the except block: its traceback still holds the failed batch's tensors.
+        del batch
+        torch.cuda.empty_cache()
+    return results
