@@ -39,10 +39,19 @@ class Preprocessing:
         return asdict(self)
 
     def __call__(self, images: Tensor) -> Tensor:
-        """images: [C, H, W] or [B, C, H, W] in [0, 1] -> [B, C, image_size, image_size] float32."""
+        """images: [C, H, W] or [B, C, H, W], float in [0, 1] or uint8 in 0..255 (divided by 255)
+        -> [B, C, image_size, image_size] float32."""
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"expected a torch tensor, got {type(images).__name__} (use torch.from_numpy for arrays)")
         batch = images.unsqueeze(0) if images.dim() == 3 else images
-        if batch.dim() != 4 or batch.shape[1] != self.channels:
-            raise ValueError(f"expected images of shape [B, {self.channels}, H, W], got {tuple(images.shape)}")
+        if batch.dim() != 4 or batch.shape[1] != self.channels or batch.shape[-1] == 0 or batch.shape[-2] == 0:
+            raise ValueError(
+                f"expected images of shape [B, {self.channels}, H, W] with H, W > 0, got {tuple(images.shape)}"
+            )
+        if batch.dtype == torch.uint8:
+            batch = batch.float() / 255.0
+        elif not batch.is_floating_point():
+            raise ValueError(f"expected float images in [0, 1] or uint8 ones, got dtype {batch.dtype}")
         batch = batch.float()
         if not torch.isfinite(batch).all():
             raise ValueError("the image tensor holds NaN or infinite values")

@@ -42,8 +42,8 @@ class DetectionSettings:
     anomaly_measure: str = "ssim+gms"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.iterations <= 100:
-            raise ValueError(f"iterations must be between 0 and 100, got {self.iterations}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or not 0 <= self.iterations <= 100:
+            raise ValueError(f"iterations must be a whole number between 0 and 100, got {self.iterations!r}")
         if not -1.0 <= self.ssim_threshold <= 1.0:
             raise ValueError(f"ssim_threshold must lie in [-1, 1] (SSIM's range), got {self.ssim_threshold}")
         if self.step0_masks < 2:
