@@ -174,7 +174,7 @@ class Handlers:
         if not variants:
             raise gr.Error(f"No model for category {category!r}.", print_exception=False)
         choices = model_variants(variants)
-        variant = default_variant(variants)
+        variant = default_variant(variants, self.store.device)
         menu = gr.update(choices=choices, value=variant, visible=len(choices) > 1)
         return (menu, *self.model_controls(category, variant), gr.Dataset(samples=self.examples(category)))
 
@@ -248,7 +248,7 @@ def first_working_model(handlers: Handlers, categories: list[str]) -> tuple[str,
     checkpoint is logged and passed over (choosing it later says what is wrong); CheckpointError when none loads."""
     problems = []
     for category in categories:
-        variant = default_variant(handlers.store.available()[category])
+        variant = default_variant(handlers.store.available()[category], handlers.store.device)
         try:
             return category, model_defaults(handlers.store.get(category, variant))
         except CheckpointError as error:
@@ -271,7 +271,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
     # values.
     category, defaults = first_working_model(handlers, categories)
     variants = handlers.store.available()[category]
-    variant = default_variant(variants)
+    variant = default_variant(variants, handlers.store.device)
     iterations_settings, tau_settings = slider_settings(defaults)
 
     @gpu

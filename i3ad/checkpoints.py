@@ -171,7 +171,10 @@ def model_card(detector: AnomalyDetector) -> str:
         )
     log = [entry for entry in info.get("train_log", []) if "loss" in entry]
     steps_done = log[-1]["step"] if log else training.get("steps", "?")
-    summary = f"{steps_done} of {training.get('steps', '?')} steps, batch {training.get('batch_size', '?')}"
+    # Under a time budget the planned count is the one that fitted, not the configured upper bound.
+    budgeted = [entry["steps_within_budget"] for entry in info.get("train_log", []) if "steps_within_budget" in entry]
+    planned = budgeted[0] if budgeted else training.get("steps", "?")
+    summary = f"{steps_done} of {planned} steps, batch {training.get('batch_size', '?')}"
     if log:
         summary += f", final loss {log[-1]['loss']:.4f}, {log[-1]['seconds']} s on {info.get('device', '?')}"
     return template.substitute(

@@ -88,8 +88,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             progress=not args.quiet,
         )
         tau = detector.calibration.ssim_threshold
+        steps = [entry["step"] for entry in detector.info["train_log"] if "step" in entry]
+        steps_run = steps[-1] if steps else args.steps
         print(
-            f"{category}/{name}: trained {args.steps} steps in {time.perf_counter() - started:.0f} s on {device}; "
+            f"{category}/{name}: trained {steps_run} steps in {time.perf_counter() - started:.0f} s on {device}; "
             f"tau={'n/a' if tau is None else f'{tau:.4f}'}; saved to {out}"
         )
 
@@ -313,9 +315,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from i3ad.plots import headline, load_results, markdown_table, summary_tables
+    from i3ad.plots import compare_runs, headline, load_results, markdown_table, summary_tables
 
     results = load_results(args.results)
+    if args.compare:
+        print(f"Largest change from {args.results} to {args.compare} over the settings both hold:\n")
+        print(markdown_table(compare_runs(results, load_results(args.compare)), digits=4))
+        return
     if args.update_cards:
         for category, names in list_checkpoints(args.update_cards).items():
             for name in names:
@@ -473,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--results", default="results/benchmark.csv")
     report.add_argument(
         "--update-cards", metavar="CHECKPOINTS", help="write each checkpoint's metrics into its model card"
+    )
+    report.add_argument(
+        "--compare", metavar="CSV", help="print how far another results table (e.g. --bf16) moves the metrics"
     )
     report.set_defaults(run=cmd_report)
 

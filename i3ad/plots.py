@@ -102,6 +102,35 @@ def threshold_table(table: pd.DataFrame, settings: DetectionSettings = Detection
     return means.reset_index()
 
 
+def compare_runs(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """Per category and model, the largest change of image and pixel AUROC from ``reference`` to ``other`` over the
+    rows both tables hold (the same settings, e.g. a float32 and a bfloat16 evaluation), and the row count."""
+    keys = [
+        "category",
+        "model",
+        "iterations",
+        "calibrated_threshold",
+        "step0_cell_size",
+        "anomaly_measure",
+        "smoothing_sigma",
+        "ssim_threshold",
+    ]
+
+    def keyed(table: pd.DataFrame) -> pd.DataFrame:
+        # Calibrated thresholds are written with 4 decimals; rounding makes both tables' values compare equal.
+        return table.assign(ssim_threshold=table["ssim_threshold"].round(4))
+
+    both = keyed(reference).merge(keyed(other), on=keys, suffixes=("_reference", "_other"))
+    if both.empty:
+        raise ValueError("the two results tables share no settings; evaluate both with the same options")
+    for metric in ("image_auroc", "pixel_auroc"):
+        both[f"largest change of {METRIC_LABELS[metric]}"] = (
+            both[f"{metric}_other"] - both[f"{metric}_reference"]
+        ).abs()
+    changes = both.groupby(["category", "model"])[[c for c in both.columns if c.startswith("largest change")]].max()
+    return changes.assign(rows=both.groupby(["category", "model"]).size()).reset_index()
+
+
 def scoring_variants(table: pd.DataFrame) -> pd.DataFrame:
     """Mean image AUROC over categories of every inpainting model x step-0 cell size x measure x smoothing, at the
     calibrated tau, for each T (the ablation behind the defaults)."""

@@ -37,7 +37,9 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast on CUDA; off: on an H200 it ran slower than float32/TF32 for these nets
     log_every: int = 100
-    max_minutes: float | None = None  # stop early (then calibrate and save) once training has run this long
+    # A time budget: the step count is cut to what fits, measured on the first steps, so that the learning-rate
+    # schedule still decays to its end; training stops at the budget regardless (then calibrates and saves).
+    max_minutes: float | None = None
     extra: dict = field(default_factory=dict)  # free-form notes stored with the checkpoint (e.g. the command line)
 
     def __post_init__(self) -> None:
@@ -85,12 +87,24 @@ def augment(images: Tensor, augmentations: tuple[str, ...], generator: torch.Gen
     return images
 
 
-def _learning_rate(step: int, config: TrainConfig) -> float:
-    warmup = min(100, config.steps // 10)
+def _learning_rate(step: int, total_steps: int, peak: float) -> float:
+    warmup = min(100, total_steps // 10)
     if step < warmup:
-        return config.learning_rate * (step + 1) / warmup
-    progress = (step - warmup) / max(1, config.steps - warmup)
-    return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# Steps timed to fit a run into its time budget (after the first ones, which include cuDNN's warm-up).
+_TIMING_STEPS = (20, 70)
+
+
+def steps_within_budget(seconds_per_step: float, elapsed: float, config: TrainConfig) -> int:
+    """How many steps in all fit into ``config.max_minutes`` (with 5 % to spare), never more than config.steps and
+    never fewer than the timing window; the warm-up (the first 100 steps) is the same for any count >= 1000."""
+    remaining = 0.95 * 60 * config.max_minutes - elapsed
+    fitting = _TIMING_STEPS[1] + int(max(0.0, remaining) / max(seconds_per_step, 1e-9))
+    return max(_TIMING_STEPS[1], min(config.steps, fitting))
 
 
 def reconstruction_loss(reconstructions: Tensor, images: Tensor, l2_weight: float) -> Tensor:
@@ -124,11 +138,15 @@ def train(
     autocast_dtype = torch.bfloat16 if config.bf16 and device.type == "cuda" else None
     log: list[dict] = []
     started = time.perf_counter()
-    bar = tqdm(range(config.steps), desc=f"train {config.model}", disable=not progress, mininterval=1.0)
+    total_steps = config.steps
+    timing_budget = config.max_minutes is not None and config.steps > _TIMING_STEPS[1]
+    timing_started: float | None = None
+    bar = tqdm(total=total_steps, desc=f"train {config.model}", disable=not progress, mininterval=1.0)
     model.train()
-    for step in bar:
+    step = 0
+    while step < total_steps:
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, config)
+            group["lr"] = _learning_rate(step, total_steps, config.learning_rate)
         # 1. A batch of normal images, augmented as the category allows.
         picks = torch.randint(count, (config.batch_size,), generator=generator, device=device)
         batch = augment(data[picks], config.augmentations, generator)
@@ -145,20 +163,30 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            entry = {"step": step + 1, "loss": loss.item(), "seconds": round(time.perf_counter() - started, 1)}
+        step += 1
+        bar.update(1)
+        if timing_budget and step in _TIMING_STEPS:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter() - started
+            if timing_started is None:
+                timing_started = now
+            else:
+                seconds_per_step = (now - timing_started) / (_TIMING_STEPS[1] - _TIMING_STEPS[0])
+                total_steps = steps_within_budget(seconds_per_step, now, config)
+                bar.total = total_steps
+                log.append({"steps_within_budget": total_steps, "seconds_per_step": round(seconds_per_step, 4)})
+        if step % config.log_every == 0 or step == total_steps:
+            entry = {"step": step, "loss": loss.item(), "seconds": round(time.perf_counter() - started, 1)}
             if not math.isfinite(entry["loss"]):
                 raise FloatingPointError(
-                    f"training diverged at step {step + 1} (loss {entry['loss']}); lower the learning rate"
+                    f"training diverged at step {step} (loss {entry['loss']}); lower the learning rate"
                 )
             log.append(entry)
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
-            if (
-                config.max_minutes is not None
-                and entry["seconds"] > 60 * config.max_minutes
-                and step + 1 < config.steps
-            ):
-                log.append({"stopped_early_at_step": step + 1, "reason": f"max_minutes={config.max_minutes}"})
+            if config.max_minutes is not None and entry["seconds"] > 60 * config.max_minutes and step < total_steps:
+                log.append({"stopped_early_at_step": step, "reason": f"max_minutes={config.max_minutes}"})
                 break
+    bar.close()
     model.eval()
     return model, log

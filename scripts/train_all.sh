@@ -1,28 +1,39 @@
 #!/usr/bin/env bash
-# Retrain every shipped checkpoint of the given categories at once on one machine (the GPU is shared by the runs):
+# Retrain every shipped checkpoint of the given categories at once on one machine:
 #   i3ad        the benchmark inpainting U-Net (base width 32)
 #   i3ad-small  the CPU demo's inpainting U-Net (base width 16)
 #   ae          the AE-SSIM baseline
-# usage: scripts/train_all.sh DATA_ROOT CHECKPOINTS_ROOT CATEGORY...   (STEPS, BATCH, DEVICE override the defaults)
+# usage: scripts/train_all.sh DATA_ROOT CHECKPOINTS_ROOT CATEGORY...
+# Environment (defaults in brackets):
+#   STEPS [8000], BATCH [32]   optimiser steps and batch size of every run
+#   MINUTES []                 a time budget per run: the step count is cut to what fits (see --max-minutes)
+#   LOG_DIR [train-logs]       where each run's log goes
+#   DEVICES [auto]             devices, taken in turn by the runs in this order: every category's i3ad, then every
+#                              i3ad-small, then every ae; e.g. "cuda:0 cuda:1 cuda:2 cuda:3 cuda:3 cuda:3" gives three
+#                              categories' i3ad runs a GPU each and puts the six light runs on the fourth
 set -euo pipefail
 if [ $# -lt 3 ]; then echo "usage: $0 DATA_ROOT CHECKPOINTS_ROOT CATEGORY..." >&2; exit 2; fi
 data=$1 out=$2; shift 2
-steps=${STEPS:-3000} batch=${BATCH:-16} device=${DEVICE:-auto}
+read -r -a devices <<< "${DEVICES:-auto}"
+common=(--data-root "$data" --out "$out" --steps "${STEPS:-8000}" --batch-size "${BATCH:-32}" --save-fp16 --quiet)
+[ -n "${MINUTES:-}" ] && common+=(--max-minutes "$MINUTES")
 # One thread per run: several runs share the machine, and more threads only make them wait on each other.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-common=(--data-root "$data" --out "$out" --steps "$steps" --batch-size "$batch" --device "$device" --save-fp16 --quiet)
-mkdir -p "$out"
-pids=()
-for category in "$@"; do
-  norm=none
-  [ "$category" = magnetic_tile ] && norm=standardize
-  python -m i3ad train "${common[@]}" --category "$category" --normalization "$norm" --model i3ad --name i3ad --base-width 32 &
-  pids+=($!)
-  python -m i3ad train "${common[@]}" --category "$category" --normalization "$norm" --model i3ad --name i3ad-small --base-width 16 &
-  pids+=($!)
-  python -m i3ad train "${common[@]}" --category "$category" --normalization "$norm" --model ae --name ae --base-width 32 &
-  pids+=($!)
-done
+logs=${LOG_DIR:-train-logs}
+mkdir -p "$out" "$logs"
+pids=() job=0
+launch() {  # CATEGORY ARGS...: one training run on the next device in turn, logged to LOG_DIR/CATEGORY-NAME.log
+  local category=$1 norm=none; shift
+  [ "$category" = magnetic_tile ] && norm=standardize  # strong illumination changes between its images
+  local device=${devices[$((job % ${#devices[@]}))]}
+  python -m i3ad train "${common[@]}" --category "$category" --normalization "$norm" --device "$device" "$@" \
+    > "$logs/$category-${*: -1}.log" 2>&1 &
+  pids+=($!) job=$((job + 1))
+}
+for category in "$@"; do launch "$category" --model i3ad --base-width 32 --name i3ad; done
+for category in "$@"; do launch "$category" --model i3ad --base-width 16 --name i3ad-small; done
+for category in "$@"; do launch "$category" --model ae --base-width 32 --name ae; done
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+tail -n 3 "$logs"/*.log
 if [ "$failed" -gt 0 ]; then echo "$failed training run(s) failed" >&2; exit 1; fi

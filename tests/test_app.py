@@ -23,6 +23,7 @@ from PIL import Image
 import app
 from i3ad.checkpoints import load_checkpoint, save_checkpoint
 from i3ad.data import load_images
+from i3ad.demo import default_variant
 from i3ad.detector import AnomalyDetector
 from i3ad.evaluation import RESULT_COLUMNS
 from i3ad.hub import CheckpointResolver
@@ -181,6 +182,21 @@ def test_category_change_updates_model_menu_and_threshold_slider(handlers):
     _, tau_small, _ = handlers.model_controls("synth", "i3ad-small")
     small = load_checkpoint(handlers.store.resolver.root / "synth" / "i3ad-small").calibration.ssim_threshold
     assert tau_small["value"] == round(small, 3)
+
+
+@pytest.mark.parametrize(
+    ("variants", "device", "expected"),
+    [
+        (["ae", "i3ad", "i3ad-small"], "cpu", "i3ad-small"),  # the fast network on a CPU
+        (["ae", "i3ad", "i3ad-small"], "cuda", "i3ad"),  # the accurate one on a GPU
+        (["ae", "i3ad"], "cpu", "i3ad"),
+        (["ae", "i3ad-small"], "cuda", "i3ad-small"),
+        (["ae", "mine"], "cpu", "mine"),  # a user's own variant name
+        (["ae"], "cpu", "ae"),  # only the baseline
+    ],
+)
+def test_default_variant_depends_on_the_device(variants, device, expected):
+    assert default_variant(variants, torch.device(device)) == expected
 
 
 def test_examples_are_synthetic_plus_the_categorys_test_images(handlers, app_files):

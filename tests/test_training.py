@@ -18,7 +18,7 @@ from i3ad.calibration import (
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.scoring import DetectionSettings, detect_by_inpainting, inpaint_step0
 from i3ad.similarity import ssim_map
-from i3ad.training import TrainConfig, augment, reconstruction_loss, split_holdout, train
+from i3ad.training import TrainConfig, augment, reconstruction_loss, split_holdout, steps_within_budget, train
 
 # --- holdout split ---------------------------------------------------------------------------------------------------
 
@@ -142,6 +142,46 @@ def test_training_is_reproducible(images32):
     _, first = train(images32, config, progress=False)
     _, second = train(images32, config, progress=False)
     assert [e["loss"] for e in first] == pytest.approx([e["loss"] for e in second], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_step", "elapsed", "expected"),
+    [
+        (0.1, 6.0, 70 + int((57.0 - 6.0) / 0.1)),  # 95 % of one minute, less what has run
+        (0.001, 6.0, 1000),  # capped at config.steps
+        (10.0, 70.0, 70),  # over budget already: never below the steps already taken
+    ],
+)
+def test_steps_within_budget(seconds_per_step, elapsed, expected):
+    config = TrainConfig(steps=1000, max_minutes=1.0)
+    assert steps_within_budget(seconds_per_step, elapsed, config) == expected
+
+
+class FakeClock:
+    """time.perf_counter for the training loop: each reading is ``tick`` seconds after the last one, so that the
+    time-budget logic is tested independently of how busy the machine is."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize(("tick", "stops_early"), [(0.01, False), (0.5, True)])
+def test_a_time_budget_fits_the_step_count_or_stops_the_run(images32, monkeypatch, tick, stops_early):
+    monkeypatch.setattr("i3ad.training.time", FakeClock(tick))
+    config = TrainConfig(steps=100_000, batch_size=2, base_width=4, log_every=10, max_minutes=0.01)
+    _, log = train(images32, config, progress=False)
+    losses = [entry for entry in log if "loss" in entry]
+    if stops_early:  # the clock ran out before the timed steps were over: stopped at the limit, still logged
+        assert log[-1]["stopped_early_at_step"] == losses[-1]["step"] < 100_000
+        return
+    budget = next(entry for entry in log if "steps_within_budget" in entry)
+    assert 70 < budget["steps_within_budget"] < 100_000
+    assert budget["seconds_per_step"] == pytest.approx(tick * 6 / 50)  # 6 clock readings in 50 steps
+    assert losses[-1]["step"] == budget["steps_within_budget"]  # the run ends where its schedule does
 
 
 def test_training_without_images_fails():

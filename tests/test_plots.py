@@ -1,0 +1,88 @@
+"""The README's tables from a results CSV (`python -m i3ad report`) and the comparison of two evaluations."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from i3ad.cli import main
+from i3ad.evaluation import RESULT_COLUMNS
+from i3ad.plots import compare_runs, headline, summary_tables
+from i3ad.scoring import DetectionSettings
+
+
+def _row(category, model, iterations, tau, image_auroc, pixel_auroc=math.nan, calibrated=False):
+    inpainting = model != "ae"
+    return {
+        "category": category,
+        "model": model,
+        "iterations": iterations,
+        "ssim_threshold": tau if inpainting else math.nan,
+        "calibrated_threshold": calibrated,
+        "step0_cell_size": 8 if inpainting else math.nan,
+        "anomaly_measure": "ssim+gms",
+        "smoothing_sigma": 8.0,
+        "mean_mask_share": 1.0,
+        "image_auroc": image_auroc,
+        "image_f1_max": 0.5,
+        "pixel_auroc": pixel_auroc,
+        "aupro": math.nan,
+    }
+
+
+@pytest.fixture
+def results() -> pd.DataFrame:
+    rows = []
+    for category, base in [("a", 0.8), ("b", 0.6)]:
+        rows.append(_row(category, "ae", 0, None, base - 0.1, pixel_auroc=0.7))
+        for t in range(3):
+            rows.append(_row(category, "i3ad", t, 0.4321, base + 0.01 * t, pixel_auroc=0.9, calibrated=True))
+            rows.append(_row(category, "i3ad", t, 0.5, base - 0.05))
+    return pd.DataFrame(rows)[list(RESULT_COLUMNS)]
+
+
+def test_headline_takes_the_calibrated_rows_at_the_default_iterations(results):
+    rows = headline(results, DetectionSettings(iterations=2))
+    i3ad = rows[rows["model"] == "i3ad"].set_index("category")["image_auroc"]
+    assert i3ad.to_dict() == pytest.approx({"a": 0.82, "b": 0.62})
+    assert len(rows[rows["model"] == "ae"]) == 2
+
+
+def test_summary_tables_mean_over_categories(results):
+    tables = summary_tables(results, DetectionSettings(iterations=1))
+    mean = tables["per_category"].set_index("category").loc["mean"]
+    assert mean["i3ad image AUROC"] == pytest.approx(0.71)
+    assert mean["ae image AUROC"] == pytest.approx(0.6)
+    curve = tables["mean_by_iterations"].set_index("model").loc["i3ad"]
+    assert [curve[f"T={t}"] for t in range(3)] == pytest.approx([0.70, 0.71, 0.72])
+
+
+def test_compare_runs_reports_the_largest_change_per_model(results):
+    other = results.copy()
+    other.loc[(other["category"] == "a") & (other["iterations"] == 1), "image_auroc"] -= 0.03
+    other.loc[other["category"] == "b", "pixel_auroc"] += 0.002
+    # Thresholds written with fewer decimals still match.
+    other["ssim_threshold"] = other["ssim_threshold"].round(4)
+    changes = compare_runs(results, other).set_index(["category", "model"])
+    assert changes.loc[("a", "i3ad"), "largest change of image AUROC"] == pytest.approx(0.03)
+    assert changes.loc[("b", "i3ad"), "largest change of image AUROC"] == pytest.approx(0.0)
+    assert changes.loc[("b", "i3ad"), "largest change of pixel AUROC"] == pytest.approx(0.002)
+    assert changes.loc[("a", "i3ad"), "rows"] == 6
+
+
+def test_compare_runs_without_common_settings_is_an_error(results):
+    other = results.assign(smoothing_sigma=4.0)
+    with pytest.raises(ValueError, match="share no settings"):
+        compare_runs(results, other)
+
+
+def test_report_command_prints_the_tables_and_the_comparison(results, tmp_path, capsys):
+    path = tmp_path / "results.csv"
+    results.to_csv(path, index=False)
+    assert main(["report", "--results", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| mean |" in printed and "T=2" in printed
+    assert main(["report", "--results", str(path), "--compare", str(path)]) == 0
+    assert "| a | i3ad | 0.0000 |" in capsys.readouterr().out
