@@ -33,7 +33,7 @@ class DetectionSettings:
     """
 
     # Defaults: the setting with the best mean image AUROC over the five benchmark categories (results/README.md).
-    iterations: int = 1
+    iterations: int = 0
     ssim_threshold: float = 0.5
     step0_masks: int = 4
     step0_cell_size: int = 8

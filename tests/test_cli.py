@@ -92,7 +92,8 @@ def test_evaluate_reaches_a_real_auroc(trained, tmp_path, capsys):
     assert row["image_auroc"] >= 0.8, f"I3AD image AUROC at the default settings is {row['image_auroc']:.3f}"
     assert row["pixel_auroc"] >= 0.8
     assert 0.0 < row["aupro"] <= 1.0
-    assert 0.0 < row["mean_mask_share"] < 1.0
+    iterated = i3ad[i3ad["calibrated_threshold"] & (i3ad["iterations"] == 1)]
+    assert 0.0 < iterated.iloc[0]["mean_mask_share"] < 1.0  # the SSIM mask hides some pixels, not all
     assert (i3ad[i3ad["iterations"] == 0]["mean_mask_share"] == 1.0).all()
     # The baseline's row exists and is complete.
     assert len(ae) == 1
