@@ -17,7 +17,14 @@ from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint,
 from i3ad.data import DatasetError, check_category_name, index_category, list_categories
 from i3ad.evaluation import METRIC_COLUMNS
 from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
-from i3ad.pipeline import evaluate_detector, load_test_set, recalibrate, resolve_device, train_category
+from i3ad.pipeline import (
+    evaluate_by_defect,
+    evaluate_detector,
+    load_test_set,
+    recalibrate,
+    resolve_device,
+    train_category,
+)
 from i3ad.preprocessing import NORMALIZATIONS
 from i3ad.recipes import CATEGORY_AUGMENTATIONS, default_augmentations
 from i3ad.scoring import ANOMALY_MEASURES, DetectionSettings
@@ -133,6 +140,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             if key not in test_sets:
                 test_sets = {key: load_test_set(index, detector.preprocessing, device)}
             started = time.perf_counter()
+            if args.by_defect:
+                table = evaluate_by_defect(detector, test_sets[key], batch_size=args.batch_size)
+                tables.append(table)
+                print(f"{category}/{name}: {len(table)} defect types in {time.perf_counter() - started:.1f} s")
+                continue
             table = evaluate_detector(
                 detector,
                 test_sets[key],
@@ -429,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
+    evaluate.add_argument(
+        "--by-defect",
+        action="store_true",
+        help="instead of the sweep: each checkpoint at its default settings, one row per defect type",
+    )
     evaluate.add_argument("--out", default="results/evaluation.csv")
     evaluate.set_defaults(run=cmd_evaluate)
 

@@ -37,14 +37,29 @@ RESULT_COLUMNS = (
 )
 
 
+# Columns of the per-defect table (``python -m i3ad evaluate --by-defect``).
+BY_DEFECT_COLUMNS = (
+    "category",
+    "model",
+    "iterations",
+    "defect",
+    "defect_images",
+    "defect_pixel_share",
+    *METRIC_COLUMNS,
+)
+
+
 class TestSet:
     """Preprocessed test images [N, C, S, S], labels [N] and ground-truth masks [N, 1, S, S] (None without masks),
-    on one device, with the defect regions labelled once for AUPRO."""
+    on one device, with the defect regions labelled once for AUPRO. ``defects``: each image's test sub-folder
+    ("good" for normal ones), for metrics per defect type."""
 
-    def __init__(self, images: Tensor, labels: Tensor, masks: Tensor | None) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, masks: Tensor | None, defects: list[str] | None = None) -> None:
         if len(images) != len(labels) or (masks is not None and len(masks) != len(images)):
             raise ValueError("images, labels and masks must have the same length")
-        self.images, self.labels, self.masks = images, labels, masks
+        if defects is not None and len(defects) != len(images):
+            raise ValueError("one defect name per image is needed")
+        self.images, self.labels, self.masks, self.defects = images, labels, masks, defects
         self.regions = region_labels(masks) if masks is not None else None
 
     def metrics(self, maps: Tensor) -> dict[str, float]:
@@ -59,6 +74,29 @@ class TestSet:
             row["pixel_auroc"] = binary_auroc(maps, self.masks)
             row["aupro"] = aupro(maps, self.masks, regions=self.regions)
         return row
+
+
+def metrics_by_defect(test: TestSet, maps: Tensor) -> pd.DataFrame:
+    """One row per defect type: the metrics of that type's images against all normal ones. A pooled pixel AUROC is
+    dominated by the defects that cover the most pixels; this table shows each kind on its own."""
+    if test.defects is None:
+        raise ValueError("this test set has no defect names")
+    normal = test.labels == 0
+    rows = []
+    for defect in sorted({d for d, label in zip(test.defects, test.labels.tolist(), strict=True) if label == 1}):
+        chosen = torch.tensor([d == defect for d in test.defects], device=test.labels.device)
+        subset = chosen | normal
+        masks = test.masks[subset] if test.masks is not None else None
+        part = TestSet(test.images[subset], test.labels[subset], masks)
+        rows.append(
+            {
+                "defect": defect,
+                "defect_images": int(chosen.sum()),
+                "defect_pixel_share": test.masks[chosen].float().mean().item() if test.masks is not None else math.nan,
+                **part.metrics(maps[subset]),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _variants(settings: DetectionSettings, measures: Iterable[str] | None, sigmas: Iterable[float] | None):

@@ -13,10 +13,17 @@ from i3ad.calibration import DEFAULT_SSIM_QUANTILE, Calibration, calibrate_inpai
 from i3ad.checkpoints import save_checkpoint
 from i3ad.data import CategoryIndex, load_images, load_masks
 from i3ad.detector import AnomalyDetector
-from i3ad.evaluation import RESULT_COLUMNS, TestSet, sweep_autoencoder, sweep_inpainting
+from i3ad.evaluation import (
+    BY_DEFECT_COLUMNS,
+    RESULT_COLUMNS,
+    TestSet,
+    metrics_by_defect,
+    sweep_autoencoder,
+    sweep_inpainting,
+)
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.preprocessing import Preprocessing
-from i3ad.scoring import DetectionSettings, detect_by_autoencoder
+from i3ad.scoring import DetectionSettings, detect_by_autoencoder, detect_by_inpainting
 from i3ad.training import TrainConfig, split_holdout, train
 
 
@@ -140,7 +147,7 @@ def load_test_set(index: CategoryIndex, preprocessing: Preprocessing, device: to
     images = load_images([s.image for s in index.test], preprocessing).to(device)
     labels = torch.tensor([s.label for s in index.test], device=device)
     masks = load_masks(index.test, preprocessing.image_size).to(device) if index.has_masks else None
-    return TestSet(images, labels, masks)
+    return TestSet(images, labels, masks, defects=[s.defect for s in index.test])
 
 
 def evaluate_detector(
@@ -187,3 +194,15 @@ def evaluate_detector(
         table = table.assign(calibrated_threshold=False)
     table = table.assign(category=detector.category, model=detector.name)
     return table[list(RESULT_COLUMNS)]
+
+
+def evaluate_by_defect(detector: AnomalyDetector, test: TestSet, *, batch_size: int = 32) -> pd.DataFrame:
+    """Metrics of one checkpoint at its default settings, one row per defect type (see ``metrics_by_defect``)."""
+    detect = detect_by_inpainting if detector.kind == "i3ad" else detect_by_autoencoder
+    maps = map_batches(
+        lambda images: detect(detector.model, images, detector.settings).anomaly_map, test.images, batch_size=batch_size
+    )
+    table = metrics_by_defect(test, torch.cat(maps))
+    iterations = detector.settings.iterations if detector.kind == "i3ad" else 0
+    table = table.assign(category=detector.category, model=detector.name, iterations=iterations)
+    return table[list(BY_DEFECT_COLUMNS)]

@@ -70,6 +70,24 @@ def test_train_writes_complete_checkpoints(trained):
 
 
 @pytest.mark.slow
+def test_evaluate_by_defect_gives_one_row_per_defect_type(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    out = tmp_path / "by_defect.csv"
+    args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--category", "synthetic"]
+    assert main([*args, "--by-defect", "--device", "cpu", "--out", str(out)]) == 0
+    assert "defect types" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    defects = sorted(p.name for p in (data_root / "synthetic" / "test").iterdir() if p.name != "good")
+    for model in ("i3ad", "ae"):
+        rows = table[table["model"] == model]
+        assert sorted(rows["defect"]) == defects
+        assert ((rows["defect_pixel_share"] > 0) & (rows["defect_pixel_share"] < 1)).all()
+        assert rows[["image_auroc", "pixel_auroc", "aupro"]].apply(lambda c: c.between(0, 1)).all().all()
+    detector = load_checkpoint(checkpoints / "synthetic" / "i3ad")
+    assert (table[table["model"] == "i3ad"]["iterations"] == detector.settings.iterations).all()
+
+
+@pytest.mark.slow
 def test_evaluate_reaches_a_real_auroc(trained, tmp_path, capsys):
     data_root, checkpoints = trained
     out = tmp_path / "results" / "evaluation.csv"

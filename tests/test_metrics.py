@@ -218,3 +218,25 @@ def test_aupro_matches_brute_force(seed, limit):
     maps = ((torch.rand(4, 1, 12, 12, generator=generator) + 0.3 * masks) * 8).floor() / 8
     expected = _reference_aupro(maps.numpy().astype(np.float64), masks.numpy(), limit)
     assert aupro(maps, masks, fpr_limit=limit) == pytest.approx(expected, abs=1e-9)
+
+
+def test_metrics_by_defect_score_each_type_against_the_normal_images():
+    from i3ad.evaluation import TestSet, metrics_by_defect
+
+    # 2 normal images, a "small" defect the map finds and a "large" one it misses (the map is high elsewhere).
+    masks = torch.zeros(4, 1, 8, 8)
+    masks[2, :, 1:3, 1:3] = 1
+    masks[3, :, :, :6] = 1
+    maps = torch.zeros(4, 1, 8, 8)
+    maps[2, :, 1:3, 1:3] = 1.0
+    maps[3, :, :, 6:] = 0.5
+    labels = torch.tensor([0, 0, 1, 1])
+    test = TestSet(torch.zeros(4, 1, 8, 8), labels, masks, defects=["good", "good", "small", "large"])
+    table = metrics_by_defect(test, maps).set_index("defect")
+    assert list(table.index) == ["large", "small"]
+    assert table.loc["small", "pixel_auroc"] == 1.0 and table.loc["small", "image_auroc"] == 1.0
+    assert table.loc["large", "pixel_auroc"] < 0.5  # its pixels score below the normal ones beside them
+    assert table.loc["large", "defect_pixel_share"] == pytest.approx(48 / 64)
+    assert table["defect_images"].tolist() == [1, 1]
+    with pytest.raises(ValueError, match="no defect names"):
+        metrics_by_defect(TestSet(test.images, labels, masks), maps)
