@@ -172,11 +172,20 @@ def test_damaged_weights(saved, damage):
         load_checkpoint(folder)
 
 
+def _rewrite_config(folder: Path, **changes) -> None:
+    """Change keys of a saved checkpoint's config.json (a value of None deletes the key)."""
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+
+
 def test_config_that_does_not_match_the_weights(saved):
     _, folder = saved
-    config = json.loads((folder / "config.json").read_text())
-    config["base_width"] = 16
-    (folder / "config.json").write_text(json.dumps(config))
+    _rewrite_config(folder, base_width=16)
     with pytest.raises(CheckpointError, match=r"does not match .*config\.json"):
         load_checkpoint(folder)
 
@@ -202,26 +211,17 @@ def test_invalid_json(saved, name, content):
 @pytest.mark.parametrize("architecture", ["ResNet50", None, ""])
 def test_unknown_architecture(saved, architecture):
     _, folder = saved
-    config = json.loads((folder / "config.json").read_text())
-    if architecture is None:
-        del config["architecture"]
-    else:
-        config["architecture"] = architecture
-    (folder / "config.json").write_text(json.dumps(config))
+    _rewrite_config(folder, architecture=architecture)
     with pytest.raises(CheckpointError, match="unknown architecture"):
         load_checkpoint(folder)
 
 
 def test_invalid_model_config(saved):
     _, folder = saved
-    config = json.loads((folder / "config.json").read_text())
-    config["channels"] = 2
-    (folder / "config.json").write_text(json.dumps(config))
+    _rewrite_config(folder, channels=2)
     with pytest.raises(CheckpointError, match="does not describe a valid InpaintingUNet"):
         load_model(folder)
-    config["channels"] = 3
-    config["depth"] = 7
-    (folder / "config.json").write_text(json.dumps(config))
+    _rewrite_config(folder, channels=3, depth=7)
     with pytest.raises(CheckpointError, match="does not describe a valid InpaintingUNet"):
         load_model(folder)
 
