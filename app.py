@@ -70,9 +70,9 @@ logger = logging.getLogger(__name__)
 INTRO = """# i3ad: anomaly detection by iterative inpainting
 Upload an image of a category (or pick an example). I3AD first repaints every pixel from its surroundings (four
 complementary grid masks), then repeatedly hides the pixels whose SSIM to the input is below **tau** and repaints only
-those, **T** times. Where the final reconstruction differs from the input is the anomaly map; its maximum is the image
-score, called anomalous above a threshold calibrated on held-out normal images. The autoencoder (AE) baseline is shown
-beside it."""
+those, **T** times. Where the final reconstruction differs from the input more than held-out normal images usually do
+at that place is the anomaly map; its maximum is the image score, called anomalous above a threshold calibrated on
+those normal images. The autoencoder (AE) baseline, scored the same way, is shown beside it."""
 
 
 @dataclass

@@ -23,6 +23,8 @@ from i3ad.models import InpaintingUNet
 from i3ad.scoring import detect_by_inpainting
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+# torch.compile modes the benchmark can try ("reduce-overhead" also captures CUDA graphs).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def _synchronize(device: torch.device) -> None:
@@ -79,12 +81,23 @@ def run_benchmark(
     precisions: list[str],
     repeats: int = 5,
     sweep_images: int = 0,
+    compile_mode: str | None = None,
+    channels_last: bool = False,
 ) -> pd.DataFrame:
     """Rows of measurements on ``images`` [N, C, S, S] (preprocessed, on the detector's device; batches are drawn
-    from them cyclically). ``sweep_images`` > 0 also times a T = 0..10 evaluation sweep over that many images."""
+    from them cyclically). ``sweep_images`` > 0 also times a T = 0..10 evaluation sweep over that many images.
+    ``compile_mode``: run the network through torch.compile in that mode; ``channels_last``: channels-last memory
+    for the network and its inputs."""
     model, device = detector.model, detector.device
     size = images.shape[-1]
     flops = forward_flops(model, size)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    images = images.contiguous(memory_format=memory_format)
+    if compile_mode is not None:
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        model = torch.compile(model, mode=compile_mode)
     settings = detector.settings
     rows = []
     for precision in precisions:
@@ -172,6 +185,8 @@ def run_benchmark(
     )
     table.insert(1, "threads", torch.get_num_threads())
     table.insert(2, "model", f"{detector.category}/{detector.name}")
+    table.insert(3, "compile", compile_mode or "eager")
+    table.insert(4, "memory_format", "channels_last" if channels_last else "contiguous")
     table["date"] = date.today().isoformat()
     table["torch"] = torch.__version__
     return table

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from i3ad.batching import map_batches
-from i3ad.models import InpaintingUNet
-from i3ad.scoring import DetectionSettings, detect_by_inpainting, inpaint_step0, ssim_map
+from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.normal_error import NormalError, mean_step_maps
+from i3ad.scoring import DetectionSettings, detect_by_autoencoder, detect_by_inpainting, inpaint_step0, ssim_map
 
 # With this share of held-out normal pixels below tau at step 0, normal images get almost empty masks.
 DEFAULT_SSIM_QUANTILE = 0.01
@@ -24,18 +25,26 @@ class Calibration:
     ssim_threshold: tau calibrated as the ``ssim_quantile`` of held-out normal pixels' step-0 SSIM (None for the
         autoencoder). score_thresholds[t]: the highest held-out normal image score after t iterations at that tau;
         images scoring above it are called anomalous.
+    normal_error: the held-out normal images' mean map per step (None when the settings do not subtract it); it is
+        saved in its own file, not in ``to_dict``.
     """
 
     ssim_threshold: float | None
     ssim_quantile: float | None
     score_thresholds: list[float]
     holdout_images: int
+    normal_error: NormalError | None = field(default=None, compare=False, repr=False)
 
     def score_threshold(self, iterations: int) -> float:
         return self.score_thresholds[min(iterations, len(self.score_thresholds) - 1)]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {
+            "ssim_threshold": self.ssim_threshold,
+            "ssim_quantile": self.ssim_quantile,
+            "score_thresholds": list(self.score_thresholds),
+            "holdout_images": self.holdout_images,
+        }
 
 
 def quantile(values: Tensor, q: float) -> float:
@@ -54,8 +63,9 @@ def calibrate_inpainting(
     autocast_dtype: torch.dtype | None = None,
     batch_size: int = 16,
 ) -> Calibration:
-    """Choose tau (unless ``ssim_quantile`` is None: then settings.ssim_threshold is kept) and the score thresholds
-    on preprocessed held-out normal images [N, C, S, S], ``batch_size`` images at a time."""
+    """Choose tau (unless ``ssim_quantile`` is None: then settings.ssim_threshold is kept), the normal error (if the
+    settings subtract it) and the score thresholds on preprocessed held-out normal images [N, C, S, S], ``batch_size``
+    images at a time."""
     if len(holdout) == 0:
         raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
     tau = settings.ssim_threshold
@@ -67,13 +77,38 @@ def calibrate_inpainting(
         )
         tau = quantile(torch.cat(step0_ssim), ssim_quantile)
     run = settings.with_(ssim_threshold=tau, iterations=MAX_CALIBRATED_ITERATIONS)
-    step_scores = map_batches(
-        lambda b: detect_by_inpainting(model, b, run, autocast_dtype=autocast_dtype).step_scores,
-        holdout,
-        batch_size=batch_size,
-    )
+
+    def detect(images: Tensor, normal_error: NormalError | None = None):
+        return detect_by_inpainting(model, images, run, autocast_dtype=autocast_dtype, normal_error=normal_error)
+
+    normal_error = None
+    if settings.subtract_normal_error:
+        normal_error = NormalError.from_mean_maps(mean_step_maps(lambda b: detect(b).anomaly_maps, holdout, batch_size))
+    step_scores = map_batches(lambda b: detect(b, normal_error).step_scores, holdout, batch_size=batch_size)
     scores = torch.cat(step_scores, dim=1)
-    return Calibration(tau, ssim_quantile, scores.amax(dim=1).tolist(), len(holdout))
+    return Calibration(tau, ssim_quantile, scores.amax(dim=1).tolist(), len(holdout), normal_error)
+
+
+def calibrate_autoencoder(
+    model: ConvAutoencoder,
+    holdout: Tensor,
+    settings: DetectionSettings,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    batch_size: int = 16,
+) -> Calibration:
+    """The autoencoder's normal error (if the settings subtract it) and score threshold on held-out normal images."""
+    if len(holdout) == 0:
+        raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
+
+    def detect(images: Tensor, normal_error: NormalError | None = None):
+        return detect_by_autoencoder(model, images, settings, autocast_dtype=autocast_dtype, normal_error=normal_error)
+
+    normal_error = None
+    if settings.subtract_normal_error:
+        normal_error = NormalError.from_mean_maps(mean_step_maps(lambda b: detect(b).anomaly_maps, holdout, batch_size))
+    scores = torch.cat(map_batches(lambda b: detect(b, normal_error).scores, holdout, batch_size=batch_size))
+    return replace(calibrate_scores(scores), normal_error=normal_error)
 
 
 def calibrate_scores(scores: Tensor) -> Calibration:

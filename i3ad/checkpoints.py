@@ -1,5 +1,6 @@
 """Checkpoint folders: ``config.json`` + ``model.safetensors`` (huggingface_hub's PyTorchModelHubMixin layout) plus
-``detector.json`` (preprocessing, detection settings, calibration, training record) and a ``README.md`` model card.
+``detector.json`` (preprocessing, detection settings, calibration, training record), ``normal_error.safetensors``
+(the held-out normal images' mean map per step, when the settings subtract it) and a ``README.md`` model card.
 
 Weights are only ever read with safetensors, strictly: a config that does not match them is an error, not a
 silently half-loaded model.
@@ -8,6 +9,7 @@ silently half-loaded model.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from string import Template
 
@@ -19,11 +21,15 @@ from i3ad import __version__
 from i3ad.calibration import Calibration
 from i3ad.detector import AnomalyDetector
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
+from i3ad.normal_error import NormalError
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings
 
 CONFIG_FILE, WEIGHTS_FILE, DETECTOR_FILE, CARD_FILE = "config.json", "model.safetensors", "detector.json", "README.md"
+NORMAL_ERROR_FILE = "normal_error.safetensors"
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, DETECTOR_FILE)
+# Every file a checkpoint folder can hold (the normal error only when its settings subtract it).
+CHECKPOINT_FOLDER_FILES = (*CHECKPOINT_FILES, NORMAL_ERROR_FILE, CARD_FILE)
 ARCHITECTURES = {"InpaintingUNet": InpaintingUNet, "ConvAutoencoder": ConvAutoencoder}
 MVTEC_LICENSE = "cc-by-nc-sa-4.0"
 
@@ -50,8 +56,17 @@ def save_checkpoint(detector: AnomalyDetector, folder: str | Path, *, half_preci
 
 
 def save_record(detector: AnomalyDetector, folder: str | Path) -> None:
-    """(Re)write detector.json and the model card, e.g. after re-calibration; the weights are left alone."""
+    """(Re)write detector.json, the normal error and the model card, e.g. after re-calibration; the weights are left
+    alone."""
     folder = Path(folder)
+    normal_error = detector.calibration.normal_error
+    if detector.settings.subtract_normal_error and normal_error is None:
+        raise ValueError("the settings subtract the normal error but the calibration has none: calibrate first")
+    if normal_error is not None:
+        maps = normal_error.maps.detach().to("cpu", torch.float16).contiguous()
+        safetensors.torch.save_file({"mean_anomaly_maps": maps}, folder / NORMAL_ERROR_FILE, metadata={"format": "pt"})
+    else:
+        (folder / NORMAL_ERROR_FILE).unlink(missing_ok=True)
     record = {
         "category": detector.category,
         "name": detector.name,
@@ -106,6 +121,17 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
     return for_device(model, device).eval()
 
 
+def load_normal_error(path: Path) -> NormalError:
+    """The normal-error maps of a checkpoint (safetensors only). Raises CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing, but detector.json asks to subtract the normal error")
+    try:
+        maps = safetensors.torch.load_file(path, device="cpu")["mean_anomaly_maps"]
+        return NormalError(maps)
+    except (safetensors.SafetensorError, OSError, KeyError, ValueError) as error:
+        raise CheckpointError(f"{path} is damaged or not a normal-error file ({error!r})") from None
+
+
 def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> AnomalyDetector:
     """Load a checkpoint folder written by ``save_checkpoint``. Raises CheckpointError with the reason."""
     folder = Path(folder)
@@ -114,11 +140,16 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> A
     record = _read_json(folder / DETECTOR_FILE)
     model = load_model(folder, device)
     try:
+        # Checkpoints written before the normal error existed score raw maps.
+        settings = DetectionSettings(**{"subtract_normal_error": False, **record["detection"]})
+        calibration = Calibration(**record["calibration"])
+        if settings.subtract_normal_error:
+            calibration = replace(calibration, normal_error=load_normal_error(folder / NORMAL_ERROR_FILE))
         detector = AnomalyDetector(
             model=model,
             preprocessing=Preprocessing(**record["preprocessing"]),
-            settings=DetectionSettings(**record["detection"]),
-            calibration=Calibration(**record["calibration"]),
+            settings=settings,
+            calibration=calibration,
             category=str(record["category"]),
             name=str(record["name"]),
             info=dict(record.get("info", {})),
@@ -168,6 +199,11 @@ def model_card(detector: AnomalyDetector) -> str:
         description = (
             "AE-SSIM baseline (Bergmann et al. 2018): a convolutional autoencoder; the anomaly map compares the input "
             f"with its reconstruction (measure `{detector.settings.anomaly_measure}`)."
+        )
+    if detector.settings.subtract_normal_error:
+        description += (
+            " The map is the excess over the normal error, the mean map of the held-out normal images after the same "
+            f"step (`{NORMAL_ERROR_FILE}`)."
         )
     log = [entry for entry in info.get("train_log", []) if "loss" in entry]
     steps_done = log[-1]["step"] if log else training.get("steps", "?")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from i3ad.benchmark import COMPILE_MODES
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE, MAX_CALIBRATED_ITERATIONS
 from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_record
 from i3ad.data import DatasetError, check_category_name, index_category, list_categories
@@ -20,6 +21,7 @@ from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
 from i3ad.pipeline import (
     evaluate_by_defect,
     evaluate_detector,
+    holdout_images,
     load_test_set,
     recalibrate,
     resolve_device,
@@ -145,9 +147,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 tables.append(table)
                 print(f"{category}/{name}: {len(table)} defect types in {time.perf_counter() - started:.1f} s")
                 continue
+            try:
+                holdout = holdout_images(detector, index).to(device)
+            except ValueError as error:
+                holdout = None
+                print(f"{category}/{name}: no normal-error rows ({error})")
             table = evaluate_detector(
                 detector,
                 test_sets[key],
+                holdout=holdout,
                 thresholds=args.thresholds,
                 max_iterations=args.iterations,
                 cell_sizes=args.cell_sizes,
@@ -180,6 +188,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
                 "step0_cell_size": args.cell_size,
                 "anomaly_measure": args.measure,
                 "smoothing_sigma": args.sigma,
+                "subtract_normal_error": args.normal_error,
             }.items()
             if v is not None
         }
@@ -311,6 +320,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         precisions=args.precisions,
         repeats=args.repeats,
         sweep_images=args.sweep_images,
+        compile_mode=args.compile,
+        channels_last=args.channels_last,
     )
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3g}".format):
         print(table.drop(columns=["date", "torch"]).to_string(index=False))
@@ -357,6 +368,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(markdown_table(tables["thresholds"]))
     print("\nScoring variants: I3AD image AUROC, mean over categories, at the calibrated tau:\n")
     print(markdown_table(tables["scoring_variants"]))
+    print("\nNormal error: image AUROC, mean over categories, with raw maps and with the normal error subtracted:\n")
+    print(markdown_table(tables["normal_error"]))
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -471,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--measure", choices=ANOMALY_MEASURES, help="new anomaly measure")
     calibrate.add_argument("--sigma", type=float, help="new map smoothing sigma")
     calibrate.add_argument(
+        "--normal-error",
+        action=argparse.BooleanOptionalAction,
+        help="subtract the held-out images' mean map per step (default: keep the checkpoint's choice)",
+    )
+    calibrate.add_argument(
         "--ssim-quantile", type=float, help="re-calibrate tau at this quantile (default: keep the checkpoint's tau)"
     )
     calibrate.add_argument("--device", default="auto")
@@ -487,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--sweep-images", type=int, default=0, help="also time a T=0..10 evaluation sweep over N images")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    bench.add_argument("--compile", choices=COMPILE_MODES, help="run the network through torch.compile in this mode")
+    bench.add_argument("--channels-last", action="store_true", help="channels-last memory for the network")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--out", help="write (or with --append, add to) a CSV")
     bench.add_argument("--append", action="store_true")

@@ -58,17 +58,25 @@ class AnomalyDetector:
     ) -> DetectionResult:
         """Detect anomalies in images [B, C, H, W] or [C, H, W] in [0, 1], of any size (resized to the model's).
 
-        iterations / ssim_threshold default to the checkpoint's calibrated settings. Maps are at the model's size.
+        iterations / ssim_threshold default to the checkpoint's calibrated settings. Maps are at the model's size and,
+        when the settings say so, the excess over the normal error calibrated with the checkpoint.
         """
         settings = self.settings
         if iterations is not None:
             settings = settings.with_(iterations=iterations)
         if ssim_threshold is not None:
             settings = settings.with_(ssim_threshold=ssim_threshold)
-        batch = self.preprocessing(images).to(self.device)
-        if self.kind == "i3ad":
-            return detect_by_inpainting(self.model, batch, settings, autocast_dtype=autocast_dtype)
-        return detect_by_autoencoder(self.model, batch, settings, autocast_dtype=autocast_dtype)
+        return self.run(self.preprocessing(images).to(self.device), settings, autocast_dtype=autocast_dtype)
+
+    def run(
+        self, batch: Tensor, settings: DetectionSettings | None = None, *, autocast_dtype: torch.dtype | None = None
+    ) -> DetectionResult:
+        """Detection on images already preprocessed for this model and on its device, at ``settings`` (default: the
+        checkpoint's)."""
+        settings = settings or self.settings
+        normal_error = self.calibration.normal_error if settings.subtract_normal_error else None
+        detect = detect_by_inpainting if self.kind == "i3ad" else detect_by_autoencoder
+        return detect(self.model, batch, settings, autocast_dtype=autocast_dtype, normal_error=normal_error)
 
     def is_anomalous(self, scores: Tensor, iterations: int) -> Tensor:
         """Verdicts [B] (True = anomalous) at the score threshold calibrated for this iteration count."""

@@ -12,6 +12,7 @@ from torch import Tensor
 from i3ad.batching import map_batches
 from i3ad.metrics import aupro, binary_auroc, f1_max, region_labels
 from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.normal_error import NormalError
 from i3ad.scoring import (
     DetectionSettings,
     anomaly_map,
@@ -32,6 +33,7 @@ RESULT_COLUMNS = (
     "step0_cell_size",
     "anomaly_measure",
     "smoothing_sigma",
+    "normal_error_subtracted",
     "mean_mask_share",
     *METRIC_COLUMNS,
 )
@@ -53,6 +55,8 @@ class TestSet:
     """Preprocessed test images [N, C, S, S], labels [N] and ground-truth masks [N, 1, S, S] (None without masks),
     on one device, with the defect regions labelled once for AUPRO. ``defects``: each image's test sub-folder
     ("good" for normal ones), for metrics per defect type."""
+
+    __test__ = False  # a data class, not a pytest test class
 
     def __init__(self, images: Tensor, labels: Tensor, masks: Tensor | None, defects: list[str] | None = None) -> None:
         if len(images) != len(labels) or (masks is not None and len(masks) != len(images)):
@@ -119,8 +123,11 @@ def sweep_inpainting(
     sigmas: Iterable[float] | None = None,
     batch_size: int = 32,
     autocast_dtype: torch.dtype | None = None,
+    holdout: Tensor | None = None,
 ) -> pd.DataFrame:
-    """One row per step-0 cell size x threshold x iteration count (0..max_iterations) x anomaly measure x smoothing.
+    """One row per step-0 cell size x threshold x iteration count (0..max_iterations) x anomaly measure x smoothing,
+    with the raw maps and, when held-out normal images [N, C, S, S] are given, once more with each setting's own
+    normal error (their mean map, ``i3ad.normal_error``) subtracted.
 
     Step 0 is computed once for all thresholds and every iteration count comes out of the same loop: T = t is
     scored from step t of the T = max_iterations run, which is exactly what a run with T = t returns.
@@ -136,6 +143,7 @@ def sweep_inpainting(
             variants=_variants(settings, measures, sigmas),
             batch_size=batch_size,
             autocast_dtype=autocast_dtype,
+            holdout=holdout,
         )
         tables.append(table.assign(step0_cell_size=cell_size))
     return pd.concat(tables, ignore_index=True)
@@ -151,14 +159,20 @@ def _sweep_thresholds(
     variants: list[DetectionSettings],
     batch_size: int,
     autocast_dtype: torch.dtype | None,
+    holdout: Tensor | None,
 ) -> pd.DataFrame:
-    step0 = torch.cat(
-        map_batches(
-            lambda images: inpaint_step0(model, images, settings, autocast_dtype=autocast_dtype),
-            test.images,
-            batch_size=batch_size,
+    def reconstruct(images: Tensor) -> Tensor:
+        return torch.cat(
+            map_batches(
+                lambda batch: inpaint_step0(model, batch, settings, autocast_dtype=autocast_dtype),
+                images,
+                batch_size=batch_size,
+            )
         )
-    )
+
+    step0 = reconstruct(test.images)
+    holdout_step0 = reconstruct(holdout) if holdout is not None else None
+    steps = range(max_iterations + 1)
     rows = []
     for threshold in thresholds:
         run = settings.with_(iterations=max_iterations, ssim_threshold=threshold)
@@ -171,21 +185,35 @@ def _sweep_thresholds(
             maps = [[anomaly_map(images, r, variant, ssim).half() for variant in variants] for r, ssim in steps]
             return [m.flatten(1).mean(1) for m in result.masks], maps
 
+        def maps_of(batches) -> dict[tuple[int, int], Tensor]:
+            return {(v, t): torch.cat([b[1][t][v] for b in batches]) for t in steps for v in range(len(variants))}
+
         batches = map_batches(score_steps, test.images, step0, batch_size=batch_size)
-        hidden = {t: torch.cat([b[0][t] for b in batches]) for t in range(max_iterations + 1)}
-        maps = {(v, t): [b[1][t][v] for b in batches] for t in range(max_iterations + 1) for v in range(len(variants))}
-        for (v, t), parts in maps.items():
-            variant = variants[v]
-            rows.append(
-                {
-                    "iterations": t,
-                    "ssim_threshold": threshold,
-                    "anomaly_measure": variant.anomaly_measure,
-                    "smoothing_sigma": variant.smoothing_sigma,
-                    "mean_mask_share": hidden[t].mean().item() if t > 0 else 1.0,
-                    **test.metrics(torch.cat(parts).float()),
-                }
-            )
+        hidden = {t: torch.cat([b[0][t] for b in batches]) for t in steps}
+        maps = maps_of(batches)
+        normal_errors = {}
+        if holdout is not None:
+            normal_maps = maps_of(map_batches(score_steps, holdout, holdout_step0, batch_size=batch_size))
+            for v in range(len(variants)):
+                mean_maps = torch.stack([normal_maps[v, t].float().mean(dim=0) for t in steps])
+                normal_errors[v] = NormalError.from_mean_maps(mean_maps)
+        for (v, t), half_maps in maps.items():
+            step_maps = half_maps.float()
+            scored = [(False, step_maps)]
+            if v in normal_errors:
+                scored.append((True, normal_errors[v].subtract(step_maps, t)))
+            for subtracted, scored_maps in scored:
+                rows.append(
+                    {
+                        "iterations": t,
+                        "ssim_threshold": threshold,
+                        "anomaly_measure": variants[v].anomaly_measure,
+                        "smoothing_sigma": variants[v].smoothing_sigma,
+                        "normal_error_subtracted": subtracted,
+                        "mean_mask_share": hidden[t].mean().item() if t > 0 else 1.0,
+                        **test.metrics(scored_maps),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -198,26 +226,37 @@ def sweep_autoencoder(
     sigmas: Iterable[float] | None = None,
     batch_size: int = 32,
     autocast_dtype: torch.dtype | None = None,
+    holdout: Tensor | None = None,
 ) -> pd.DataFrame:
-    """The AE-SSIM baseline's rows (iterations 0, no threshold), one per anomaly measure x smoothing."""
+    """The AE-SSIM baseline's rows (iterations 0, no threshold), one per anomaly measure x smoothing, raw and (with
+    held-out normal images) with the normal error subtracted."""
     rows = []
     for variant in _variants(settings, measures, sigmas):
-        parts = map_batches(
-            lambda images, variant=variant: detect_by_autoencoder(
-                model, images, variant, autocast_dtype=autocast_dtype
-            ).anomaly_map.half(),
-            test.images,
-            batch_size=batch_size,
-        )
-        rows.append(
-            {
-                "iterations": 0,
-                "ssim_threshold": math.nan,
-                "step0_cell_size": math.nan,
-                "anomaly_measure": variant.anomaly_measure,
-                "smoothing_sigma": variant.smoothing_sigma,
-                "mean_mask_share": 1.0,
-                **test.metrics(torch.cat(parts).float()),
-            }
-        )
+
+        def maps_of(images: Tensor, variant=variant) -> Tensor:
+            parts = map_batches(
+                lambda batch: detect_by_autoencoder(model, batch, variant, autocast_dtype=autocast_dtype).anomaly_map,
+                images,
+                batch_size=batch_size,
+            )
+            return torch.cat(parts)
+
+        maps = maps_of(test.images)
+        scored = [(False, maps)]
+        if holdout is not None:
+            normal_error = NormalError.from_mean_maps(maps_of(holdout).mean(dim=0, keepdim=True))
+            scored.append((True, normal_error.subtract(maps, 0)))
+        for subtracted, scored_maps in scored:
+            rows.append(
+                {
+                    "iterations": 0,
+                    "ssim_threshold": math.nan,
+                    "step0_cell_size": math.nan,
+                    "anomaly_measure": variant.anomaly_measure,
+                    "smoothing_sigma": variant.smoothing_sigma,
+                    "normal_error_subtracted": subtracted,
+                    "mean_mask_share": 1.0,
+                    **test.metrics(scored_maps),
+                }
+            )
     return pd.DataFrame(rows)

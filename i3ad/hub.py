@@ -21,8 +21,8 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntry
 from huggingface_hub.utils import validate_repo_id
 
 from i3ad.checkpoints import (
-    CARD_FILE,
     CHECKPOINT_FILES,
+    CHECKPOINT_FOLDER_FILES,
     DETECTOR_FILE,
     CheckpointError,
     list_checkpoints,
@@ -33,8 +33,6 @@ from i3ad.detector import AnomalyDetector
 
 ENV_CHECKPOINTS, ENV_HUB_REPO, ENV_HUB_REVISION = "I3AD_CHECKPOINTS", "I3AD_HUB_REPO", "I3AD_HUB_REVISION"
 DEFAULT_CHECKPOINTS = "checkpoints"
-# The files of a checkpoint folder that are downloaded and uploaded; anything else in a folder (e.g. a pickle) is not.
-CHECKPOINT_FOLDER_FILES = (*CHECKPOINT_FILES, CARD_FILE)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +61,7 @@ def check_name(kind: str, name: str) -> str:
 
 
 def _hub_patterns(category: str, variant: str) -> list[str]:
+    # Only a checkpoint's own files are downloaded and uploaded; anything else in a folder (e.g. a pickle) is not.
     return [f"{category}/{variant}/{name}" for name in CHECKPOINT_FOLDER_FILES]
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from i3ad.batching import map_batches
-from i3ad.calibration import DEFAULT_SSIM_QUANTILE, Calibration, calibrate_inpainting, calibrate_scores
+from i3ad.calibration import DEFAULT_SSIM_QUANTILE, Calibration, calibrate_autoencoder, calibrate_inpainting
 from i3ad.checkpoints import save_checkpoint
 from i3ad.data import CategoryIndex, load_images, load_masks
 from i3ad.detector import AnomalyDetector
@@ -23,7 +23,7 @@ from i3ad.evaluation import (
 )
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.preprocessing import Preprocessing
-from i3ad.scoring import DetectionSettings, detect_by_autoencoder, detect_by_inpainting
+from i3ad.scoring import DetectionSettings
 from i3ad.training import TrainConfig, split_holdout, train
 
 
@@ -109,12 +109,7 @@ def calibrate(
             model, holdout, settings, ssim_quantile=ssim_quantile, autocast_dtype=autocast_dtype
         )
         return settings.with_(ssim_threshold=calibration.ssim_threshold), calibration
-    scores = map_batches(
-        lambda b: detect_by_autoencoder(model, b, settings, autocast_dtype=autocast_dtype).scores,
-        holdout,
-        batch_size=16,
-    )
-    return settings, calibrate_scores(torch.cat(scores))
+    return settings, calibrate_autoencoder(model, holdout, settings, autocast_dtype=autocast_dtype)
 
 
 def holdout_images(detector: AnomalyDetector, index: CategoryIndex) -> torch.Tensor:
@@ -161,9 +156,12 @@ def evaluate_detector(
     sigmas: list[float] | None = None,
     batch_size: int = 32,
     bf16: bool = False,
+    holdout: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """Metrics of one checkpoint for T = 0..max_iterations at each SSIM threshold (the calibrated one is always
-    included and flagged in the ``calibrated_threshold`` column); one row for the autoencoder."""
+    included and flagged in the ``calibrated_threshold`` column); one row per scoring variant for the autoencoder.
+    With the checkpoint's held-out normal images (``holdout_images``, on the detector's device) every row comes
+    twice: raw maps, and maps minus that setting's normal error."""
     autocast_dtype = autocast_for(detector.device, bf16)
     if detector.kind == "i3ad":
         tau = detector.settings.ssim_threshold
@@ -179,6 +177,7 @@ def evaluate_detector(
             sigmas=sigmas,
             batch_size=batch_size,
             autocast_dtype=autocast_dtype,
+            holdout=holdout,
         )
         table = table.assign(calibrated_threshold=table["ssim_threshold"] == tau)
     else:
@@ -190,6 +189,7 @@ def evaluate_detector(
             sigmas=sigmas,
             batch_size=batch_size,
             autocast_dtype=autocast_dtype,
+            holdout=holdout,
         )
         table = table.assign(calibrated_threshold=False)
     table = table.assign(category=detector.category, model=detector.name)
@@ -198,10 +198,7 @@ def evaluate_detector(
 
 def evaluate_by_defect(detector: AnomalyDetector, test: TestSet, *, batch_size: int = 32) -> pd.DataFrame:
     """Metrics of one checkpoint at its default settings, one row per defect type (see ``metrics_by_defect``)."""
-    detect = detect_by_inpainting if detector.kind == "i3ad" else detect_by_autoencoder
-    maps = map_batches(
-        lambda images: detect(detector.model, images, detector.settings).anomaly_map, test.images, batch_size=batch_size
-    )
+    maps = map_batches(lambda images: detector.run(images).anomaly_map, test.images, batch_size=batch_size)
     table = metrics_by_defect(test, torch.cat(maps))
     iterations = detector.settings.iterations if detector.kind == "i3ad" else 0
     table = table.assign(category=detector.category, model=detector.name, iterations=iterations)

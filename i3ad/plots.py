@@ -31,14 +31,23 @@ def load_results(path: str | Path) -> pd.DataFrame:
     missing = {"category", "model", "iterations", "image_auroc"} - set(table.columns)
     if missing:
         raise ValueError(f"{path} is not an i3ad results table (missing columns {sorted(missing)})")
+    if "normal_error_subtracted" not in table.columns:  # tables written before the normal error existed
+        table["normal_error_subtracted"] = False
     return table
 
 
-def _at_settings(table: pd.DataFrame, settings: DetectionSettings) -> pd.DataFrame:
-    """Rows scored like ``settings`` (measure, smoothing; step-0 cell size and calibrated tau for I3AD)."""
-    same_scoring = (table["anomaly_measure"] == settings.anomaly_measure) & (
-        table["smoothing_sigma"] == settings.smoothing_sigma
+def _same_scoring(table: pd.DataFrame, settings: DetectionSettings) -> pd.Series:
+    return (
+        (table["anomaly_measure"] == settings.anomaly_measure)
+        & (table["smoothing_sigma"] == settings.smoothing_sigma)
+        & (table["normal_error_subtracted"].astype(bool) == settings.subtract_normal_error)
     )
+
+
+def _at_settings(table: pd.DataFrame, settings: DetectionSettings) -> pd.DataFrame:
+    """Rows scored like ``settings`` (measure, smoothing, normal error; step-0 cell size and calibrated tau for
+    I3AD)."""
+    same_scoring = _same_scoring(table, settings)
     is_autoencoder = table["ssim_threshold"].isna()
     inpainting = table["calibrated_threshold"].astype(bool) & (table["step0_cell_size"] == settings.step0_cell_size)
     return table[same_scoring & (is_autoencoder | inpainting)]
@@ -84,17 +93,25 @@ def summary_tables(table: pd.DataFrame, settings: DetectionSettings = DetectionS
         "mean_by_iterations": by_iterations.reset_index(),
         "scoring_variants": scoring_variants(table),
         "thresholds": threshold_table(table, settings),
+        "normal_error": normal_error_table(table, settings),
     }
+
+
+def normal_error_table(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
+    """Mean image AUROC over categories of every model with raw maps and with the normal error subtracted (otherwise
+    scored like ``settings``), for each T."""
+    rows = pd.concat([_at_settings(table, settings.with_(subtract_normal_error=flag)) for flag in (False, True)])
+    means = rows.pivot_table(
+        index=["model", "normal_error_subtracted"], columns="iterations", values="image_auroc", aggfunc="mean"
+    )
+    means.columns = [f"T={t}" for t in means.columns]
+    return means.reset_index()
 
 
 def threshold_table(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
     """Mean image AUROC over categories of each inpainting model at each fixed tau and at the calibrated one
     (scored like ``settings``), for each T."""
-    same_scoring = (
-        (table["anomaly_measure"] == settings.anomaly_measure)
-        & (table["smoothing_sigma"] == settings.smoothing_sigma)
-        & (table["step0_cell_size"] == settings.step0_cell_size)
-    )
+    same_scoring = _same_scoring(table, settings) & (table["step0_cell_size"] == settings.step0_cell_size)
     rows = table[same_scoring & table["ssim_threshold"].notna()]
     tau = rows["ssim_threshold"].round(2).astype(str).where(~rows["calibrated_threshold"].astype(bool), "calibrated")
     means = rows.assign(tau=tau).pivot_table(index=["model", "tau"], columns="iterations", values="image_auroc")
@@ -113,6 +130,7 @@ def compare_runs(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
         "step0_cell_size",
         "anomaly_measure",
         "smoothing_sigma",
+        "normal_error_subtracted",
         "ssim_threshold",
     ]
 
@@ -135,7 +153,7 @@ def scoring_variants(table: pd.DataFrame) -> pd.DataFrame:
     """Mean image AUROC over categories of every inpainting model x step-0 cell size x measure x smoothing, at the
     calibrated tau, for each T (the ablation behind the defaults)."""
     rows = table[table["calibrated_threshold"].astype(bool)]
-    keys = ["model", "step0_cell_size", "anomaly_measure", "smoothing_sigma"]
+    keys = ["model", "step0_cell_size", "anomaly_measure", "smoothing_sigma", "normal_error_subtracted"]
     means = rows.pivot_table(index=keys, columns="iterations", values="image_auroc", aggfunc="mean")
     means.columns = [f"T={t}" for t in means.columns]
     means = means.reset_index().astype({"step0_cell_size": int})

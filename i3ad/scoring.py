@@ -14,6 +14,7 @@ from torch import Tensor
 
 from i3ad.masks import complementary_grid_masks
 from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.normal_error import NormalError
 from i3ad.similarity import dilate, gaussian_blur, gradient_magnitude_similarity, ssim_map
 
 ANOMALY_MEASURES = ("ssim", "ssim+gms")
@@ -30,16 +31,19 @@ class DetectionSettings:
     mask_dilation: the SSIM mask is dilated by this many pixels so that a defect's rim is re-painted too.
     smoothing_sigma: Gaussian smoothing of the anomaly map (0 = none); the image score is the map's maximum.
     anomaly_measure: "ssim" (1 - SSIM) or "ssim+gms" (mean of 1 - SSIM and 1 - multi-scale gradient similarity).
+    subtract_normal_error: score the excess of each step's map over the mean map of held-out normal images at that
+        step (``i3ad.normal_error``), when the checkpoint has one.
     """
 
     # Defaults: the setting with the best mean image AUROC over the five benchmark categories (results/README.md).
-    iterations: int = 0
+    iterations: int = 1
     ssim_threshold: float = 0.5
     step0_masks: int = 4
     step0_cell_size: int = 8
     mask_dilation: int = 3
     smoothing_sigma: float = 8.0
     anomaly_measure: str = "ssim+gms"
+    subtract_normal_error: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or not 0 <= self.iterations <= 100:
@@ -65,7 +69,8 @@ class DetectionResult:
     """Every step of one detection run on a batch of B images (all tensors on the input's device).
 
     reconstructions[t]: x_hat_t [B, C, H, W]; masks[t]: m_t [B, 1, H, W] (step 0 hides every pixel once, so its
-    mask is all ones); ssim_maps[t]: s_t [B, 1, H, W]; anomaly_maps[t]: the smoothed anomaly map after t steps.
+    mask is all ones); ssim_maps[t]: s_t [B, 1, H, W]; anomaly_maps[t]: the smoothed anomaly map after t steps (its
+    excess over the normal error when one was given).
     """
 
     reconstructions: list[Tensor]
@@ -98,6 +103,18 @@ def anomaly_map(
     if settings.anomaly_measure == "ssim+gms":
         dissimilarity = 0.5 * (dissimilarity + 1.0 - gradient_magnitude_similarity(images, reconstructions))
     return gaussian_blur(dissimilarity, settings.smoothing_sigma)
+
+
+def _scored_map(
+    images: Tensor,
+    reconstruction: Tensor,
+    settings: DetectionSettings,
+    ssim: Tensor,
+    normal_error: NormalError | None,
+    step: int,
+) -> Tensor:
+    raw = anomaly_map(images, reconstruction, settings, ssim)
+    return raw if normal_error is None else normal_error.subtract(raw, step)
 
 
 def image_scores(anomaly_maps: Tensor) -> Tensor:
@@ -148,11 +165,13 @@ def detect_by_inpainting(
     *,
     autocast_dtype: torch.dtype | None = None,
     step0: Tensor | None = None,
+    normal_error: NormalError | None = None,
 ) -> DetectionResult:
     """Iterative SSIM-masked inpainting on a batch of preprocessed images [B, C, H, W] in [0, 1].
 
     step0: the step-0 reconstruction of these images if already computed (it does not depend on the threshold, so
         a sweep over thresholds computes it once). autocast_dtype: e.g. torch.bfloat16 for the network on a GPU.
+    normal_error: the maps become their excess over it (the masks still come from the SSIM maps alone).
     """
     _check_images(images, model.config["channels"])
     batch, _, height, width = images.shape
@@ -164,10 +183,12 @@ def detect_by_inpainting(
     reconstruction = step0
     mask = torch.ones(batch, 1, height, width, device=images.device)
     ssim = ssim_map(images, reconstruction)
-    result = DetectionResult([reconstruction], [mask], [ssim], [anomaly_map(images, reconstruction, settings, ssim)])
+    result = DetectionResult(
+        [reconstruction], [mask], [ssim], [_scored_map(images, reconstruction, settings, ssim, normal_error, 0)]
+    )
 
     previous_mask = None
-    for _ in range(settings.iterations):
+    for step in range(1, settings.iterations + 1):
         # 2. The SSIM map of the last step becomes the mask: hide what does not look like its reconstruction.
         mask = dilate((ssim < settings.ssim_threshold).float(), settings.mask_dilation)
         # 3. Re-paint the hidden pixels from their visible surroundings. With an empty mask the input passes through;
@@ -185,7 +206,7 @@ def detect_by_inpainting(
         result.reconstructions.append(reconstruction)
         result.masks.append(mask)
         result.ssim_maps.append(ssim)
-        result.anomaly_maps.append(anomaly_map(images, reconstruction, settings, ssim))
+        result.anomaly_maps.append(_scored_map(images, reconstruction, settings, ssim, normal_error, step))
         previous_mask = mask
     return result
 
@@ -197,6 +218,7 @@ def detect_by_autoencoder(
     settings: DetectionSettings = DetectionSettings(),
     *,
     autocast_dtype: torch.dtype | None = None,
+    normal_error: NormalError | None = None,
 ) -> DetectionResult:
     """AE-SSIM baseline: one reconstruction AE(x), scored like step 0 of I3AD (``iterations`` is ignored)."""
     _check_images(images, model.config["channels"])
@@ -205,4 +227,5 @@ def detect_by_autoencoder(
         reconstruction = model(images).float()
     ssim = ssim_map(images, reconstruction)
     mask = torch.ones_like(ssim)
-    return DetectionResult([reconstruction], [mask], [ssim], [anomaly_map(images, reconstruction, settings, ssim)])
+    scored = _scored_map(images, reconstruction, settings, ssim, normal_error, 0)
+    return DetectionResult([reconstruction], [mask], [ssim], [scored])

@@ -65,6 +65,7 @@ def write_results_csv(path: Path) -> Path:
     for c, category in enumerate(("synth", "other")):
         common = {"category": category, "anomaly_measure": defaults.anomaly_measure}
         common["smoothing_sigma"] = defaults.smoothing_sigma
+        common["normal_error_subtracted"] = defaults.subtract_normal_error
         for t in range(4):
             auroc = 0.7 + 0.05 * t - 0.1 * c
             rows.append(

@@ -21,8 +21,15 @@ from i3ad.checkpoints import (
 )
 from i3ad.detector import AnomalyDetector
 from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.normal_error import NormalError
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings
+
+
+def _normal_error(steps: int) -> NormalError:
+    """Small maps that float16 stores exactly, so that a round trip must give them back bit for bit."""
+    maps = 0.1 * torch.rand(steps, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    return NormalError(maps.half().float())
 
 
 def _detector(model=None, channels: int = 3) -> AnomalyDetector:
@@ -33,7 +40,7 @@ def _detector(model=None, channels: int = 3) -> AnomalyDetector:
         model=model,
         preprocessing=Preprocessing(image_size=32, channels=channels, normalization="standardize"),
         settings=DetectionSettings(iterations=2, ssim_threshold=0.4321, step0_cell_size=4, smoothing_sigma=2.0),
-        calibration=Calibration(0.4321, 0.01, [0.11, 0.22, 0.33], 5),
+        calibration=Calibration(0.4321, 0.01, [0.11, 0.22, 0.33], 5, _normal_error(3)),
         category="widget",
         name="i3ad-test",
         info={"training": {"steps": 3, "batch_size": 2}, "train_log": [{"step": 3, "loss": 0.5, "seconds": 1.0}]},
@@ -48,7 +55,7 @@ def saved(tmp_path) -> tuple[AnomalyDetector, Path]:
 
 def test_round_trip(saved):
     detector, folder = saved
-    files = {"README.md", "config.json", "detector.json", "model.safetensors"}
+    files = {"README.md", "config.json", "detector.json", "model.safetensors", "normal_error.safetensors"}
     assert {p.name for p in folder.iterdir()} == files
     loaded = load_checkpoint(folder)
     assert isinstance(loaded.model, InpaintingUNet)
@@ -61,6 +68,7 @@ def test_round_trip(saved):
         assert torch.equal(restored[key], original[key]), key
     assert loaded.settings == detector.settings
     assert loaded.calibration == detector.calibration
+    assert torch.equal(loaded.calibration.normal_error.maps, detector.calibration.normal_error.maps)
     assert loaded.preprocessing == detector.preprocessing
     assert (loaded.category, loaded.name, loaded.kind) == ("widget", "i3ad-test", "i3ad")
     assert loaded.info == detector.info
@@ -76,7 +84,7 @@ def test_autoencoder_round_trip(tmp_path):
     torch.manual_seed(0)
     model = ConvAutoencoder(channels=1, image_size=32, base_width=8, latent_dim=16).eval()
     detector = _detector(model, channels=1)
-    detector.calibration = Calibration(None, None, [0.7], 4)
+    detector.calibration = Calibration(None, None, [0.7], 4, _normal_error(1))
     loaded = load_checkpoint(save_checkpoint(detector, tmp_path / "ae"))
     assert isinstance(loaded.model, ConvAutoencoder) and loaded.kind == "ae"
     assert loaded.model.config == {"channels": 1, "image_size": 32, "base_width": 8, "latent_dim": 16}
@@ -109,6 +117,41 @@ def test_save_record_updates_settings_but_not_weights(saved):
     save_record(detector, folder)
     assert load_checkpoint(folder).settings.iterations == 5
     assert (folder / "model.safetensors").read_bytes() == weights
+
+
+def test_normal_error_file_missing_or_damaged(saved):
+    _, folder = saved
+    path = folder / "normal_error.safetensors"
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"normal_error\.safetensors is damaged"):
+        load_checkpoint(folder)
+    safetensors.torch.save_file({"other": torch.zeros(2, 1, 4, 4)}, path)
+    with pytest.raises(CheckpointError, match=r"normal_error\.safetensors is damaged"):
+        load_checkpoint(folder)
+    safetensors.torch.save_file({"mean_anomaly_maps": torch.full((2, 1, 4, 4), float("nan"))}, path)
+    with pytest.raises(CheckpointError, match="NaN"):
+        load_checkpoint(folder)
+    path.unlink()
+    with pytest.raises(CheckpointError, match=r"normal_error\.safetensors is missing"):
+        load_checkpoint(folder)
+
+
+def test_record_without_normal_error_scores_raw_maps(saved):
+    """A detector.json written before the normal error existed loads with raw maps; saving it drops the file."""
+    detector, folder = saved
+    record = json.loads((folder / "detector.json").read_text())
+    del record["detection"]["subtract_normal_error"]
+    (folder / "detector.json").write_text(json.dumps(record))
+    loaded = load_checkpoint(folder)
+    assert not loaded.settings.subtract_normal_error and loaded.calibration.normal_error is None
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    raw = loaded.detect(images).anomaly_map
+    excess = detector.to("cpu").detect(images).anomaly_map
+    last_step = detector.settings.iterations
+    assert torch.equal(excess, detector.calibration.normal_error.subtract(raw, last_step))
+    assert not torch.equal(excess, raw)
+    save_record(loaded, folder)
+    assert not (folder / "normal_error.safetensors").exists()
 
 
 def test_no_pickle_is_loaded(saved, monkeypatch):

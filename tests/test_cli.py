@@ -51,7 +51,8 @@ def test_train_writes_complete_checkpoints(trained):
     _, checkpoints = trained
     for name in ("i3ad", "ae"):
         folder = checkpoints / "synthetic" / name
-        assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "detector.json", "README.md"}
+        files = {"config.json", "model.safetensors", "detector.json", "normal_error.safetensors", "README.md"}
+        assert {p.name for p in folder.iterdir()} == files
     record = json.loads((checkpoints / "synthetic" / "i3ad" / "detector.json").read_text())
     assert record["category"] == "synthetic" and record["name"] == "i3ad"
     assert record["preprocessing"] == {"image_size": 64, "channels": 3, "normalization": "none"}
@@ -59,6 +60,8 @@ def test_train_writes_complete_checkpoints(trained):
     assert -1.0 < calibration["ssim_threshold"] < 1.0
     assert record["detection"]["ssim_threshold"] == calibration["ssim_threshold"]
     assert len(calibration["score_thresholds"]) == 11
+    assert record["detection"]["subtract_normal_error"] is True
+    assert load_checkpoint(checkpoints / "synthetic" / "i3ad").calibration.normal_error.steps == 11
     assert calibration["holdout_images"] == 6  # 10 % of the 60 training images
     assert record["info"]["train_images"] == 54
     assert record["info"]["training"]["steps"] == 80
@@ -101,23 +104,27 @@ def test_evaluate_reaches_a_real_auroc(trained, tmp_path, capsys):
     detector = load_checkpoint(checkpoints / "synthetic" / "i3ad")
     tau, default_t = detector.settings.ssim_threshold, detector.settings.iterations
     assert sorted(i3ad["iterations"].unique()) == [0, 1, 2]
-    assert len(i3ad) == 3 * len({0.5, tau})  # the calibrated tau is added to the swept ones
+    # The calibrated tau is added to the swept ones; every row comes raw and with the normal error subtracted.
+    assert len(i3ad) == 3 * len({0.5, tau}) * 2
     assert (table["category"] == "synthetic").all()
-    default = i3ad[i3ad["calibrated_threshold"] & (i3ad["iterations"] == default_t)]
+    at_defaults = i3ad["calibrated_threshold"] & (
+        i3ad["normal_error_subtracted"] == detector.settings.subtract_normal_error
+    )
+    default = i3ad[at_defaults & (i3ad["iterations"] == default_t)]
     assert len(default) == 1
     row = default.iloc[0]
     assert row["ssim_threshold"] == pytest.approx(tau, abs=1e-4)
     assert row["image_auroc"] >= 0.8, f"I3AD image AUROC at the default settings is {row['image_auroc']:.3f}"
     assert row["pixel_auroc"] >= 0.8
     assert 0.0 < row["aupro"] <= 1.0
-    iterated = i3ad[i3ad["calibrated_threshold"] & (i3ad["iterations"] == 1)]
+    iterated = i3ad[at_defaults & (i3ad["iterations"] == 1)]
     assert 0.0 < iterated.iloc[0]["mean_mask_share"] < 1.0  # the SSIM mask hides some pixels, not all
     assert (i3ad[i3ad["iterations"] == 0]["mean_mask_share"] == 1.0).all()
-    # The baseline's row exists and is complete.
-    assert len(ae) == 1
-    assert ae.iloc[0]["iterations"] == 0 and not ae.iloc[0]["calibrated_threshold"]
+    # The baseline's rows (raw and with its normal error) exist and are complete.
+    assert sorted(ae["normal_error_subtracted"]) == [False, True]
+    assert (ae["iterations"] == 0).all() and not ae["calibrated_threshold"].any()
     for column in ("image_auroc", "image_f1_max", "pixel_auroc", "aupro"):
-        assert 0.0 <= ae.iloc[0][column] <= 1.0
+        assert ae[column].between(0.0, 1.0).all()
 
 
 @pytest.mark.slow
@@ -184,6 +191,25 @@ def test_calibrate_command_reuses_the_holdout(trained, tmp_path):
     assert (folder / "model.safetensors").read_bytes() == (
         checkpoints / "synthetic" / "i3ad" / "model.safetensors"
     ).read_bytes()
+
+
+@pytest.mark.slow
+def test_bench_command_prints_and_appends_its_table(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    out = tmp_path / "perf.csv"
+    common = ["bench", "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--data-root", str(data_root)]
+    common += ["--batch-sizes", "2", "--iterations", "0", "1", "--repeats", "1", "--device", "cpu", "--out", str(out)]
+    assert main(common) == 0
+    assert main([*common, "--channels-last", "--append"]) == 0
+    assert "network forward" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert table["memory_format"].tolist() == ["contiguous"] * 3 + ["channels_last"] * 3
+    assert (table["compile"] == "eager").all()
+    detection = table[table["task"] == "detection"]
+    # Step 0 paints each image once per complementary mask (4); T = 1 adds at most one more painting.
+    assert detection.loc[detection["iterations"] == 0, "forwards_per_image"].tolist() == [4.0, 4.0]
+    assert (detection.loc[detection["iterations"] == 1, "forwards_per_image"] <= 5.0).all()
+    assert (table["images_per_s"] > 0).all() and (table["gflop_per_image"] > 0).all()
 
 
 @pytest.mark.slow

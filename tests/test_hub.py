@@ -44,7 +44,7 @@ def save_tiny_checkpoint(folder: Path, category: str, variant: str) -> None:
     else:
         model, tau = InpaintingUNet(base_width=4, width_multipliers=(1, 2), bottleneck_blocks=1), 0.4
     calibration = Calibration(tau, 0.01 if tau else None, [0.3] * 11, 4)
-    settings = DetectionSettings(ssim_threshold=tau or 0.5)
+    settings = DetectionSettings(ssim_threshold=tau or 0.5, subtract_normal_error=False)
     detector = AnomalyDetector(model, Preprocessing(32, 3), settings, calibration, category, variant)
     save_checkpoint(detector, folder / category / variant)
 

@@ -134,7 +134,10 @@ def test_train_and_evaluate_quick(tmp_path):
 
     results = pd.read_csv(results_csv)
     assert set(results["model"]) == {"i3ad", "ae"} and set(results["category"]) == {"synthetic"}
-    assert sorted(results.loc[results["model"] == "i3ad", "iterations"]) == list(range(6))
+    # T = 0..5, each with raw maps and with the normal error subtracted.
+    i3ad = results[results["model"] == "i3ad"]
+    assert sorted(i3ad["iterations"]) == sorted(list(range(6)) * 2)
+    assert sorted(results["normal_error_subtracted"].unique()) == [False, True]
     assert results[["image_auroc", "pixel_auroc", "aupro"]].notna().all().all()
     assert results["image_auroc"].between(0, 1).all()
     # Even 100 steps of a tiny network find painted spots and scratches on a regular texture.

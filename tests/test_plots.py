@@ -13,7 +13,7 @@ from i3ad.plots import compare_runs, headline, summary_tables
 from i3ad.scoring import DetectionSettings
 
 
-def _row(category, model, iterations, tau, image_auroc, pixel_auroc=math.nan, calibrated=False):
+def _row(category, model, iterations, tau, image_auroc, pixel_auroc=math.nan, calibrated=False, subtracted=True):
     inpainting = model != "ae"
     return {
         "category": category,
@@ -24,6 +24,7 @@ def _row(category, model, iterations, tau, image_auroc, pixel_auroc=math.nan, ca
         "step0_cell_size": 8 if inpainting else math.nan,
         "anomaly_measure": "ssim+gms",
         "smoothing_sigma": 8.0,
+        "normal_error_subtracted": subtracted,
         "mean_mask_share": 1.0,
         "image_auroc": image_auroc,
         "image_f1_max": 0.5,
@@ -37,8 +38,11 @@ def results() -> pd.DataFrame:
     rows = []
     for category, base in [("a", 0.8), ("b", 0.6)]:
         rows.append(_row(category, "ae", 0, None, base - 0.1, pixel_auroc=0.7))
+        rows.append(_row(category, "ae", 0, None, base - 0.2, pixel_auroc=0.6, subtracted=False))
         for t in range(3):
             rows.append(_row(category, "i3ad", t, 0.4321, base + 0.01 * t, pixel_auroc=0.9, calibrated=True))
+            raw = _row(category, "i3ad", t, 0.4321, base - 0.1, pixel_auroc=0.8, calibrated=True, subtracted=False)
+            rows.append(raw)
             rows.append(_row(category, "i3ad", t, 0.5, base - 0.05))
     return pd.DataFrame(rows)[list(RESULT_COLUMNS)]
 
@@ -57,6 +61,13 @@ def test_summary_tables_mean_over_categories(results):
     assert mean["ae image AUROC"] == pytest.approx(0.6)
     curve = tables["mean_by_iterations"].set_index("model").loc["i3ad"]
     assert [curve[f"T={t}"] for t in range(3)] == pytest.approx([0.70, 0.71, 0.72])
+    normal_error = tables["normal_error"].set_index(["model", "normal_error_subtracted"])
+    assert normal_error.loc[("i3ad", False), "T=0"] == pytest.approx(0.6)
+    assert normal_error.loc[("i3ad", True), "T=2"] == pytest.approx(0.72)
+    assert normal_error.loc[("ae", False), "T=0"] == pytest.approx(0.5)
+    assert normal_error.loc[("ae", True), "T=0"] == pytest.approx(0.6)
+    raw = summary_tables(results, DetectionSettings(iterations=1, subtract_normal_error=False))
+    assert raw["per_category"].set_index("category").loc["mean", "i3ad image AUROC"] == pytest.approx(0.6)
 
 
 def test_compare_runs_reports_the_largest_change_per_model(results):
@@ -69,7 +80,7 @@ def test_compare_runs_reports_the_largest_change_per_model(results):
     assert changes.loc[("a", "i3ad"), "largest change of image AUROC"] == pytest.approx(0.03)
     assert changes.loc[("b", "i3ad"), "largest change of image AUROC"] == pytest.approx(0.0)
     assert changes.loc[("b", "i3ad"), "largest change of pixel AUROC"] == pytest.approx(0.002)
-    assert changes.loc[("a", "i3ad"), "rows"] == 6
+    assert changes.loc[("a", "i3ad"), "rows"] == 9
 
 
 def test_compare_runs_without_common_settings_is_an_error(results):

@@ -35,6 +35,7 @@ from i3ad.detector import AnomalyDetector
 from i3ad.hub import CheckpointResolver
 from i3ad.images import ImageReadError, read_image
 from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.normal_error import NormalError
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings
 
@@ -64,7 +65,8 @@ def save_tiny_checkpoints(root: Path) -> Path:
                 model.eval(),
                 Preprocessing(SIZE, channels),
                 DetectionSettings(iterations=1, ssim_threshold=tau or 0.5, smoothing_sigma=2.0),
-                Calibration(tau, 0.01 if tau else None, [0.3] * 11, 4),
+                # A small constant normal error, so that every input also goes through its subtraction.
+                Calibration(tau, 0.01 if tau else None, [0.3] * 11, 4, NormalError(torch.full((2, 1, 4, 4), 0.01))),
                 category,
                 variant,
             )

@@ -16,6 +16,7 @@ from i3ad.calibration import (
     quantile,
 )
 from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.normal_error import NormalError
 from i3ad.scoring import DetectionSettings, detect_by_inpainting, inpaint_step0
 from i3ad.similarity import ssim_map
 from i3ad.training import TrainConfig, augment, reconstruction_loss, split_holdout, steps_within_budget, train
@@ -220,8 +221,15 @@ def test_calibrate_inpainting(unet, images32):
     assert calibration.ssim_quantile == 0.05 and calibration.holdout_images == 2
     assert len(calibration.score_thresholds) == MAX_CALIBRATED_ITERATIONS + 1
     run = settings.with_(ssim_threshold=tau, iterations=MAX_CALIBRATED_ITERATIONS)
-    expected = detect_by_inpainting(unet, images32, run).step_scores.amax(dim=1)
+    raw = detect_by_inpainting(unet, images32, run)
+    # The normal error is the held-out images' mean map of every step; the thresholds are set on the excess over it.
+    expected_normal = NormalError.from_mean_maps(torch.stack([m.mean(dim=0) for m in raw.anomaly_maps]))
+    assert torch.allclose(calibration.normal_error.maps, expected_normal.maps, atol=1e-6)
+    expected = detect_by_inpainting(unet, images32, run, normal_error=calibration.normal_error).step_scores.amax(dim=1)
     assert calibration.score_thresholds == pytest.approx(expected.tolist(), abs=1e-6)
+    without = calibrate_inpainting(unet, images32, settings.with_(subtract_normal_error=False), ssim_quantile=0.05)
+    assert without.normal_error is None
+    assert without.score_thresholds == pytest.approx(raw.step_scores.amax(dim=1).tolist(), abs=1e-6)
 
 
 def test_calibrate_inpainting_can_keep_tau(unet, images32):

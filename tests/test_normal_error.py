@@ -1,0 +1,100 @@
+"""The normal error (held-out normal images' mean map per step) and the evaluation rows scored with it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from i3ad.calibration import calibrate_autoencoder, calibrate_inpainting
+from i3ad.detector import AnomalyDetector
+from i3ad.evaluation import TestSet
+from i3ad.metrics import binary_auroc
+from i3ad.normal_error import NormalError, mean_step_maps
+from i3ad.pipeline import evaluate_detector
+from i3ad.preprocessing import Preprocessing
+from i3ad.scoring import DetectionSettings, image_scores
+
+
+def _textures(count: int, seed: int) -> torch.Tensor:
+    """Structured 32 x 32 RGB images; odd-numbered ones carry a bright square (the "defect")."""
+    generator = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    base = 0.5 + 0.3 * torch.sin(12 * x) * torch.cos(9 * y)
+    images = (base + 0.05 * torch.randn(count, 3, 32, 32, generator=generator)).clamp(0, 1)
+    images[1::2, :, 10:16, 12:18] = 0.95
+    return images
+
+
+def test_stored_at_a_quarter_and_constant_maps_come_back_exactly():
+    normal = NormalError.from_mean_maps(torch.full((3, 1, 32, 32), 0.2))
+    assert normal.maps.shape == (3, 1, 8, 8) and normal.steps == 3
+    assert torch.allclose(normal.template(1, (32, 32), torch.device("cpu")), torch.full((1, 1, 32, 32), 0.2))
+
+
+def test_subtract_uses_each_steps_template_and_clips_at_zero():
+    normal = NormalError(torch.stack([torch.full((1, 4, 4), 0.1), torch.full((1, 4, 4), 0.3)]))
+    maps = torch.tensor([0.05, 0.2, 0.5]).view(3, 1, 1, 1).expand(3, 1, 16, 16)
+    assert normal.subtract(maps, 0)[:, 0, 0, 0].tolist() == pytest.approx([0.0, 0.1, 0.4])
+    assert normal.subtract(maps, 1)[:, 0, 0, 0].tolist() == pytest.approx([0.0, 0.0, 0.2])
+    # Steps beyond the calibrated ones use the last template.
+    assert torch.equal(normal.subtract(maps, 7), normal.subtract(maps, 1))
+
+
+def test_mean_step_maps_is_the_mean_over_all_batches():
+    images = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    means = mean_step_maps(lambda batch: [batch, 2 * batch], images, batch_size=2)
+    assert torch.allclose(means, torch.stack([images.mean(dim=0), 2 * images.mean(dim=0)]))
+    with pytest.raises(ValueError, match="at least one"):
+        mean_step_maps(lambda batch: [batch], images[:0], batch_size=2)
+
+
+@pytest.mark.parametrize(
+    "maps, message",
+    [
+        (torch.zeros(1, 4, 4), "shape"),
+        (torch.zeros(2, 3, 4, 4), "shape"),
+        (torch.zeros(0, 1, 4, 4), "shape"),
+        (torch.full((1, 1, 4, 4), float("inf")), "NaN or infinite"),
+    ],
+)
+def test_invalid_maps_are_refused(maps, message):
+    with pytest.raises(ValueError, match=message):
+        NormalError(maps)
+
+
+def _test_set() -> TestSet:
+    images = _textures(8, seed=3)
+    return TestSet(images, torch.arange(8) % 2, None)
+
+
+def _expected_auroc(detector: AnomalyDetector, test: TestSet, settings: DetectionSettings) -> float:
+    return binary_auroc(image_scores(detector.run(test.images, settings).anomaly_map), test.labels)
+
+
+def test_inpainting_sweep_rows_match_the_detector_with_and_without_the_normal_error(unet):
+    holdout = _textures(6, seed=4)[::2]  # normal images only
+    settings = DetectionSettings(ssim_threshold=0.6, iterations=2, smoothing_sigma=2.0)
+    calibration = calibrate_inpainting(unet, holdout, settings, ssim_quantile=None)
+    detector = AnomalyDetector(unet, Preprocessing(32, 3), settings, calibration, "widget", "i3ad")
+    test = _test_set()
+    table = evaluate_detector(detector, test, thresholds=[], max_iterations=2, holdout=holdout)
+    assert len(table) == 6 and table["calibrated_threshold"].all()
+    for row in table.itertuples():
+        at = settings.with_(iterations=row.iterations, subtract_normal_error=row.normal_error_subtracted)
+        assert row.image_auroc == pytest.approx(_expected_auroc(detector, test, at)), row
+    without_holdout = evaluate_detector(detector, test, thresholds=[], max_iterations=2)
+    assert len(without_holdout) == 3 and not without_holdout["normal_error_subtracted"].any()
+
+
+def test_autoencoder_sweep_rows_match_the_detector_with_and_without_the_normal_error(autoencoder):
+    holdout = _textures(6, seed=4)[::2]
+    settings = DetectionSettings(smoothing_sigma=2.0)
+    calibration = calibrate_autoencoder(autoencoder, holdout, settings)
+    assert calibration.normal_error.steps == 1 and len(calibration.score_thresholds) == 1
+    detector = AnomalyDetector(autoencoder, Preprocessing(32, 3), settings, calibration, "widget", "ae")
+    test = _test_set()
+    table = evaluate_detector(detector, test, holdout=holdout)
+    assert sorted(table["normal_error_subtracted"]) == [False, True]
+    for row in table.itertuples():
+        at = settings.with_(subtract_normal_error=row.normal_error_subtracted)
+        assert row.image_auroc == pytest.approx(_expected_auroc(detector, test, at)), row
