@@ -68,6 +68,11 @@ def counting_forwards(model: InpaintingUNet):
         handle.remove()
 
 
+def _is_channels_last(model: torch.nn.Module) -> bool:
+    weight = next(p for p in model.parameters() if p.dim() == 4)
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
 
@@ -87,13 +92,15 @@ def run_benchmark(
     """Rows of measurements on ``images`` [N, C, S, S] (preprocessed, on the detector's device; batches are drawn
     from them cyclically). ``sweep_images`` > 0 also times a T = 0..10 evaluation sweep over that many images.
     ``compile_mode``: run the network through torch.compile in that mode; ``channels_last``: channels-last memory
-    for the network and its inputs."""
+    for the network and its inputs (otherwise the model keeps its own layout, recorded in ``memory_format``)."""
     model, device = detector.model, detector.device
     size = images.shape[-1]
     flops = forward_flops(model, size)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    images = images.contiguous(memory_format=memory_format)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    # Without the flag the model keeps the layout it was loaded in (channels-last on a CPU, see models.for_device).
+    memory_format = "channels_last" if _is_channels_last(model) else "contiguous"
     if compile_mode is not None:
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
@@ -186,7 +193,7 @@ def run_benchmark(
     table.insert(1, "threads", torch.get_num_threads())
     table.insert(2, "model", f"{detector.category}/{detector.name}")
     table.insert(3, "compile", compile_mode or "eager")
-    table.insert(4, "memory_format", "channels_last" if channels_last else "contiguous")
+    table.insert(4, "memory_format", memory_format)
     table["date"] = date.today().isoformat()
     table["torch"] = torch.__version__
     return table

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from i3ad.benchmark import run_benchmark
 from i3ad.checkpoints import load_checkpoint
 from i3ad.cli import main
 from i3ad.data import index_category
@@ -203,13 +204,25 @@ def test_bench_command_prints_and_appends_its_table(trained, tmp_path, capsys):
     assert main([*common, "--channels-last", "--append"]) == 0
     assert "network forward" in capsys.readouterr().out
     table = pd.read_csv(out)
-    assert table["memory_format"].tolist() == ["contiguous"] * 3 + ["channels_last"] * 3
+    # A model loaded on the CPU is already channels-last (models.for_device); the flag keeps it so.
+    assert table["memory_format"].tolist() == ["channels_last"] * 6
     assert (table["compile"] == "eager").all()
     detection = table[table["task"] == "detection"]
     # Step 0 paints each image once per complementary mask (4); T = 1 adds at most one more painting.
     assert detection.loc[detection["iterations"] == 0, "forwards_per_image"].tolist() == [4.0, 4.0]
     assert (detection.loc[detection["iterations"] == 1, "forwards_per_image"] <= 5.0).all()
     assert (table["images_per_s"] > 0).all() and (table["gflop_per_image"] > 0).all()
+
+
+@pytest.mark.slow
+def test_bench_records_the_memory_format_it_ran_in(trained):
+    _, checkpoints = trained
+    detector = load_checkpoint(checkpoints / "synthetic" / "i3ad")
+    detector.model = detector.model.to(memory_format=torch.contiguous_format)
+    images = torch.rand(2, 3, 64, 64)
+    common = {"batch_sizes": [1], "iterations": [0], "precisions": ["fp32"], "repeats": 1}
+    assert set(run_benchmark(detector, images, **common)["memory_format"]) == {"contiguous"}
+    assert set(run_benchmark(detector, images, channels_last=True, **common)["memory_format"]) == {"channels_last"}
 
 
 @pytest.mark.slow
