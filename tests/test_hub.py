@@ -28,6 +28,7 @@ from i3ad.cli import main
 from i3ad.detector import AnomalyDetector
 from i3ad.hub import CheckpointResolver
 from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.normal_error import NormalError
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings
 
@@ -43,8 +44,10 @@ def save_tiny_checkpoint(folder: Path, category: str, variant: str) -> None:
         model, tau = ConvAutoencoder(image_size=32, base_width=4, latent_dim=8), None
     else:
         model, tau = InpaintingUNet(base_width=4, width_multipliers=(1, 2), bottleneck_blocks=1), 0.4
-    calibration = Calibration(tau, 0.01 if tau else None, [0.3] * 11, 4)
-    settings = DetectionSettings(ssim_threshold=tau or 0.5, subtract_normal_error=False)
+    # The inpainting variants carry a normal error, so that downloading and loading must bring its file along.
+    normal_error = NormalError(torch.full((11, 1, 8, 8), 0.01)) if tau else None
+    calibration = Calibration(tau, 0.01 if tau else None, [0.3] * 11, 4, normal_error)
+    settings = DetectionSettings(ssim_threshold=tau or 0.5, subtract_normal_error=tau is not None)
     detector = AnomalyDetector(model, Preprocessing(32, 3), settings, calibration, category, variant)
     save_checkpoint(detector, folder / category / variant)
 
@@ -232,7 +235,9 @@ def test_download_then_offline_load_from_cache(served, tmp_path):
         "config.json",
         "detector.json",
         "model.safetensors",
+        "normal_error.safetensors",
     ]
+    assert load_checkpoint(folder).calibration.normal_error.steps == 11
     downloaded = load_checkpoint(folder).model.state_dict()
     original = load_checkpoint(repo / "synth" / "i3ad").model.state_dict()
     assert all(torch.equal(downloaded[k], original[k]) for k in original)
@@ -247,6 +252,7 @@ def test_download_then_offline_load_from_cache(served, tmp_path):
         "synth/i3ad/config.json",
         "synth/i3ad/model.safetensors",
         "synth/i3ad/detector.json",
+        "synth/i3ad/normal_error.safetensors",
         "synth/i3ad/README.md",
         "synth/ae/detector.json",
         "other/i3ad/detector.json",
