@@ -180,9 +180,9 @@ def _sweep_thresholds(
         def score_steps(images: Tensor, reconstruction0: Tensor, run=run) -> tuple[list[Tensor], list[list[Tensor]]]:
             """Share of hidden pixels per step [T + 1] x [B], and the maps per step and variant."""
             result = detect_by_inpainting(model, images, run, autocast_dtype=autocast_dtype, step0=reconstruction0)
-            steps = zip(result.reconstructions, result.ssim_maps, strict=True)
+            per_step = zip(result.reconstructions, result.ssim_maps, strict=True)
             # Half precision keeps a whole test set's maps of every step in memory; the ranking is unchanged.
-            maps = [[anomaly_map(images, r, variant, ssim).half() for variant in variants] for r, ssim in steps]
+            maps = [[anomaly_map(images, r, variant, ssim).half() for variant in variants] for r, ssim in per_step]
             return [m.flatten(1).mean(1) for m in result.masks], maps
 
         def maps_of(batches) -> dict[tuple[int, int], Tensor]:
