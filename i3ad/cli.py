@@ -163,6 +163,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 sigmas=args.sigmas,
                 batch_size=args.batch_size,
                 bf16=args.bf16,
+                compile_network=args.compile,
             )
             tables.append(table)
             best = table.loc[table["image_auroc"].idxmax()]
@@ -454,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
+    evaluate.add_argument("--compile", action="store_true", help="run the networks through torch.compile")
     evaluate.add_argument(
         "--by-defect",
         action="store_true",

@@ -157,17 +157,20 @@ def evaluate_detector(
     batch_size: int = 32,
     bf16: bool = False,
     holdout: torch.Tensor | None = None,
+    compile_network: bool = False,
 ) -> pd.DataFrame:
     """Metrics of one checkpoint for T = 0..max_iterations at each SSIM threshold (the calibrated one is always
     included and flagged in the ``calibrated_threshold`` column); one row per scoring variant for the autoencoder.
     With the checkpoint's held-out normal images (``holdout_images``, on the detector's device) every row comes
-    twice: raw maps, and maps minus that setting's normal error."""
+    twice: raw maps, and maps minus that setting's normal error. ``compile_network`` runs the network through
+    torch.compile (faster on a GPU after a warm-up; ``results/perf_gpu.csv``)."""
     autocast_dtype = autocast_for(detector.device, bf16)
+    model = torch.compile(detector.model) if compile_network else detector.model
     if detector.kind == "i3ad":
         tau = detector.settings.ssim_threshold
         taus = sorted({*(thresholds or []), tau})
         table = sweep_inpainting(
-            detector.model,
+            model,
             test,
             detector.settings,
             thresholds=taus,
@@ -182,7 +185,7 @@ def evaluate_detector(
         table = table.assign(calibrated_threshold=table["ssim_threshold"] == tau)
     else:
         table = sweep_autoencoder(
-            detector.model,
+            model,
             test,
             detector.settings,
             measures=measures,

@@ -1,4 +1,5 @@
-"""The normal error (held-out normal images' mean map per step) and the evaluation rows scored with it."""
+"""The normal error (held-out normal images' mean map per step), the evaluation rows scored with it, and the
+evaluation's compiled-network option."""
 
 from __future__ import annotations
 
@@ -98,3 +99,19 @@ def test_autoencoder_sweep_rows_match_the_detector_with_and_without_the_normal_e
     for row in table.itertuples():
         at = settings.with_(subtract_normal_error=row.normal_error_subtracted)
         assert row.image_auroc == pytest.approx(_expected_auroc(detector, test, at)), row
+
+
+def test_evaluation_can_run_the_network_through_torch_compile(unet, monkeypatch):
+    compiled = []
+
+    def fake_compile(model):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    holdout = _textures(6, seed=4)[::2]
+    settings = DetectionSettings(ssim_threshold=0.6, smoothing_sigma=2.0)
+    calibration = calibrate_inpainting(unet, holdout, settings, ssim_quantile=None)
+    detector = AnomalyDetector(unet, Preprocessing(32, 3), settings, calibration, "widget", "i3ad")
+    table = evaluate_detector(detector, _test_set(), thresholds=[], max_iterations=1, compile_network=True)
+    assert compiled == [unet] and len(table) == 2
