@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -9,8 +10,15 @@ from torch import Tensor
 
 from i3ad.batching import map_batches
 from i3ad.models import ConvAutoencoder, InpaintingUNet
-from i3ad.normal_error import NormalError, mean_step_maps
-from i3ad.scoring import DetectionSettings, detect_by_autoencoder, detect_by_inpainting, inpaint_step0, ssim_map
+from i3ad.normal_error import NormalError
+from i3ad.scoring import (
+    DetectionSettings,
+    detect_by_autoencoder,
+    detect_by_inpainting,
+    image_scores,
+    inpaint_step0,
+    ssim_map,
+)
 
 # With this share of held-out normal pixels below tau at step 0, normal images get almost empty masks.
 DEFAULT_SSIM_QUANTILE = 0.01
@@ -77,16 +85,13 @@ def calibrate_inpainting(
         )
         tau = quantile(torch.cat(step0_ssim), ssim_quantile)
     run = settings.with_(ssim_threshold=tau, iterations=MAX_CALIBRATED_ITERATIONS)
-
-    def detect(images: Tensor, normal_error: NormalError | None = None):
-        return detect_by_inpainting(model, images, run, autocast_dtype=autocast_dtype, normal_error=normal_error)
-
-    normal_error = None
-    if settings.subtract_normal_error:
-        normal_error = NormalError.from_mean_maps(mean_step_maps(lambda b: detect(b).anomaly_maps, holdout, batch_size))
-    step_scores = map_batches(lambda b: detect(b, normal_error).step_scores, holdout, batch_size=batch_size)
-    scores = torch.cat(step_scores, dim=1)
-    return Calibration(tau, ssim_quantile, scores.amax(dim=1).tolist(), len(holdout), normal_error)
+    normal_error, step_scores = _normal_error_and_scores(
+        lambda b: detect_by_inpainting(model, b, run, autocast_dtype=autocast_dtype).anomaly_maps,
+        holdout,
+        subtract=settings.subtract_normal_error,
+        batch_size=batch_size,
+    )
+    return Calibration(tau, ssim_quantile, step_scores.amax(dim=1).tolist(), len(holdout), normal_error)
 
 
 def calibrate_autoencoder(
@@ -100,15 +105,26 @@ def calibrate_autoencoder(
     """The autoencoder's normal error (if the settings subtract it) and score threshold on held-out normal images."""
     if len(holdout) == 0:
         raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
+    normal_error, step_scores = _normal_error_and_scores(
+        lambda b: detect_by_autoencoder(model, b, settings, autocast_dtype=autocast_dtype).anomaly_maps,
+        holdout,
+        subtract=settings.subtract_normal_error,
+        batch_size=batch_size,
+    )
+    return replace(calibrate_scores(step_scores[0]), normal_error=normal_error)
 
-    def detect(images: Tensor, normal_error: NormalError | None = None):
-        return detect_by_autoencoder(model, images, settings, autocast_dtype=autocast_dtype, normal_error=normal_error)
 
-    normal_error = None
-    if settings.subtract_normal_error:
-        normal_error = NormalError.from_mean_maps(mean_step_maps(lambda b: detect(b).anomaly_maps, holdout, batch_size))
-    scores = torch.cat(map_batches(lambda b: detect(b, normal_error).scores, holdout, batch_size=batch_size))
-    return replace(calibrate_scores(scores), normal_error=normal_error)
+def _normal_error_and_scores(
+    step_maps: Callable[[Tensor], list[Tensor]], holdout: Tensor, *, subtract: bool, batch_size: int
+) -> tuple[NormalError | None, Tensor]:
+    """From one detection pass over the held-out images (``step_maps``: a batch's raw maps per step): their normal
+    error (None unless ``subtract``) and their image scores per step [steps, N], on the maps as they will be scored."""
+    batches = map_batches(lambda b: torch.stack(step_maps(b)), holdout, batch_size=batch_size)
+    maps = torch.cat(batches, dim=1)  # [steps, N, 1, H, W]
+    normal_error = NormalError.from_mean_maps(maps.mean(dim=1)) if subtract else None
+    if normal_error is not None:
+        maps = torch.stack([normal_error.subtract(step, t) for t, step in enumerate(maps)])
+    return normal_error, torch.stack([image_scores(step) for step in maps])
 
 
 def calibrate_scores(scores: Tensor) -> Calibration:

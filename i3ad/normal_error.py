@@ -8,13 +8,9 @@ maximum, measure what is unusual *for that position* rather than what is merely 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from i3ad.batching import map_batches
 
 # The templates are stored at 1/4 of the map's side: the maps are smoothed with sigma 8, so nothing is lost that
 # bilinear upsampling does not restore (and a checkpoint's template file stays around 100 kB).
@@ -52,14 +48,3 @@ class NormalError:
         """The excess of anomaly maps [B, 1, H, W] after ``step`` steps over the normal error, clipped at zero."""
         template = self.template(step, tuple(anomaly_maps.shape[-2:]), anomaly_maps.device)
         return (anomaly_maps - template.to(anomaly_maps.dtype)).clamp_min(0)
-
-
-def mean_step_maps(step_maps: Callable[[Tensor], list[Tensor]], images: Tensor, batch_size: int) -> Tensor:
-    """Mean over ``images`` of the per-step maps that ``step_maps`` returns for a batch (a list of [B, 1, H, W], one
-    per step): [steps, 1, H, W]. Sums batch by batch, so no image's maps are kept."""
-    if len(images) == 0:
-        raise ValueError("the normal error needs at least one held-out normal image")
-    sums = map_batches(
-        lambda batch: torch.stack([m.float().sum(dim=0) for m in step_maps(batch)]), images, batch_size=batch_size
-    )
-    return torch.stack(sums).sum(dim=0) / len(images)

@@ -10,7 +10,7 @@ from i3ad.calibration import calibrate_autoencoder, calibrate_inpainting
 from i3ad.detector import AnomalyDetector
 from i3ad.evaluation import TestSet
 from i3ad.metrics import binary_auroc
-from i3ad.normal_error import NormalError, mean_step_maps
+from i3ad.normal_error import NormalError
 from i3ad.pipeline import evaluate_detector
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings, image_scores
@@ -39,14 +39,6 @@ def test_subtract_uses_each_steps_template_and_clips_at_zero():
     assert normal.subtract(maps, 1)[:, 0, 0, 0].tolist() == pytest.approx([0.0, 0.0, 0.2])
     # Steps beyond the calibrated ones use the last template.
     assert torch.equal(normal.subtract(maps, 7), normal.subtract(maps, 1))
-
-
-def test_mean_step_maps_is_the_mean_over_all_batches():
-    images = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    means = mean_step_maps(lambda batch: [batch, 2 * batch], images, batch_size=2)
-    assert torch.allclose(means, torch.stack([images.mean(dim=0), 2 * images.mean(dim=0)]))
-    with pytest.raises(ValueError, match="at least one"):
-        mean_step_maps(lambda batch: [batch], images[:0], batch_size=2)
 
 
 @pytest.mark.parametrize(
