@@ -101,21 +101,25 @@ def run_benchmark(
         images = images.contiguous(memory_format=torch.channels_last)
     # Without the flag the model keeps the layout it was loaded in (channels-last on a CPU, see models.for_device).
     memory_format = "channels_last" if _is_channels_last(model) else "contiguous"
-    if compile_mode is not None:
-        if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
-        model = torch.compile(model, mode=compile_mode)
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+    eager_model = model
     settings = detector.settings
     rows = []
     for precision in precisions:
         dtype = PRECISIONS[precision]
+        if compile_mode is not None:
+            # A fresh compilation per precision: autocast is part of dynamo's guards, so one compiled model shared by
+            # fp32 and bf16 recompiles until it hits dynamo's recompile limit and silently falls back to eager.
+            torch._dynamo.reset()
+            model = torch.compile(eager_model, mode=compile_mode)
         for batch_size in batch_sizes:
             batch = images[torch.arange(batch_size) % len(images)]
             masks = torch.zeros(batch_size, 1, size, size, device=device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
 
-            def forward(batch=batch, masks=masks, dtype=dtype):
+            def forward(batch=batch, masks=masks, dtype=dtype, model=model):
                 with (
                     torch.inference_mode(),
                     torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
@@ -145,7 +149,7 @@ def run_benchmark(
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
 
-                def detect(batch=batch, run=run, dtype=dtype):
+                def detect(batch=batch, run=run, dtype=dtype, model=model):
                     return detect_by_inpainting(model, batch, run, autocast_dtype=dtype)
 
                 seconds = median_seconds(detect, device, repeats)

@@ -226,6 +226,21 @@ def test_bench_records_the_memory_format_it_ran_in(trained):
 
 
 @pytest.mark.slow
+def test_bench_compiles_the_network_afresh_for_each_precision(trained, monkeypatch):
+    # One compiled model shared by fp32 and bf16 recompiles on the autocast switch until dynamo gives up and runs
+    # it eagerly, so each precision gets its own compilation after a reset of dynamo's caches.
+    _, checkpoints = trained
+    detector = load_checkpoint(checkpoints / "synthetic" / "i3ad")
+    compiled, resets = [], []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: compiled.append((model, mode)) or model)
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(True))
+    common = {"batch_sizes": [1], "iterations": [0], "repeats": 1, "compile_mode": "default"}
+    table = run_benchmark(detector, torch.rand(1, 3, 64, 64), precisions=["fp32", "bf16"], **common)
+    assert compiled == [(detector.model, "default")] * 2 and len(resets) == 2
+    assert set(table["compile"]) == {"default"} and set(table["precision"]) == {"fp32", "bf16"}
+
+
+@pytest.mark.slow
 def test_evaluate_errors_with_checkpoints(trained, tmp_path, capsys):
     data_root, checkpoints = trained
     common = ["evaluate", "--checkpoints", str(checkpoints), "--device", "cpu", "--out", str(tmp_path / "r.csv")]
