@@ -87,11 +87,14 @@ def run_benchmark(
     repeats: int = 5,
     sweep_images: int = 0,
     compile_mode: str | None = None,
+    static_shapes: bool = False,
     channels_last: bool = False,
 ) -> pd.DataFrame:
     """Rows of measurements on ``images`` [N, C, S, S] (preprocessed, on the detector's device; batches are drawn
     from them cyclically). ``sweep_images`` > 0 also times a T = 0..10 evaluation sweep over that many images.
-    ``compile_mode``: run the network through torch.compile in that mode; ``channels_last``: channels-last memory
+    ``compile_mode``: run the network through torch.compile in that mode; ``static_shapes``: compile one graph per
+    input shape instead of dynamo's shape-generic graph, which it switches to once a second batch size appears (step 0
+    paints K times the batch) and whose kernels run slower; ``channels_last``: channels-last memory
     for the network and its inputs (otherwise the model keeps its own layout, recorded in ``memory_format``)."""
     model, device = detector.model, detector.device
     size = images.shape[-1]
@@ -103,6 +106,8 @@ def run_benchmark(
     memory_format = "channels_last" if _is_channels_last(model) else "contiguous"
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+    if static_shapes and compile_mode is None:
+        raise ValueError("static_shapes applies to a compiled network: give a compile_mode too")
     eager_model = model
     settings = detector.settings
     rows = []
@@ -112,7 +117,7 @@ def run_benchmark(
             # A fresh compilation per precision: autocast is part of dynamo's guards, so one compiled model shared by
             # fp32 and bf16 recompiles until it hits dynamo's recompile limit and silently falls back to eager.
             torch._dynamo.reset()
-            model = torch.compile(eager_model, mode=compile_mode)
+            model = torch.compile(eager_model, mode=compile_mode, dynamic=False if static_shapes else None)
         for batch_size in batch_sizes:
             batch = images[torch.arange(batch_size) % len(images)]
             masks = torch.zeros(batch_size, 1, size, size, device=device)
@@ -196,7 +201,7 @@ def run_benchmark(
     )
     table.insert(1, "threads", torch.get_num_threads())
     table.insert(2, "model", f"{detector.category}/{detector.name}")
-    table.insert(3, "compile", compile_mode or "eager")
+    table.insert(3, "compile", "eager" if compile_mode is None else compile_mode + (" static" if static_shapes else ""))
     table.insert(4, "memory_format", memory_format)
     table["date"] = date.today().isoformat()
     table["torch"] = torch.__version__

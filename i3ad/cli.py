@@ -322,6 +322,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         repeats=args.repeats,
         sweep_images=args.sweep_images,
         compile_mode=args.compile,
+        static_shapes=args.static_shapes,
         channels_last=args.channels_last,
     )
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3g}".format):
@@ -508,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sweep-images", type=int, default=0, help="also time a T=0..10 evaluation sweep over N images")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     bench.add_argument("--compile", choices=COMPILE_MODES, help="run the network through torch.compile in this mode")
+    bench.add_argument(
+        "--static-shapes", action="store_true", help="with --compile: one graph per input shape (dynamic=False)"
+    )
     bench.add_argument("--channels-last", action="store_true", help="channels-last memory for the network")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--out", help="write (or with --append, add to) a CSV")

@@ -232,12 +232,23 @@ def test_bench_compiles_the_network_afresh_for_each_precision(trained, monkeypat
     _, checkpoints = trained
     detector = load_checkpoint(checkpoints / "synthetic" / "i3ad")
     compiled, resets = [], []
-    monkeypatch.setattr(torch, "compile", lambda model, mode=None: compiled.append((model, mode)) or model)
+    monkeypatch.setattr(torch, "compile", lambda model, mode, dynamic: compiled.append((model, mode, dynamic)) or model)
     monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(True))
     common = {"batch_sizes": [1], "iterations": [0], "repeats": 1, "compile_mode": "default"}
     table = run_benchmark(detector, torch.rand(1, 3, 64, 64), precisions=["fp32", "bf16"], **common)
-    assert compiled == [(detector.model, "default")] * 2 and len(resets) == 2
+    assert compiled == [(detector.model, "default", None)] * 2 and len(resets) == 2
     assert set(table["compile"]) == {"default"} and set(table["precision"]) == {"fp32", "bf16"}
+    # --static-shapes: one graph per shape, recorded in the table.
+    table = run_benchmark(detector, torch.rand(1, 3, 64, 64), precisions=["fp32"], static_shapes=True, **common)
+    assert compiled[-1] == (detector.model, "default", False) and set(table["compile"]) == {"default static"}
+    with pytest.raises(ValueError, match="compiled network"):
+        run_benchmark(
+            detector,
+            torch.rand(1, 3, 64, 64),
+            precisions=["fp32"],
+            static_shapes=True,
+            **common | {"compile_mode": None},
+        )
 
 
 @pytest.mark.slow
