@@ -70,10 +70,11 @@ def calibrate_inpainting(
     ssim_quantile: float | None = DEFAULT_SSIM_QUANTILE,
     autocast_dtype: torch.dtype | None = None,
     batch_size: int = 16,
+    regions: Tensor | None = None,
 ) -> Calibration:
     """Choose tau (unless ``ssim_quantile`` is None: then settings.ssim_threshold is kept), the normal error (if the
     settings subtract it) and the score thresholds on preprocessed held-out normal images [N, C, S, S], ``batch_size``
-    images at a time."""
+    images at a time; ``regions`` [N, 1, S, S]: where each image lies in its frame (None: everywhere)."""
     if len(holdout) == 0:
         raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
     tau = settings.ssim_threshold
@@ -83,13 +84,17 @@ def calibrate_inpainting(
             holdout,
             batch_size=batch_size,
         )
-        tau = quantile(torch.cat(step0_ssim), ssim_quantile)
+        pixels = torch.cat(step0_ssim)
+        if regions is not None:
+            pixels = pixels[regions.to(pixels.device) > 0.5]  # the images only, not the mirrored fill
+        tau = quantile(pixels, ssim_quantile)
     run = settings.with_(ssim_threshold=tau, iterations=MAX_CALIBRATED_ITERATIONS)
     normal_error, step_scores = _normal_error_and_scores(
         lambda b: detect_by_inpainting(model, b, run, autocast_dtype=autocast_dtype).anomaly_maps,
         holdout,
         subtract=settings.subtract_normal_error,
         batch_size=batch_size,
+        regions=regions,
     )
     return Calibration(tau, ssim_quantile, step_scores.amax(dim=1).tolist(), len(holdout), normal_error)
 
@@ -101,8 +106,10 @@ def calibrate_autoencoder(
     *,
     autocast_dtype: torch.dtype | None = None,
     batch_size: int = 16,
+    regions: Tensor | None = None,
 ) -> Calibration:
-    """The autoencoder's normal error (if the settings subtract it) and score threshold on held-out normal images."""
+    """The autoencoder's normal error (if the settings subtract it) and score threshold on held-out normal images
+    (``regions``: as for ``calibrate_inpainting``)."""
     if len(holdout) == 0:
         raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
     normal_error, step_scores = _normal_error_and_scores(
@@ -110,12 +117,18 @@ def calibrate_autoencoder(
         holdout,
         subtract=settings.subtract_normal_error,
         batch_size=batch_size,
+        regions=regions,
     )
     return replace(calibrate_scores(step_scores[0]), normal_error=normal_error)
 
 
 def _normal_error_and_scores(
-    step_maps: Callable[[Tensor], list[Tensor]], holdout: Tensor, *, subtract: bool, batch_size: int
+    step_maps: Callable[[Tensor], list[Tensor]],
+    holdout: Tensor,
+    *,
+    subtract: bool,
+    batch_size: int,
+    regions: Tensor | None,
 ) -> tuple[NormalError | None, Tensor]:
     """From one detection pass over the held-out images (``step_maps``: a batch's raw maps per step): their normal
     error (None unless ``subtract``) and their image scores per step [steps, N], on the maps as they will be scored."""
@@ -124,7 +137,7 @@ def _normal_error_and_scores(
     normal_error = NormalError.from_mean_maps(maps.mean(dim=1)) if subtract else None
     if normal_error is not None:
         maps = torch.stack([normal_error.subtract(step, t) for t, step in enumerate(maps)])
-    return normal_error, torch.stack([image_scores(step) for step in maps])
+    return normal_error, torch.stack([image_scores(step, regions) for step in maps])
 
 
 def calibrate_scores(scores: Tensor) -> Calibration:

@@ -223,6 +223,7 @@ def model_card(detector: AnomalyDetector) -> str:
         image_size=detector.preprocessing.image_size,
         channels=detector.preprocessing.channels,
         normalization=detector.preprocessing.normalization,
+        geometry=detector.preprocessing.geometry,
         iterations=iterations if detector.kind == "i3ad" else 0,
         ssim_threshold="n/a" if tau is None else f"{tau:.4f}",
         score_threshold=f"{detector.calibration.score_threshold(iterations):.4f}",

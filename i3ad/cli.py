@@ -27,7 +27,7 @@ from i3ad.pipeline import (
     resolve_device,
     train_category,
 )
-from i3ad.preprocessing import NORMALIZATIONS
+from i3ad.preprocessing import GEOMETRIES, NORMALIZATIONS
 from i3ad.recipes import CATEGORY_AUGMENTATIONS, default_augmentations
 from i3ad.scoring import ANOMALY_MEASURES, DetectionSettings
 from i3ad.synthetic import make_synthetic_category
@@ -88,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             name=name,
             image_size=args.image_size,
             normalization=args.normalization,
+            geometry=args.geometry,
             settings=DetectionSettings(iterations=args.iterations, ssim_threshold=args.ssim_threshold),
             ssim_quantile=None if args.ssim_quantile <= 0 else args.ssim_quantile,
             device=device,
@@ -259,9 +260,10 @@ def cmd_detect(args: argparse.Namespace) -> None:
             score = result.scores[0].item()
             # Numbered, so that equal names from different folders do not collide; cut to fit the file system.
             heatmap = out / "heatmaps" / f"{number:05d}_{path.stem[:MAX_NAME_LENGTH]}.png"
-            heatmap_overlay(image, result.anomaly_map[0].cpu(), vmax=2 * threshold).save(heatmap)
+            anomaly_map = detector.crop(result.anomaly_map, image)[0].cpu()
+            heatmap_overlay(image, anomaly_map, vmax=2 * threshold).save(heatmap)
             if args.save_masks:
-                binary_mask_image(result.anomaly_map[0].cpu(), threshold, image.shape[-2:]).save(
+                binary_mask_image(anomaly_map, threshold, image.shape[-2:]).save(
                     heatmap.with_name(heatmap.stem + "_mask.png")
                 )
             row.update(
@@ -407,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim)
     train.add_argument("--image-size", type=int, default=256)
     train.add_argument("--normalization", choices=NORMALIZATIONS, default="none")
+    train.add_argument(
+        "--geometry",
+        choices=GEOMETRIES,
+        default="stretch",
+        help="stretch: resize to the square frame; fit: keep the aspect ratio, fill the frame with the image's mirror "
+        "(for images that are not square)",
+    )
     train.add_argument("--augment", default="default", help="'default' (per category), 'none', or e.g. hflip,vflip")
     train.add_argument(
         "--holdout", type=float, default=TrainConfig.holdout_fraction, help="share of train/good kept for calibration"

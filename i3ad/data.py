@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from i3ad.images import IMAGE_EXTENSIONS, is_greyscale, read_image, read_mask
+from i3ad.images import IMAGE_EXTENSIONS, is_greyscale, read_image, read_mask, read_size
 from i3ad.preprocessing import Preprocessing
 
 NORMAL = "good"
@@ -121,6 +121,14 @@ def load_images(paths: list[Path] | tuple[Path, ...], preprocessing: Preprocessi
     with ThreadPoolExecutor(workers) as pool:
         images = list(pool.map(lambda p: preprocessing(read_image(p, preprocessing.channels))[0], paths))
     return torch.stack(images)
+
+
+def load_regions(paths: list[Path] | tuple[Path, ...], preprocessing: Preprocessing) -> Tensor:
+    """Where each image lies in its frame (``Preprocessing.region``, from the file headers): [N, 1, S, S]."""
+    size = preprocessing.image_size
+    if not paths:
+        return torch.empty(0, 1, size, size)
+    return torch.cat([preprocessing.region(*read_size(p)) for p in paths])
 
 
 def load_masks(samples: tuple[Sample, ...] | list[Sample], size: int) -> Tensor:

@@ -10,6 +10,7 @@ import logging
 import math
 import numbers
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,13 +198,16 @@ class DetectionReport:
         return "\n\n".join(lines)
 
 
-def _step_images(result: DetectionResult, thresholds: list[float]) -> list[tuple[Image.Image, str]]:
+def _step_images(
+    result: DetectionResult, thresholds: list[float], crop: Callable[[Tensor], Tensor]
+) -> list[tuple[Image.Image, str]]:
     """Per step t: the reconstruction, the mask of hidden pixels and the anomaly map (coloured like the heat-map,
-    against the score threshold of T = t), each with a caption."""
+    against the score threshold of T = t), each with a caption; ``crop`` cuts the image's part out of a frame."""
     items = []
     for t, (reconstruction, mask, amap, score) in enumerate(
         zip(result.reconstructions, result.masks, result.anomaly_maps, result.step_scores[:, 0], strict=True)
     ):
+        reconstruction, mask, amap = crop(reconstruction), crop(mask), crop(amap)
         hidden = "every pixel once, by grid masks" if t == 0 else f"{mask[0].float().mean().item():.0%} hidden"
         items += [
             (to_pil(reconstruction[0]), f"step {t}: reconstruction"),
@@ -309,7 +313,7 @@ def detect_image(
     result = detector.detect(image, iterations=iterations, ssim_threshold=tau)
     step_thresholds = [detector.calibration.score_threshold(t) for t in range(iterations + 1)]
     threshold = step_thresholds[-1]
-    anomaly_map = result.anomaly_map[0].cpu()
+    anomaly_map = detector.crop(result.anomaly_map, image)[0].cpu()
     shown = display_image(image)
     report = DetectionReport(
         category=category,
@@ -321,7 +325,7 @@ def detect_image(
         threshold=threshold,
         heatmap=heatmap_overlay(shown, anomaly_map, vmax=HEATMAP_RANGE * threshold),
         mask=binary_mask_image(anomaly_map, threshold, tuple(shown.shape[-2:])),
-        steps=_step_images(result, step_thresholds),
+        steps=_step_images(result, step_thresholds, lambda frames: detector.crop(frames, image)),
         step_scores=result.step_scores[:, 0].tolist(),
         step_thresholds=step_thresholds,
     )
@@ -335,7 +339,7 @@ def detect_image(
         report.baseline = BaselineView(
             heatmap=heatmap_overlay(
                 shown if same_channels else display_image(baseline_image),
-                baseline_result.anomaly_map[0].cpu(),
+                baseline.crop(baseline_result.anomaly_map, baseline_image)[0].cpu(),
                 vmax=HEATMAP_RANGE * baseline_threshold,
             ),
             score=baseline_result.scores[0].item(),

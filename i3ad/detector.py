@@ -56,27 +56,41 @@ class AnomalyDetector:
         ssim_threshold: float | None = None,
         autocast_dtype: torch.dtype | None = None,
     ) -> DetectionResult:
-        """Detect anomalies in images [B, C, H, W] or [C, H, W] in [0, 1], of any size (resized to the model's).
+        """Detect anomalies in images [B, C, H, W] or [C, H, W] in [0, 1], of any size (fitted into the model's frame).
 
-        iterations / ssim_threshold default to the checkpoint's calibrated settings. Maps are at the model's size and,
-        when the settings say so, the excess over the normal error calibrated with the checkpoint.
+        iterations / ssim_threshold default to the checkpoint's calibrated settings. Maps are frames of the model's
+        size (``crop`` gives the image's part) and, when the settings say so, the excess over the normal error
+        calibrated with the checkpoint.
         """
         settings = self.settings
         if iterations is not None:
             settings = settings.with_(iterations=iterations)
         if ssim_threshold is not None:
             settings = settings.with_(ssim_threshold=ssim_threshold)
-        return self.run(self.preprocessing(images).to(self.device), settings, autocast_dtype=autocast_dtype)
+        region = self.preprocessing.region(*images.shape[-2:], device=self.device)
+        batch = self.preprocessing(images).to(self.device)
+        return self.run(batch, settings, autocast_dtype=autocast_dtype, region=region)
 
     def run(
-        self, batch: Tensor, settings: DetectionSettings | None = None, *, autocast_dtype: torch.dtype | None = None
+        self,
+        batch: Tensor,
+        settings: DetectionSettings | None = None,
+        *,
+        autocast_dtype: torch.dtype | None = None,
+        region: Tensor | None = None,
     ) -> DetectionResult:
         """Detection on images already preprocessed for this model and on its device, at ``settings`` (default: the
-        checkpoint's)."""
+        checkpoint's); ``region``: where the images lie in their frames (``Preprocessing.region``; None: everywhere)."""
         settings = settings or self.settings
         normal_error = self.calibration.normal_error if settings.subtract_normal_error else None
         detect = detect_by_inpainting if self.kind == "i3ad" else detect_by_autoencoder
-        return detect(self.model, batch, settings, autocast_dtype=autocast_dtype, normal_error=normal_error)
+        return detect(
+            self.model, batch, settings, autocast_dtype=autocast_dtype, normal_error=normal_error, region=region
+        )
+
+    def crop(self, frames: Tensor, image: Tensor) -> Tensor:
+        """The part of frames [B, C, S, S] (maps, masks, reconstructions) that shows ``image`` [..., H, W]."""
+        return self.preprocessing.crop(frames, *image.shape[-2:])
 
     def is_anomalous(self, scores: Tensor, iterations: int) -> Tensor:
         """Verdicts [B] (True = anomalous) at the score threshold calibrated for this iteration count."""

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from i3ad.batching import map_batches
@@ -54,29 +55,64 @@ BY_DEFECT_COLUMNS = (
 class TestSet:
     """Preprocessed test images [N, C, S, S], labels [N] and ground-truth masks [N, 1, S, S] (None without masks),
     on one device, with the defect regions labelled once for AUPRO. ``defects``: each image's test sub-folder
-    ("good" for normal ones), for metrics per defect type."""
+    ("good" for normal ones), for metrics per defect type. ``regions`` [N, 1, S, S]: where each image lies in its
+    frame (``Preprocessing.region``; None: the whole frame); the masks show the image stretched to S x S."""
 
     __test__ = False  # a data class, not a pytest test class
 
-    def __init__(self, images: Tensor, labels: Tensor, masks: Tensor | None, defects: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        masks: Tensor | None,
+        defects: list[str] | None = None,
+        regions: Tensor | None = None,
+    ) -> None:
         if len(images) != len(labels) or (masks is not None and len(masks) != len(images)):
             raise ValueError("images, labels and masks must have the same length")
         if defects is not None and len(defects) != len(images):
             raise ValueError("one defect name per image is needed")
-        self.images, self.labels, self.masks, self.defects = images, labels, masks, defects
-        self.regions = region_labels(masks) if masks is not None else None
+        if regions is not None and (len(regions) != len(images) or regions.shape[-2:] != images.shape[-2:]):
+            raise ValueError("one region of the images' size per image is needed")
+        if regions is not None and bool((regions > 0.5).all()):
+            regions = None  # every image fills its frame
+        self.images, self.labels, self.masks, self.defects, self.regions = images, labels, masks, defects, regions
+        self.mask_regions = region_labels(masks) if masks is not None else None
+
+    def subset(self, chosen: Tensor) -> TestSet:
+        """The images where ``chosen`` [N] (bool) is True."""
+        return TestSet(
+            self.images[chosen],
+            self.labels[chosen],
+            None if self.masks is None else self.masks[chosen],
+            None if self.defects is None else [d for d, c in zip(self.defects, chosen.tolist(), strict=True) if c],
+            None if self.regions is None else self.regions[chosen],
+        )
+
+    def _stretched(self, maps: Tensor) -> Tensor:
+        """Maps [N, 1, S, S] of the frames -> maps of the images alone, stretched to the masks' S x S."""
+        if self.regions is None:
+            return maps
+        stretched = []
+        for image_map, region in zip(maps, self.regions[:, 0] > 0.5, strict=True):
+            rows, columns = region.any(dim=1).nonzero()[:, 0], region.any(dim=0).nonzero()[:, 0]
+            content = image_map[None, :, rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1].float()
+            stretched.append(F.interpolate(content, size=maps.shape[-2:], mode="bilinear", align_corners=False))
+        return torch.cat(stretched)
 
     def metrics(self, maps: Tensor) -> dict[str, float]:
-        """All metrics of anomaly maps [N, 1, S, S] (image score = map maximum)."""
+        """All metrics of anomaly maps [N, 1, S, S] of the frames (image score = map maximum inside the image)."""
+        scores = image_scores(maps, self.regions)
         row = {
-            "image_auroc": binary_auroc(image_scores(maps), self.labels),
-            "image_f1_max": f1_max(image_scores(maps), self.labels),
+            "image_auroc": binary_auroc(scores, self.labels),
+            "image_f1_max": f1_max(scores, self.labels),
             "pixel_auroc": math.nan,
             "aupro": math.nan,
         }
         if self.masks is not None:
-            row["pixel_auroc"] = binary_auroc(maps, self.masks)
-            row["aupro"] = aupro(maps, self.masks, regions=self.regions)
+            stretched = self._stretched(maps)
+            row["pixel_auroc"] = binary_auroc(stretched, self.masks)
+            row["aupro"] = aupro(stretched, self.masks, regions=self.mask_regions)
         return row
 
 
@@ -90,8 +126,7 @@ def metrics_by_defect(test: TestSet, maps: Tensor) -> pd.DataFrame:
     for defect in sorted({d for d, label in zip(test.defects, test.labels.tolist(), strict=True) if label == 1}):
         chosen = torch.tensor([d == defect for d in test.defects], device=test.labels.device)
         subset = chosen | normal
-        masks = test.masks[subset] if test.masks is not None else None
-        part = TestSet(test.images[subset], test.labels[subset], masks)
+        part = test.subset(subset)
         rows.append(
             {
                 "defect": defect,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -67,6 +67,20 @@ def is_greyscale(source: str | Path | bytes | Image.Image) -> bool:
     image = _open(source)
     try:
         return image.mode in GREYSCALE_MODES
+    finally:
+        if image is not source:
+            image.close()
+
+
+def read_size(source: str | Path | bytes | Image.Image) -> tuple[int, int]:
+    """(height, width) of the image as ``read_image`` returns it (EXIF orientation applied), from the header alone."""
+    image = _open(source)
+    try:
+        width, height = image.size
+        # Orientations 5-8 turn the image by a quarter, which swaps its sides.
+        if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
+            width, height = height, width
+        return height, width
     finally:
         if image is not source:
             image.close()

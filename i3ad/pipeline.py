@@ -11,7 +11,7 @@ import torch
 from i3ad.batching import map_batches
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE, Calibration, calibrate_autoencoder, calibrate_inpainting
 from i3ad.checkpoints import save_checkpoint
-from i3ad.data import CategoryIndex, load_images, load_masks
+from i3ad.data import CategoryIndex, load_images, load_masks, load_regions
 from i3ad.detector import AnomalyDetector
 from i3ad.evaluation import (
     BY_DEFECT_COLUMNS,
@@ -48,6 +48,7 @@ def train_category(
     name: str,
     image_size: int = 256,
     normalization: str = "none",
+    geometry: str = "stretch",
     settings: DetectionSettings = DetectionSettings(),
     ssim_quantile: float | None = DEFAULT_SSIM_QUANTILE,
     device: torch.device | str = "cpu",
@@ -60,7 +61,7 @@ def train_category(
     (``half_precision``: float16 weights, half the file size)."""
     device = torch.device(device)
     preprocessing = Preprocessing(
-        image_size=image_size, channels=1 if index.greyscale else 3, normalization=normalization
+        image_size=image_size, channels=1 if index.greyscale else 3, normalization=normalization, geometry=geometry
     )
     images = load_images(index.train, preprocessing)
     train_ids, holdout_ids = split_holdout(len(images), config.holdout_fraction, config.seed)
@@ -70,8 +71,14 @@ def train_category(
         with torch.no_grad():
             for tensor in model.state_dict().values():
                 tensor.copy_(tensor.half())
+    holdout_regions = load_regions([index.train[i] for i in holdout_ids], preprocessing)
     settings, calibration = calibrate(
-        model, images[holdout_ids].to(device), settings, ssim_quantile=ssim_quantile, bf16=config.bf16
+        model,
+        images[holdout_ids].to(device),
+        settings,
+        ssim_quantile=ssim_quantile,
+        bf16=config.bf16,
+        regions=holdout_regions.to(device),
     )
     detector = AnomalyDetector(
         model=model,
@@ -100,25 +107,31 @@ def calibrate(
     *,
     ssim_quantile: float | None,
     bf16: bool = False,
+    regions: torch.Tensor | None = None,
 ) -> tuple[DetectionSettings, Calibration]:
-    """Thresholds from held-out normal images [N, C, S, S]: tau (inpainting model) and the score thresholds.
-    Returns the settings with the calibrated tau, and the calibration."""
+    """Thresholds from held-out normal images [N, C, S, S] (``regions``: where each lies in its frame, None:
+    everywhere): tau (inpainting model) and the score thresholds. Returns the settings with the calibrated tau, and
+    the calibration."""
     autocast_dtype = autocast_for(holdout.device, bf16)
     if isinstance(model, InpaintingUNet):
         calibration = calibrate_inpainting(
-            model, holdout, settings, ssim_quantile=ssim_quantile, autocast_dtype=autocast_dtype
+            model, holdout, settings, ssim_quantile=ssim_quantile, autocast_dtype=autocast_dtype, regions=regions
         )
         return settings.with_(ssim_threshold=calibration.ssim_threshold), calibration
-    return settings, calibrate_autoencoder(model, holdout, settings, autocast_dtype=autocast_dtype)
+    return settings, calibrate_autoencoder(model, holdout, settings, autocast_dtype=autocast_dtype, regions=regions)
 
 
-def holdout_images(detector: AnomalyDetector, index: CategoryIndex) -> torch.Tensor:
-    """The held-out normal images the checkpoint was calibrated on (same split as in training), preprocessed."""
+def _holdout_paths(detector: AnomalyDetector, index: CategoryIndex) -> list[Path]:
     training = detector.info.get("training", {})
     if "holdout_fraction" not in training or "seed" not in training:
         raise ValueError("the checkpoint does not record its training split (info.training.holdout_fraction, seed)")
     _, holdout_ids = split_holdout(len(index.train), training["holdout_fraction"], training["seed"])
-    return load_images([index.train[i] for i in holdout_ids], detector.preprocessing)
+    return [index.train[i] for i in holdout_ids]
+
+
+def holdout_images(detector: AnomalyDetector, index: CategoryIndex) -> torch.Tensor:
+    """The held-out normal images the checkpoint was calibrated on (same split as in training), preprocessed."""
+    return load_images(_holdout_paths(detector, index), detector.preprocessing)
 
 
 def recalibrate(
@@ -129,7 +142,10 @@ def recalibrate(
     ssim_quantile None keeps the checkpoint's tau (and its recorded quantile) and re-calibrates the score thresholds.
     """
     holdout = holdout_images(detector, index).to(detector.device)
-    new_settings, calibration = calibrate(detector.model, holdout, settings, ssim_quantile=ssim_quantile)
+    regions = load_regions(_holdout_paths(detector, index), detector.preprocessing).to(detector.device)
+    new_settings, calibration = calibrate(
+        detector.model, holdout, settings, ssim_quantile=ssim_quantile, regions=regions
+    )
     if ssim_quantile is None:
         calibration = replace(calibration, ssim_quantile=detector.calibration.ssim_quantile)
     return replace(detector, settings=new_settings, calibration=calibration)
@@ -139,10 +155,12 @@ def load_test_set(index: CategoryIndex, preprocessing: Preprocessing, device: to
     """The category's test images, labels and (if it has them) masks, preprocessed and on ``device``."""
     if not index.test:
         raise ValueError(f"{index.root / 'test'} holds no test images; evaluation needs test/good and test/<defect>")
-    images = load_images([s.image for s in index.test], preprocessing).to(device)
+    paths = [s.image for s in index.test]
+    images = load_images(paths, preprocessing).to(device)
     labels = torch.tensor([s.label for s in index.test], device=device)
     masks = load_masks(index.test, preprocessing.image_size).to(device) if index.has_masks else None
-    return TestSet(images, labels, masks, defects=[s.defect for s in index.test])
+    regions = load_regions(paths, preprocessing).to(device)
+    return TestSet(images, labels, masks, defects=[s.defect for s in index.test], regions=regions)
 
 
 def evaluate_detector(

@@ -1,4 +1,4 @@
-"""How an image becomes the network's input: size, channels and optional contrast normalisation."""
+"""How an image becomes the network's input (a square frame): size, channels, geometry and contrast normalisation."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 NORMALIZATIONS = ("none", "standardize")
+GEOMETRIES = ("stretch", "fit")
+# "fit" leaves this share of the frame's side on every side for mirrored context.
+_FIT_MARGIN = 1 / 16
 # Standardised images get this mean and standard deviation, so that +-4 std still fits into [0, 1].
 _TARGET_MEAN, _TARGET_STD = 0.5, 0.125
 
@@ -17,15 +20,20 @@ _TARGET_MEAN, _TARGET_STD = 0.5, 0.125
 class Preprocessing:
     """Settings that every image goes through before the network sees it (saved with each checkpoint).
 
-    image_size: square side the image is resized to (aspect ratio is not kept; maps are resized back for display).
+    image_size: side of the square frame the network sees.
     channels: 3 for RGB models, 1 for greyscale ones.
     normalization: "standardize" rescales each image to a fixed mean and contrast, which removes illumination changes
         between images and lifts low-contrast surfaces out of SSIM's stabilising constants; "none" keeps the pixels.
+    geometry: "stretch" resizes the image to the frame (square images, e.g. MVTec AD); "fit" keeps the aspect ratio:
+        the image is scaled to fit inside the frame less a margin of 1/16 of its side, and the rest is filled with
+        its mirror image, so that texture keeps one scale in every image and the image border has context on every
+        side. Only the image itself (its ``content_box``) is scored.
     """
 
     image_size: int = 256
     channels: int = 3
     normalization: str = "none"
+    geometry: str = "stretch"
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -34,13 +42,37 @@ class Preprocessing:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def content_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """Where an image of ``height`` x ``width`` lies in the frame: (top, left, height, width) in frame pixels."""
+        size = self.image_size
+        if self.geometry == "stretch":
+            return 0, 0, size, size
+        inner = size - 2 * round(size * _FIT_MARGIN)
+        scale = inner / max(height, width)
+        content_height, content_width = max(1, round(height * scale)), max(1, round(width * scale))
+        return (size - content_height) // 2, (size - content_width) // 2, content_height, content_width
+
+    def region(self, height: int, width: int, device: torch.device | str | None = None) -> Tensor:
+        """[1, 1, S, S]: 1 where an image of ``height`` x ``width`` lies in the frame, 0 on the mirrored fill."""
+        top, left, content_height, content_width = self.content_box(height, width)
+        region = torch.zeros(1, 1, self.image_size, self.image_size, device=device)
+        region[..., top : top + content_height, left : left + content_width] = 1.0
+        return region
+
+    def crop(self, frames: Tensor, height: int, width: int) -> Tensor:
+        """The part of frames [B, C, S, S] (images, maps, masks) that shows an image of ``height`` x ``width``."""
+        top, left, content_height, content_width = self.content_box(height, width)
+        return frames[..., top : top + content_height, left : left + content_width]
+
     def __call__(self, images: Tensor) -> Tensor:
         """images: [C, H, W] or [B, C, H, W], float in [0, 1] or uint8 in 0..255 (divided by 255)
-        -> [B, C, image_size, image_size] float32."""
+        -> frames [B, C, image_size, image_size] float32."""
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"expected a torch tensor, got {type(images).__name__} (use torch.from_numpy for arrays)")
         batch = images.unsqueeze(0) if images.dim() == 3 else images
@@ -55,13 +87,26 @@ class Preprocessing:
         batch = batch.float()
         if not torch.isfinite(batch).all():
             raise ValueError("the image tensor holds NaN or infinite values")
-        if batch.shape[-2:] != (self.image_size, self.image_size):
-            batch = F.interpolate(
-                batch, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
-            )
+        top, left, height, width = self.content_box(*batch.shape[-2:])
+        if batch.shape[-2:] != (height, width):
+            batch = F.interpolate(batch, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
         batch = batch.clamp(0.0, 1.0)
         if self.normalization == "standardize":
             mean = batch.mean(dim=(1, 2, 3), keepdim=True)
             std = batch.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
             batch = ((batch - mean) / std * _TARGET_STD + _TARGET_MEAN).clamp(0.0, 1.0)
-        return batch
+        bottom, right = self.image_size - top - height, self.image_size - left - width
+        return _mirror_pad(batch, top, bottom, left, right)
+
+
+def _mirror_pad(images: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    """Pad [B, C, H, W] by reflection; a pad wider than the image reflects the padded image again."""
+    while top or bottom or left or right:
+        height, width = images.shape[-2:]
+        # Reflection needs a pad smaller than the side; a 1-pixel side can only be repeated.
+        step = [min(pad, side - 1) for pad, side in ((left, width), (right, width), (top, height), (bottom, height))]
+        if not any(step):
+            return F.pad(images, (left, right, top, bottom), mode="replicate")
+        images = F.pad(images, step, mode="reflect")
+        left, right, top, bottom = left - step[0], right - step[1], top - step[2], bottom - step[3]
+    return images

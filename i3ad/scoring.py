@@ -70,13 +70,15 @@ class DetectionResult:
 
     reconstructions[t]: x_hat_t [B, C, H, W]; masks[t]: m_t [B, 1, H, W] (step 0 hides every pixel once, so its
     mask is all ones); ssim_maps[t]: s_t [B, 1, H, W]; anomaly_maps[t]: the smoothed anomaly map after t steps (its
-    excess over the normal error when one was given).
+    excess over the normal error when one was given). region: [B or 1, 1, H, W], 1 where the image lies in the frame
+    (``Preprocessing.region``); only there is it scored. None: the whole frame.
     """
 
     reconstructions: list[Tensor]
     masks: list[Tensor]
     ssim_maps: list[Tensor]
     anomaly_maps: list[Tensor]
+    region: Tensor | None = None
 
     @property
     def anomaly_map(self) -> Tensor:
@@ -91,7 +93,7 @@ class DetectionResult:
     @property
     def step_scores(self) -> Tensor:
         """Image scores after each step, [T + 1, B]: row t is the score a run with T = t would give."""
-        return torch.stack([image_scores(a) for a in self.anomaly_maps])
+        return torch.stack([image_scores(a, self.region) for a in self.anomaly_maps])
 
 
 def anomaly_map(
@@ -117,8 +119,10 @@ def _scored_map(
     return raw if normal_error is None else normal_error.subtract(raw, step)
 
 
-def image_scores(anomaly_maps: Tensor) -> Tensor:
-    """Image score = maximum of the anomaly map. [B, 1, H, W] -> [B]."""
+def image_scores(anomaly_maps: Tensor, region: Tensor | None = None) -> Tensor:
+    """Image score = maximum of the anomaly map [B, 1, H, W] (inside ``region`` [B or 1, 1, H, W] if given) -> [B]."""
+    if region is not None:
+        anomaly_maps = anomaly_maps.masked_fill(region.to(anomaly_maps.device) < 0.5, float("-inf"))
     return anomaly_maps.flatten(1).amax(dim=1)
 
 
@@ -166,12 +170,14 @@ def detect_by_inpainting(
     autocast_dtype: torch.dtype | None = None,
     step0: Tensor | None = None,
     normal_error: NormalError | None = None,
+    region: Tensor | None = None,
 ) -> DetectionResult:
     """Iterative SSIM-masked inpainting on a batch of preprocessed images [B, C, H, W] in [0, 1].
 
     step0: the step-0 reconstruction of these images if already computed (it does not depend on the threshold, so
         a sweep over thresholds computes it once). autocast_dtype: e.g. torch.bfloat16 for the network on a GPU.
     normal_error: the maps become their excess over it (the masks still come from the SSIM maps alone).
+    region: where the images lie in their frames, for the scores (``DetectionResult.region``).
     """
     _check_images(images, model.config["channels"])
     batch, _, height, width = images.shape
@@ -184,7 +190,11 @@ def detect_by_inpainting(
     mask = torch.ones(batch, 1, height, width, device=images.device)
     ssim = ssim_map(images, reconstruction)
     result = DetectionResult(
-        [reconstruction], [mask], [ssim], [_scored_map(images, reconstruction, settings, ssim, normal_error, 0)]
+        [reconstruction],
+        [mask],
+        [ssim],
+        [_scored_map(images, reconstruction, settings, ssim, normal_error, 0)],
+        region,
     )
 
     previous_mask = None
@@ -219,6 +229,7 @@ def detect_by_autoencoder(
     *,
     autocast_dtype: torch.dtype | None = None,
     normal_error: NormalError | None = None,
+    region: Tensor | None = None,
 ) -> DetectionResult:
     """AE-SSIM baseline: one reconstruction AE(x), scored like step 0 of I3AD (``iterations`` is ignored)."""
     _check_images(images, model.config["channels"])
@@ -228,4 +239,4 @@ def detect_by_autoencoder(
     ssim = ssim_map(images, reconstruction)
     mask = torch.ones_like(ssim)
     scored = _scored_map(images, reconstruction, settings, ssim, normal_error, 0)
-    return DetectionResult([reconstruction], [mask], [ssim], [scored])
+    return DetectionResult([reconstruction], [mask], [ssim], [scored], region)

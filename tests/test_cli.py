@@ -56,7 +56,7 @@ def test_train_writes_complete_checkpoints(trained):
         assert {p.name for p in folder.iterdir()} == files
     record = json.loads((checkpoints / "synthetic" / "i3ad" / "detector.json").read_text())
     assert record["category"] == "synthetic" and record["name"] == "i3ad"
-    assert record["preprocessing"] == {"image_size": 64, "channels": 3, "normalization": "none"}
+    assert record["preprocessing"] == {"image_size": 64, "channels": 3, "normalization": "none", "geometry": "stretch"}
     calibration = record["calibration"]
     assert -1.0 < calibration["ssim_threshold"] < 1.0
     assert record["detection"]["ssim_threshold"] == calibration["ssim_threshold"]

@@ -204,3 +204,18 @@ def test_bad_channel_count(tmp_path):
     path = _save(Image.fromarray(_rgb_array()), tmp_path / "a.png")
     with pytest.raises(ValueError, match="channels"):
         read_image(path, 2)
+
+
+def test_read_size_matches_the_decoded_image(tmp_path):
+    from i3ad.images import read_size
+
+    array = np.zeros((20, 40, 3), dtype=np.uint8)
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    rotated = _save(image, tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    plain = _save(image, tmp_path / "plain.png")
+    for path in (rotated, plain):
+        assert read_size(path) == tuple(read_image(path, 3).shape[-2:])
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_size(tmp_path / "missing.png")

@@ -240,3 +240,23 @@ def test_metrics_by_defect_score_each_type_against_the_normal_images():
     assert table["defect_images"].tolist() == [1, 1]
     with pytest.raises(ValueError, match="no defect names"):
         metrics_by_defect(TestSet(test.images, labels, masks), maps)
+
+
+def test_test_set_scores_and_measures_each_image_inside_its_region():
+    from i3ad.evaluation import TestSet
+
+    # Two 8 x 8 frames whose images fill only rows 2-5; the masks show the images stretched to 8 x 8.
+    regions = torch.zeros(2, 1, 8, 8)
+    regions[..., 2:6, :] = 1
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[1, :, :4, :4] = 1  # the top-left quarter of image 1 (rows 2-3, columns 0-3 of its frame)
+    maps = torch.zeros(2, 1, 8, 8)
+    maps[1, :, 2:4, :4] = 1.0
+    maps[0, :, 0, :] = 9.0  # the fill of the normal image: ignored
+    test = TestSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), masks, regions=regions)
+    row = test.metrics(maps)
+    assert row["image_auroc"] == 1.0 and row["pixel_auroc"] == 1.0
+    whole_frame = TestSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), masks).metrics(maps)
+    assert whole_frame["image_auroc"] == 0.0 and whole_frame["pixel_auroc"] < 1.0
+    subset = test.subset(torch.tensor([False, True]))
+    assert torch.equal(subset.regions, regions[1:]) and torch.equal(subset.masks, masks[1:])

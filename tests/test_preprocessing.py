@@ -84,3 +84,47 @@ def test_bad_settings(kwargs):
 def test_settings_round_trip():
     preprocessing = Preprocessing(image_size=64, channels=1, normalization="standardize")
     assert Preprocessing(**preprocessing.to_dict()) == preprocessing
+
+
+# --- geometry "fit" ------------------------------------------------------------------------------------------------
+
+
+def test_fit_keeps_the_aspect_ratio_inside_a_margin_and_mirrors_the_rest():
+    import torch.nn.functional as F
+
+    preprocessing = Preprocessing(image_size=64, channels=1, geometry="fit")
+    image = torch.rand(1, 1, 30, 90, generator=torch.Generator().manual_seed(3))
+    top, left, height, width = preprocessing.content_box(30, 90)
+    assert (left, width) == (4, 56)  # the longer side fills the frame less a 4-px margin (1/16 of 64) on each side
+    assert height == round(30 * 56 / 90) and top == (64 - height) // 2
+    frame = preprocessing(image)
+    assert frame.shape == (1, 1, 64, 64)
+    resized = F.interpolate(image, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.allclose(preprocessing.crop(frame, 30, 90), resized.clamp(0, 1))
+    # The fill is the image's mirror image: the row above the content repeats the content's second row.
+    assert torch.equal(frame[..., top - 1, left : left + width], frame[..., top + 1, left : left + width])
+    assert torch.equal(frame[..., top : top + height, left - 1], frame[..., top : top + height, left + 1])
+    region = preprocessing.region(30, 90)
+    assert region.shape == (1, 1, 64, 64) and region.sum() == height * width
+    assert torch.equal(preprocessing.crop(region, 30, 90), torch.ones(1, 1, height, width))
+
+
+def test_fit_fills_frames_far_wider_than_the_image_and_standardises_the_image_alone():
+    preprocessing = Preprocessing(image_size=64, channels=3, normalization="standardize", geometry="fit")
+    # 2 x 400: the content is one pixel high, so the fill repeats it; 40 x 4: the fill reflects again and again.
+    for height, width in [(2, 400), (40, 4)]:
+        image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(4))
+        frame = preprocessing(image)
+        assert frame.shape == (1, 3, 64, 64) and torch.isfinite(frame).all()
+        content = preprocessing.crop(frame, height, width)
+        assert content.mean().item() == pytest.approx(0.5, abs=0.02)
+
+
+def test_stretch_fills_the_frame():
+    preprocessing = Preprocessing(image_size=16, channels=3)
+    assert preprocessing.content_box(30, 90) == (0, 0, 16, 16)
+    assert torch.equal(preprocessing.region(30, 90), torch.ones(1, 1, 16, 16))
+    frames = torch.rand(2, 3, 16, 16)
+    assert torch.equal(preprocessing.crop(frames, 30, 90), frames)
+    with pytest.raises(ValueError, match="geometry"):
+        Preprocessing(geometry="crop")

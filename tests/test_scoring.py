@@ -295,3 +295,32 @@ def test_autoencoder_detection(autoencoder):
         torch.testing.assert_close(result.reconstructions[0], autoencoder(images))
     with pytest.raises(ValueError, match="32x32"):
         detect_by_autoencoder(autoencoder, torch.rand(1, 3, 64, 64))
+
+
+def test_scores_ignore_the_frame_outside_the_region(unet, autoencoder, images32):
+    region = torch.zeros(1, 1, 32, 32)
+    region[..., 8:24, 4:28] = 1
+    result = detect_by_inpainting(unet, images32, DetectionSettings(iterations=1, ssim_threshold=0.7), region=region)
+    for t, amap in enumerate(result.anomaly_maps):
+        assert torch.equal(result.step_scores[t], amap[..., 8:24, 4:28].flatten(1).amax(1))
+    maps = torch.zeros(2, 1, 32, 32)
+    maps[0, :, 0, 0] = 5.0  # outside the region: not scored
+    maps[1, :, 10, 10] = 1.0
+    assert image_scores(maps, region).tolist() == [0.0, 1.0]
+    assert detect_by_autoencoder(autoencoder, images32, region=region).region is region
+
+
+def test_detector_fits_a_wide_image_and_scores_and_crops_the_image_alone(unet):
+    from i3ad.calibration import Calibration
+    from i3ad.detector import AnomalyDetector
+    from i3ad.preprocessing import Preprocessing
+
+    preprocessing = Preprocessing(image_size=32, channels=3, geometry="fit")
+    settings = DetectionSettings(iterations=1, ssim_threshold=0.7, subtract_normal_error=False)
+    detector = AnomalyDetector(unet, preprocessing, settings, Calibration(0.7, None, [1.0, 1.0], 1), "w", "i3ad")
+    image = torch.rand(3, 12, 40, generator=torch.Generator().manual_seed(5))
+    result = detector.detect(image)
+    top, left, height, width = preprocessing.content_box(12, 40)
+    assert torch.equal(result.region, preprocessing.region(12, 40))
+    assert torch.equal(result.scores, result.anomaly_map[..., top : top + height, left : left + width].amax((1, 2, 3)))
+    assert detector.crop(result.anomaly_map, image).shape == (1, 1, height, width)
