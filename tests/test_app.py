@@ -301,3 +301,22 @@ def test_committed_checkpoint_detects_on_a_synthetic_256_image(tmp_path):
     assert math.isfinite(report.score) and report.threshold > 0
     assert report.heatmap.size == report.mask.size == (256, 256)
     assert len(report.steps) == 3 and all(p.is_file() for p in report.files)
+
+
+@pytest.mark.skipif(
+    not (ROOT / "checkpoints" / "magnetic_tile" / "i3ad-small").is_dir(), reason="no committed magnetic_tile model"
+)
+def test_committed_fit_checkpoint_shows_a_wide_image_in_its_own_shape(tmp_path):
+    from i3ad.demo import ModelStore, detect_image
+
+    store = ModelStore(CheckpointResolver(ROOT / "checkpoints"))
+    detector = store.get("magnetic_tile", "i3ad-small")
+    assert detector.preprocessing.geometry == "fit"
+    wide = tmp_path / "wide.png"
+    texture = np.random.default_rng(0).integers(90, 160, size=(120, 360), dtype=np.uint8)
+    Image.fromarray(texture).save(wide)
+    report = detect_image(store, "magnetic_tile", "i3ad-small", wide, out_dir=tmp_path / "out")
+    assert report.heatmap.size == report.mask.size == report.baseline.heatmap.size == (360, 120)
+    _, _, height, width = detector.preprocessing.content_box(120, 360)
+    assert all(picture.size == (width, height) for picture, _ in report.steps)
+    assert math.isfinite(report.score) and math.isfinite(report.baseline.score)
