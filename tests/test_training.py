@@ -17,7 +17,7 @@ from i3ad.calibration import (
 )
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
-from i3ad.scoring import DetectionSettings, detect_by_inpainting, inpaint_step0
+from i3ad.scoring import DetectionSettings, detect_by_inpainting, image_scores, inpaint_step0
 from i3ad.similarity import ssim_map
 from i3ad.training import TrainConfig, augment, reconstruction_loss, split_holdout, steps_within_budget, train
 
@@ -248,3 +248,41 @@ def test_calibrate_scores_and_score_threshold():
     assert steps.score_threshold(0) == 0.1
     assert steps.score_threshold(2) == 0.3
     assert steps.score_threshold(50) == 0.3  # beyond the calibrated range: the last one
+
+
+def test_calibration_uses_only_the_images_region(unet, images32):
+    region = torch.zeros(1, 1, 32, 32)
+    region[..., 4:28, 10:22] = 1
+    regions = region.expand(2, -1, -1, -1)
+    settings = DetectionSettings(ssim_threshold=0.5)
+    calibration = calibrate_inpainting(unet, images32, settings, ssim_quantile=0.05, regions=regions)
+    similarity = ssim_map(images32, inpaint_step0(unet, images32, settings))
+    assert calibration.ssim_threshold == quantile(similarity[regions > 0.5], 0.05)
+    run = settings.with_(ssim_threshold=calibration.ssim_threshold, iterations=MAX_CALIBRATED_ITERATIONS)
+    scored = detect_by_inpainting(unet, images32, run, normal_error=calibration.normal_error, region=region)
+    assert calibration.score_thresholds == pytest.approx(scored.step_scores.amax(dim=1).tolist(), abs=1e-6)
+
+
+def test_a_category_of_wide_images_trains_and_evaluates_in_the_fit_geometry(tmp_path):
+    from PIL import Image
+
+    from i3ad.data import index_category
+    from i3ad.pipeline import evaluate_detector, holdout_images, load_test_set, train_category
+    from i3ad.synthetic import make_synthetic_category
+
+    root = make_synthetic_category(tmp_path, "wide", size=32, train=10, test_good=2, test_per_defect=2)
+    for path in root.rglob("*.png"):  # every image and mask becomes 3 times as wide as high
+        with Image.open(path) as image:
+            image.resize((96, 32), Image.NEAREST).save(path)
+    index = index_category(tmp_path, "wide")
+    config = TrainConfig(steps=3, batch_size=4, base_width=8, holdout_fraction=0.2)
+    detector = train_category(index, config, name="i3ad", image_size=32, geometry="fit", progress=False)
+    assert detector.preprocessing.geometry == "fit" and detector.calibration.holdout_images == 2
+    test = load_test_set(index, detector.preprocessing)
+    assert test.regions is not None and test.regions[0, 0].sum() == 28 * round(32 * 28 / 96)
+    table = evaluate_detector(detector, test, thresholds=[], max_iterations=1, holdout=holdout_images(detector, index))
+    assert len(table) == 4 and table["pixel_auroc"].notna().all()
+    # The benchmark scores an image as the detector does on the file itself.
+    maps = torch.cat([detector.run(test.images[i : i + 1]).anomaly_map for i in range(len(test.images))])
+    first = detector.detect(detector.read(index.test[0].image))
+    assert first.scores.item() == pytest.approx(image_scores(maps, test.regions)[0].item(), abs=1e-5)
