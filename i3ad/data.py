@@ -126,6 +126,8 @@ def load_images(paths: list[Path] | tuple[Path, ...], preprocessing: Preprocessi
 def load_regions(paths: list[Path] | tuple[Path, ...], preprocessing: Preprocessing) -> Tensor:
     """Where each image lies in its frame (``Preprocessing.region``, from the file headers): [N, 1, S, S]."""
     size = preprocessing.image_size
+    if preprocessing.geometry == "stretch":  # every image fills its frame: no header to read
+        return torch.ones(len(paths), 1, size, size)
     if not paths:
         return torch.empty(0, 1, size, size)
     return torch.cat([preprocessing.region(*read_size(p)) for p in paths])

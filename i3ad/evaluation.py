@@ -78,6 +78,8 @@ class TestSet:
             regions = None  # every image fills its frame
         self.images, self.labels, self.masks, self.defects, self.regions = images, labels, masks, defects, regions
         self.mask_regions = region_labels(masks) if masks is not None else None
+        # Each image's rows and columns in its frame, found once for every table row that is scored.
+        self._boxes = None if regions is None else [_box(region) for region in regions[:, 0] > 0.5]
 
     def subset(self, chosen: Tensor) -> TestSet:
         """The images where ``chosen`` [N] (bool) is True."""
@@ -91,12 +93,11 @@ class TestSet:
 
     def _stretched(self, maps: Tensor) -> Tensor:
         """Maps [N, 1, S, S] of the frames -> maps of the images alone, stretched to the masks' S x S."""
-        if self.regions is None:
+        if self._boxes is None:
             return maps
         stretched = []
-        for image_map, region in zip(maps, self.regions[:, 0] > 0.5, strict=True):
-            rows, columns = region.any(dim=1).nonzero()[:, 0], region.any(dim=0).nonzero()[:, 0]
-            content = image_map[None, :, rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1].float()
+        for image_map, (rows, columns) in zip(maps, self._boxes, strict=True):
+            content = image_map[None, :, rows, columns].float()
             stretched.append(F.interpolate(content, size=maps.shape[-2:], mode="bilinear", align_corners=False))
         return torch.cat(stretched)
 
@@ -114,6 +115,12 @@ class TestSet:
             row["pixel_auroc"] = binary_auroc(stretched, self.masks)
             row["aupro"] = aupro(stretched, self.masks, regions=self.mask_regions)
         return row
+
+
+def _box(region: Tensor) -> tuple[slice, slice]:
+    """The rows and columns of a region [S, S] (bool, one rectangle) as slices."""
+    rows, columns = region.any(dim=1).nonzero()[:, 0].tolist(), region.any(dim=0).nonzero()[:, 0].tolist()
+    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
 
 
 def metrics_by_defect(test: TestSet, maps: Tensor) -> pd.DataFrame:
