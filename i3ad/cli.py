@@ -101,8 +101,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         steps = [entry["step"] for entry in detector.info["train_log"] if "step" in entry]
         steps_run = steps[-1] if steps else args.steps
         print(
-            f"{category}/{name}: trained {steps_run} steps in {time.perf_counter() - started:.0f} s on {device}; "
-            f"tau={'n/a' if tau is None else f'{tau:.4f}'}; saved to {out}"
+            f"{category}/{name}: trained {steps_run} steps in {time.perf_counter() - started:.0f} s on {device} "
+            f"({detector.preprocessing.geometry} geometry); tau={'n/a' if tau is None else f'{tau:.4f}'}; "
+            f"saved to {out}"
         )
 
 
@@ -411,10 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--normalization", choices=NORMALIZATIONS, default="none")
     train.add_argument(
         "--geometry",
-        choices=GEOMETRIES,
-        default="stretch",
-        help="stretch: resize to the square frame; fit: keep the aspect ratio, fill the frame with the image's mirror "
-        "(for images that are not square)",
+        choices=("auto", *GEOMETRIES),
+        default="auto",
+        help="stretch: resize to the square frame; fit: keep the aspect ratio, fill the frame with the image's mirror; "
+        "auto: stretch when every training image is square, fit otherwise",
     )
     train.add_argument("--augment", default="default", help="'default' (per category), 'none', or e.g. hflip,vflip")
     train.add_argument(

@@ -55,6 +55,11 @@ class CategoryIndex:
         """True when the training images are single-channel (the model is then built for 1 channel)."""
         return all(is_greyscale(p) for p in self.train[:8])
 
+    @property
+    def square(self) -> bool:
+        """True when every training image is square (read from the file headers)."""
+        return all(height == width for height, width in map(read_size, self.train))
+
 
 def check_category_name(category: str) -> str:
     """Refuse names that could escape a folder (``..``, ``/``) or are not plain identifiers."""

@@ -48,7 +48,7 @@ def train_category(
     name: str,
     image_size: int = 256,
     normalization: str = "none",
-    geometry: str = "stretch",
+    geometry: str = "auto",
     settings: DetectionSettings = DetectionSettings(),
     ssim_quantile: float | None = DEFAULT_SSIM_QUANTILE,
     device: torch.device | str = "cpu",
@@ -58,8 +58,13 @@ def train_category(
     progress: bool = True,
 ) -> AnomalyDetector:
     """Train on train/good minus a held-out share, calibrate on that share, and save to ``out`` if given
-    (``half_precision``: float16 weights, half the file size)."""
+    (``half_precision``: float16 weights, half the file size). ``geometry`` "auto" is "stretch" when every training
+    image is square and "fit" otherwise."""
     device = torch.device(device)
+    if geometry == "auto":
+        # On square images fit only shrinks the image to make room for its mirrored margin: that helped toothbrush
+        # but cost pill 5-12 points of image AUROC (results/square_fit_check.csv), so it is kept for other shapes.
+        geometry = "stretch" if index.square else "fit"
     preprocessing = Preprocessing(
         image_size=image_size, channels=1 if index.greyscale else 3, normalization=normalization, geometry=geometry
     )

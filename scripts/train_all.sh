@@ -11,8 +11,8 @@
 #   DEVICES [auto]             devices, taken in turn by the runs in this order: every category's i3ad, then every
 #                              i3ad-small, then every ae; e.g. "cuda:0 cuda:1 cuda:2 cuda:3 cuda:3 cuda:3" gives three
 #                              categories' i3ad runs a GPU each and puts the six light runs on the fourth
-#   GEOMETRY []                the input geometry of every run (stretch or fit); by default magnetic_tile, whose
-#                              images are not square, gets fit and every other category stretch
+#   GEOMETRY [auto]            the input geometry of every run: stretch, fit, or auto (fit for a category whose
+#                              training images are not all square, such as magnetic_tile; stretch otherwise)
 set -euo pipefail
 if [ $# -lt 3 ]; then echo "usage: $0 DATA_ROOT CHECKPOINTS_ROOT CATEGORY..." >&2; exit 2; fi
 data=$1 out=$2; shift 2
@@ -25,12 +25,11 @@ logs=${LOG_DIR:-train-logs}
 mkdir -p "$out" "$logs"
 pids=() job=0
 launch() {  # CATEGORY ARGS...: one training run on the next device in turn, logged to LOG_DIR/CATEGORY-NAME.log
-  local category=$1 norm=none geometry=stretch; shift
-  # magnetic_tile: strong illumination changes between its images, which are not square (100-630 px wide)
-  [ "$category" = magnetic_tile ] && norm=standardize geometry=fit
-  geometry=${GEOMETRY:-$geometry}
+  local category=$1 norm=none; shift
+  # magnetic_tile: strong illumination changes between its images
+  [ "$category" = magnetic_tile ] && norm=standardize
   local device=${devices[$((job % ${#devices[@]}))]}
-  python -m i3ad train "${common[@]}" --category "$category" --normalization "$norm" --geometry "$geometry" \
+  python -m i3ad train "${common[@]}" --category "$category" --normalization "$norm" --geometry "${GEOMETRY:-auto}" \
     --device "$device" "$@" > "$logs/$category-${*: -1}.log" 2>&1 &
   pids+=($!) job=$((job + 1))
 }

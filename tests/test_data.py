@@ -53,6 +53,16 @@ def test_greyscale_category_and_loading(tmp_path):
     assert load_images([], preprocessing).shape == (0, 1, 16, 16)
 
 
+def test_square_is_false_once_one_training_image_is_not(small_category):
+    from PIL import Image
+
+    index = index_category(small_category.parent, "cat")
+    assert index.square
+    with Image.open(index.train[-1]) as image:
+        image.resize((33, 32)).save(index.train[-1])
+    assert not index.square
+
+
 def test_load_masks_matches_samples(small_category):
     index = index_category(small_category.parent, "cat")
     masks = load_masks(index.test, 16)

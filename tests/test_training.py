@@ -276,7 +276,7 @@ def test_a_category_of_wide_images_trains_and_evaluates_in_the_fit_geometry(tmp_
             image.resize((96, 32), Image.NEAREST).save(path)
     index = index_category(tmp_path, "wide")
     config = TrainConfig(steps=3, batch_size=4, base_width=8, holdout_fraction=0.2)
-    detector = train_category(index, config, name="i3ad", image_size=32, geometry="fit", progress=False)
+    detector = train_category(index, config, name="i3ad", image_size=32, progress=False)  # geometry "auto"
     assert detector.preprocessing.geometry == "fit" and detector.calibration.holdout_images == 2
     test = load_test_set(index, detector.preprocessing)
     assert test.regions is not None and test.regions[0, 0].sum() == 28 * round(32 * 28 / 96)
