@@ -123,6 +123,8 @@ def data_source_note(category: str) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
+    if args.no_tf32:  # PyTorch runs cuDNN convolutions in TF32 unless told otherwise (matrix products it does not)
+        torch.backends.cudnn.allow_tf32 = False
     available = list_checkpoints(args.checkpoints)
     if not available:
         raise CheckpointError(f"no checkpoints under {args.checkpoints} (expected <category>/<model>/detector.json)")
@@ -467,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
     evaluate.add_argument("--compile", action="store_true", help="run the networks through torch.compile")
+    evaluate.add_argument(
+        "--no-tf32", action="store_true", help="full float32 CUDA convolutions instead of TF32 (slower; less rounding)"
+    )
     evaluate.add_argument(
         "--by-defect",
         action="store_true",

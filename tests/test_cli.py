@@ -91,6 +91,14 @@ def test_evaluate_by_defect_gives_one_row_per_defect_type(trained, tmp_path, cap
     assert (table[table["model"] == "i3ad"]["iterations"] == detector.settings.iterations).all()
 
 
+def test_evaluate_without_tf32_turns_it_off_for_convolutions(trained, tmp_path, monkeypatch):
+    data_root, checkpoints = trained
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # restored after the test
+    args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--model", "ae"]
+    assert main([*args, "--iterations", "0", "--device", "cpu", "--no-tf32", "--out", str(tmp_path / "r.csv")]) == 0
+    assert not torch.backends.cudnn.allow_tf32
+
+
 @pytest.mark.slow
 def test_evaluate_reaches_a_real_auroc(trained, tmp_path, capsys):
     data_root, checkpoints = trained
