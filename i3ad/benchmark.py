@@ -203,6 +203,7 @@ def run_benchmark(
     table.insert(2, "model", f"{detector.category}/{detector.name}")
     table.insert(3, "compile", "eager" if compile_mode is None else compile_mode + (" static" if static_shapes else ""))
     table.insert(4, "memory_format", memory_format)
+    table.insert(5, "tf32_convolutions", device.type == "cuda" and torch.backends.cudnn.allow_tf32)
     table["date"] = date.today().isoformat()
     table["torch"] = torch.__version__
     return table

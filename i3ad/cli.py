@@ -121,10 +121,14 @@ def data_source_note(category: str) -> str:
     )
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    device = resolve_device(args.device)
+def _apply_tf32_choice(args: argparse.Namespace) -> None:
     if args.no_tf32:  # PyTorch runs cuDNN convolutions in TF32 unless told otherwise (matrix products it does not)
         torch.backends.cudnn.allow_tf32 = False
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    _apply_tf32_choice(args)
     available = list_checkpoints(args.checkpoints)
     if not available:
         raise CheckpointError(f"no checkpoints under {args.checkpoints} (expected <category>/<model>/detector.json)")
@@ -301,6 +305,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from i3ad.data import load_images
 
     device = resolve_device(args.device)
+    _apply_tf32_choice(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     detector = load_checkpoint(args.checkpoint, device)
@@ -333,15 +338,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3g}".format):
         print(table.drop(columns=["date", "torch"]).to_string(index=False))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(
-            args.out,
-            index=False,
-            float_format="%.4g",
-            mode="a" if args.append else "w",
-            header=not (args.append and Path(args.out).exists()),
-        )
-        print(f"wrote {args.out}")
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if args.append and out.exists():  # rows written before a column existed get it empty
+            table = pd.concat([pd.read_csv(out), table], ignore_index=True)
+        table.to_csv(out, index=False, float_format="%.4g")
+        print(f"wrote {out}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -393,6 +395,12 @@ def cmd_upload(args: argparse.Namespace) -> None:
         args.checkpoints, args.repo_id, categories=args.category, variants=args.model, private=args.private
     )
     print(f"uploaded {', '.join(uploaded)} to Hub repo {args.repo_id}")
+
+
+def _add_tf32_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-tf32", action="store_true", help="full float32 CUDA convolutions instead of TF32 (slower; less rounding)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -469,9 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
     evaluate.add_argument("--compile", action="store_true", help="run the networks through torch.compile")
-    evaluate.add_argument(
-        "--no-tf32", action="store_true", help="full float32 CUDA convolutions instead of TF32 (slower; less rounding)"
-    )
+    _add_tf32_flag(evaluate)
     evaluate.add_argument(
         "--by-defect",
         action="store_true",
@@ -528,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--static-shapes", action="store_true", help="with --compile: one graph per input shape (dynamic=False)"
     )
     bench.add_argument("--channels-last", action="store_true", help="channels-last memory for the network")
+    _add_tf32_flag(bench)
     bench.add_argument("--device", default="auto")
     bench.add_argument("--out", help="write (or with --append, add to) a CSV")
     bench.add_argument("--append", action="store_true")

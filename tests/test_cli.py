@@ -220,6 +220,21 @@ def test_bench_command_prints_and_appends_its_table(trained, tmp_path, capsys):
     assert detection.loc[detection["iterations"] == 0, "forwards_per_image"].tolist() == [4.0, 4.0]
     assert (detection.loc[detection["iterations"] == 1, "forwards_per_image"] <= 5.0).all()
     assert (table["images_per_s"] > 0).all() and (table["gflop_per_image"] > 0).all()
+    assert not table["tf32_convolutions"].any()  # only CUDA convolutions use TF32
+
+
+def test_bench_appends_to_a_table_written_before_a_column_existed(trained, tmp_path, monkeypatch):
+    _, checkpoints = trained
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # restored after the test
+    out = tmp_path / "perf.csv"
+    pd.DataFrame({"device": ["earlier GPU"], "images_per_s": [100.0]}).to_csv(out, index=False)
+    args = ["bench", "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--batch-sizes", "1", "--iterations"]
+    args += ["0", "--repeats", "1", "--device", "cpu", "--no-tf32", "--out", str(out), "--append"]
+    assert main(args) == 0
+    assert not torch.backends.cudnn.allow_tf32
+    table = pd.read_csv(out)
+    assert table.loc[0, "device"] == "earlier GPU" and table.loc[0, "images_per_s"] == 100
+    assert pd.isna(table.loc[0, "tf32_convolutions"]) and len(table) > 1 and table["task"].iloc[1:].notna().all()
 
 
 @pytest.mark.slow
