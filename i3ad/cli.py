@@ -77,6 +77,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             holdout_fraction=args.holdout,
             seed=args.seed,
             bf16=args.bf16,
+            compile=args.compile,
             max_minutes=args.max_minutes,
         )
         name = args.name or args.model
@@ -444,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
+    train.add_argument("--compile", action="store_true", help="train through torch.compile (a GPU warm-up first)")
     train.add_argument(
         "--max-minutes", type=float, help="stop training early after this long (still calibrates and saves)"
     )

@@ -145,6 +145,15 @@ def test_training_is_reproducible(images32):
     assert [e["loss"] for e in first] == pytest.approx([e["loss"] for e in second], abs=1e-6)
 
 
+@pytest.mark.slow
+def test_compiled_training_follows_eager_training_and_returns_the_plain_model(images32):
+    eager_config = TrainConfig(steps=2, batch_size=2, base_width=8, log_every=1)
+    _, eager = train(images32, eager_config, progress=False)
+    model, compiled = train(images32, TrainConfig(**{**eager_config.to_dict(), "compile": True}), progress=False)
+    assert [e["loss"] for e in compiled] == pytest.approx([e["loss"] for e in eager], abs=1e-4)
+    assert isinstance(model, InpaintingUNet) and not any(k.startswith("_orig_mod") for k in model.state_dict())
+
+
 @pytest.mark.parametrize(
     ("seconds_per_step", "elapsed", "expected"),
     [
