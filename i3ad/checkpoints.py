@@ -9,6 +9,7 @@ silently half-loaded model.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import replace
 from pathlib import Path
 from string import Template
@@ -182,6 +183,17 @@ def _metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _with_data_root_placeholder(command: str) -> str:
+    """A recorded command with its data folder (a path on the machine that ran it) written as DATA_ROOT."""
+    tokens = shlex.split(command)
+    for i, token in enumerate(tokens):
+        if token.startswith("--data-root="):
+            tokens[i] = "--data-root=DATA_ROOT"
+        elif token == "--data-root" and i + 1 < len(tokens):
+            tokens[i + 1] = "DATA_ROOT"
+    return shlex.join(tokens)
+
+
 def model_card(detector: AnomalyDetector) -> str:
     """The README.md of a checkpoint folder, from ``templates/model_card.md``."""
     template = Template((Path(__file__).parent / "templates" / "model_card.md").read_text())
@@ -213,6 +225,10 @@ def model_card(detector: AnomalyDetector) -> str:
     summary = f"{steps_done} of {planned} steps, batch {training.get('batch_size', '?')}"
     if log:
         summary += f", final loss {log[-1]['loss']:.4f}, {log[-1]['seconds']} s on {info.get('device', '?')}"
+    command = _with_data_root_placeholder(info["command"]) if "command" in info else "(not recorded)"
+    if "calibrate_command" in info:
+        calibrate = _with_data_root_placeholder(info["calibrate_command"])
+        command += f"\n{calibrate}  # then: new default settings, re-calibrated"
     return template.substitute(
         license=info.get("license", MVTEC_LICENSE),
         title=f"i3ad checkpoint {detector.category}/{detector.name}",
@@ -230,12 +246,7 @@ def model_card(detector: AnomalyDetector) -> str:
         holdout_images=detector.calibration.holdout_images,
         version=__version__,
         data_source=info.get("data_source", "Normal images of the category's train/good folder."),
-        command=info.get("command", "(not recorded)")
-        + (
-            f"\n{info['calibrate_command']}  # then: new default settings, re-calibrated"
-            if "calibrate_command" in info
-            else ""
-        ),
+        command=command,
         train_summary=summary,
         metrics=_metrics_table(info.get("metrics", {})),
     )

@@ -43,7 +43,12 @@ def _detector(model=None, channels: int = 3) -> AnomalyDetector:
         calibration=Calibration(0.4321, 0.01, [0.11, 0.22, 0.33], 5, _normal_error(3)),
         category="widget",
         name="i3ad-test",
-        info={"training": {"steps": 3, "batch_size": 2}, "train_log": [{"step": 3, "loss": 0.5, "seconds": 1.0}]},
+        info={
+            "training": {"steps": 3, "batch_size": 2},
+            "train_log": [{"step": 3, "loss": 0.5, "seconds": 1.0}],
+            "command": "python -m i3ad train --data-root /data/on/gpu --category widget",
+            "calibrate_command": "python -m i3ad calibrate ck/widget/i3ad-test '--data-root=/data/on/gpu'",
+        },
     )
 
 
@@ -77,6 +82,9 @@ def test_round_trip(saved):
     assert torch.equal(loaded.detect(images).scores, detector.to("cpu").detect(images).scores)
     card = (folder / "README.md").read_text()
     assert "widget" in card and "InpaintingUNet" in card
+    # The card shows the recorded command with the training machine's data folder as a placeholder.
+    assert "python -m i3ad train --data-root DATA_ROOT --category widget" in card and "/data/on/gpu" not in card
+    assert "python -m i3ad calibrate ck/widget/i3ad-test --data-root=DATA_ROOT  # then" in card
     assert list_checkpoints(folder.parent.parent) == {"widget": ["i3ad-test"]}
 
 
