@@ -185,7 +185,10 @@ def _metrics_table(metrics: dict) -> str:
 
 def _with_data_root_placeholder(command: str) -> str:
     """A recorded command with its data folder (a path on the machine that ran it) written as DATA_ROOT."""
-    tokens = shlex.split(command)
+    try:
+        tokens = shlex.split(command)
+    except ValueError:  # not a shell command line (edited by hand): shown as it is
+        return command
     for i, token in enumerate(tokens):
         if token.startswith("--data-root="):
             tokens[i] = "--data-root=DATA_ROOT"
@@ -247,6 +250,9 @@ def model_card(detector: AnomalyDetector) -> str:
         version=__version__,
         data_source=info.get("data_source", "Normal images of the category's train/good folder."),
         command=command,
+        data_root_note="\n(DATA_ROOT: the folder that held the category in the MVTec AD layout.)\n"
+        if "DATA_ROOT" in command
+        else "",
         train_summary=summary,
         metrics=_metrics_table(info.get("metrics", {})),
     )

@@ -16,6 +16,7 @@ from i3ad.checkpoints import (
     list_checkpoints,
     load_checkpoint,
     load_model,
+    model_card,
     save_checkpoint,
     save_record,
 )
@@ -85,7 +86,15 @@ def test_round_trip(saved):
     # The card shows the recorded command with the training machine's data folder as a placeholder.
     assert "python -m i3ad train --data-root DATA_ROOT --category widget" in card and "/data/on/gpu" not in card
     assert "python -m i3ad calibrate ck/widget/i3ad-test --data-root=DATA_ROOT  # then" in card
+    assert "(DATA_ROOT: the folder that held the category" in card
     assert list_checkpoints(folder.parent.parent) == {"widget": ["i3ad-test"]}
+
+
+def test_model_card_shows_a_command_that_is_no_command_line_as_it_is():
+    detector = _detector()
+    detector.info = {**detector.info, "command": "edited 'by hand", "calibrate_command": "python -m i3ad calibrate x"}
+    card = model_card(detector)
+    assert "edited 'by hand\npython -m i3ad calibrate x  # then" in card and "(DATA_ROOT:" not in card
 
 
 def test_autoencoder_round_trip(tmp_path):
