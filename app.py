@@ -34,8 +34,8 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
-import torch
 
+from i3ad.batching import unless_out_of_gpu_memory
 from i3ad.calibration import MAX_CALIBRATED_ITERATIONS
 from i3ad.checkpoints import CheckpointError
 from i3ad.demo import (
@@ -196,25 +196,23 @@ class Handlers:
         path, name = image_path(image, self.upload_folder)
         if progress is not None:
             progress(0.1, desc=f"Running {category} / {variant}")
-        out_of_memory = False
         try:
-            report = detect_image(
-                self.store,
-                category,
-                variant,
-                path,
-                iterations=iterations,
-                ssim_threshold=ssim_threshold,
-                out_dir=Path(tempfile.mkdtemp(dir=self.output_root)),
+            report = unless_out_of_gpu_memory(
+                lambda: detect_image(
+                    self.store,
+                    category,
+                    variant,
+                    path,
+                    iterations=iterations,
+                    ssim_threshold=ssim_threshold,
+                    out_dir=Path(tempfile.mkdtemp(dir=self.output_root)),
+                )
             )
         except (CheckpointError, ImageReadError, ValueError) as error:
             message = str(error).replace(path, name) if name else str(error)  # the user's file name, not the cache's
             # Gradio shows messages as HTML; the file name and other values in them are the user's, shown as text.
             raise gr.Error(html.escape(message, quote=False), print_exception=False) from None
-        except torch.cuda.OutOfMemoryError:
-            out_of_memory = True  # the cache is emptied outside this block, whose traceback still holds the tensors
-        if out_of_memory:
-            torch.cuda.empty_cache()
+        if report is None:
             raise gr.Error(
                 "The GPU ran out of memory during the detection; try again in a moment.",
                 print_exception=False,

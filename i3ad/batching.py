@@ -1,4 +1,5 @@
-"""Running a function over a data set in batches, with smaller batches when a GPU runs out of memory."""
+"""Running a function over a data set in batches, with smaller batches when a GPU runs out of memory; and one call
+that survives running out of GPU memory."""
 
 from __future__ import annotations
 
@@ -38,3 +39,15 @@ def map_batches(function: Callable[..., Result], *tensors: Tensor, batch_size: i
         del batch
         torch.cuda.empty_cache()
     return results
+
+
+def unless_out_of_gpu_memory(function: Callable[[], Result]) -> Result | None:
+    """``function()``, or None when the GPU ran out of memory in it. The CUDA cache is then emptied, so that what the
+    failed call held is free for the next one (a request of the app, the next image of a CLI run)."""
+    try:
+        return function()
+    except torch.cuda.OutOfMemoryError:
+        pass
+    # Outside the except block: its traceback still holds the failed call's tensors.
+    torch.cuda.empty_cache()
+    return None

@@ -20,11 +20,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from i3ad.detector import AnomalyDetector
 from i3ad.evaluation import TestSet, sweep_inpainting
 from i3ad.models import InpaintingUNet
-from i3ad.scoring import detect_by_inpainting
+from i3ad.scoring import detect_by_inpainting, network_autocast
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # torch.compile modes the benchmark can try ("reduce-overhead" also captures CUDA graphs).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+# The timed evaluation sweep: every T from 0 to this, in batches of this size (as ``python -m i3ad evaluate``).
+SWEEP_MAX_ITERATIONS = 10
+SWEEP_BATCH_SIZE = 32
 
 
 def _synchronize(device: torch.device) -> None:
@@ -127,7 +130,7 @@ def run_benchmark(
             def forward(batch=batch, masks=masks, dtype=dtype, model=model):
                 with (
                     torch.inference_mode(),
-                    torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+                    network_autocast(device, dtype),
                 ):
                     model(batch, masks)
 
@@ -182,15 +185,22 @@ def run_benchmark(
         subset = images[torch.arange(sweep_images) % len(images)]
         test = TestSet(subset, torch.arange(sweep_images, device=device) % 2, None)
         started = time.perf_counter()
-        sweep_inpainting(model, test, settings, thresholds=[settings.ssim_threshold], max_iterations=10)
+        sweep_inpainting(
+            model,
+            test,
+            settings,
+            thresholds=[settings.ssim_threshold],
+            max_iterations=SWEEP_MAX_ITERATIONS,
+            batch_size=SWEEP_BATCH_SIZE,
+        )
         _synchronize(device)
         seconds = time.perf_counter() - started
         rows.append(
             {
-                "task": f"evaluation sweep T=0..10, {sweep_images} images",
+                "task": f"evaluation sweep T=0..{SWEEP_MAX_ITERATIONS}, {sweep_images} images",
                 "precision": "fp32",
-                "batch": 32,
-                "iterations": 10,
+                "batch": SWEEP_BATCH_SIZE,
+                "iterations": SWEEP_MAX_ITERATIONS,
                 "images_per_s": sweep_images / seconds,
                 "latency_ms": 1000 * seconds,
             }

@@ -202,7 +202,7 @@ def model_card(detector: AnomalyDetector) -> str:
     template = Template((Path(__file__).parent / "templates" / "model_card.md").read_text())
     info = detector.info
     training = info.get("training", {})
-    iterations = detector.settings.iterations
+    iterations = detector.default_iterations
     tau = detector.calibration.ssim_threshold
     if detector.kind == "i3ad":
         description = (
@@ -243,7 +243,7 @@ def model_card(detector: AnomalyDetector) -> str:
         channels=detector.preprocessing.channels,
         normalization=detector.preprocessing.normalization,
         geometry=detector.preprocessing.geometry,
-        iterations=iterations if detector.kind == "i3ad" else 0,
+        iterations=iterations,
         ssim_threshold="n/a" if tau is None else f"{tau:.4f}",
         score_threshold=f"{detector.calibration.score_threshold(iterations):.4f}",
         holdout_images=detector.calibration.holdout_images,

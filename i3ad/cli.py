@@ -12,10 +12,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from i3ad.batching import unless_out_of_gpu_memory
 from i3ad.benchmark import COMPILE_MODES
-from i3ad.calibration import DEFAULT_SSIM_QUANTILE, MAX_CALIBRATED_ITERATIONS
+from i3ad.calibration import DEFAULT_SSIM_QUANTILE
 from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_record
 from i3ad.data import DatasetError, check_category_name, index_category, list_categories
+from i3ad.detector import check_iterations, check_ssim_threshold, verdict
 from i3ad.evaluation import METRIC_COLUMNS
 from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
 from i3ad.pipeline import (
@@ -34,8 +36,11 @@ from i3ad.synthetic import make_synthetic_category
 from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
 
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-# Heat-map files are named after their image, cut to this many characters so that the name fits the file system.
-MAX_NAME_LENGTH = 100
+
+
+def _command_line() -> str:
+    """This run's command line, to record with the checkpoint it writes."""
+    return "python -m i3ad " + shlex.join(sys.argv[1:])
 
 
 def _categories(data_root: str, requested: list[str]) -> list[str]:
@@ -63,7 +68,7 @@ def _augmentations(value: str, category: str) -> tuple[str, ...]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    command = "python -m i3ad " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line()
     for category in _categories(args.data_root, args.category):
         index = index_category(args.data_root, category)
         config = TrainConfig(
@@ -204,7 +209,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         }
         index = index_category(args.data_root, detector.category)
         detector = recalibrate(detector, index, detector.settings.with_(**changes), ssim_quantile=args.ssim_quantile)
-        detector.info["calibrate_command"] = "python -m i3ad " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        detector.info["calibrate_command"] = _command_line()
         save_record(detector, folder)
         tau = detector.calibration.ssim_threshold
         print(
@@ -229,21 +234,15 @@ def _inputs(paths: list[str]) -> list[Path]:
 
 def cmd_detect(args: argparse.Namespace) -> None:
     # Imported here: plotly (for the colour map) is only needed for pictures, not to train or evaluate.
-    from i3ad.visualize import binary_mask_image, heatmap_overlay
+    from i3ad.visualize import HEATMAP_RANGE, binary_mask_image, heatmap_overlay, output_name
 
     device = resolve_device(args.device)
     detector = load_checkpoint(args.checkpoint, device)
     # The settings are checked once, before any image is read, rather than failing on every image.
-    iterations = detector.settings.iterations if args.iterations is None else args.iterations
-    if detector.kind == "ae":
-        iterations = 0
-    elif not 0 <= iterations <= MAX_CALIBRATED_ITERATIONS:
-        raise ValueError(
-            f"--iterations must be between 0 and {MAX_CALIBRATED_ITERATIONS} (the score thresholds are calibrated "
-            f"up to there), got {iterations}"
-        )
-    if args.ssim_threshold is not None and not -1.0 <= args.ssim_threshold <= 1.0:  # NaN fails too
-        raise ValueError(f"--ssim-threshold must be between -1 and 1 (SSIM's range), got {args.ssim_threshold}")
+    iterations = detector.default_iterations
+    if detector.kind == "i3ad" and args.iterations is not None:
+        iterations = check_iterations(args.iterations)
+    ssim_threshold = check_ssim_threshold(args.ssim_threshold)
     inputs = _inputs(args.inputs)
     out = Path(args.out)
     try:
@@ -261,29 +260,26 @@ def cmd_detect(args: argparse.Namespace) -> None:
             "heatmap": "",
             "error": "",
         }
-        out_of_memory = False
-        try:
+
+        def score_image(number: int = number, path: Path = path) -> dict[str, str]:
             image = detector.read(path)
-            result = detector.detect(image, iterations=iterations, ssim_threshold=args.ssim_threshold)
+            result = detector.detect(image, iterations=iterations, ssim_threshold=ssim_threshold)
             score = result.scores[0].item()
             # Numbered, so that equal names from different folders do not collide; cut to fit the file system.
-            heatmap = out / "heatmaps" / f"{number:05d}_{path.stem[:MAX_NAME_LENGTH]}.png"
+            heatmap = out / "heatmaps" / f"{number:05d}_{output_name(path)}.png"
             anomaly_map = detector.crop(result.anomaly_map, image)[0].cpu()
-            heatmap_overlay(image, anomaly_map, vmax=2 * threshold).save(heatmap)
+            heatmap_overlay(image, anomaly_map, vmax=HEATMAP_RANGE * threshold).save(heatmap)
             if args.save_masks:
                 binary_mask_image(anomaly_map, threshold, image.shape[-2:]).save(
                     heatmap.with_name(heatmap.stem + "_mask.png")
                 )
-            row.update(
-                score=f"{score:.4f}", verdict="anomalous" if score > threshold else "normal", heatmap=str(heatmap)
-            )
+            return {"score": f"{score:.4f}", "verdict": verdict(score, threshold), "heatmap": str(heatmap)}
+
+        try:
+            scored = unless_out_of_gpu_memory(score_image)
+            row.update(scored or {"error": "the GPU ran out of memory on this image; try --device cpu"})
         except (ImageReadError, ValueError) as error:
             row["error"] = str(error)
-        except torch.cuda.OutOfMemoryError:
-            out_of_memory = True  # the cache is emptied outside this block, whose traceback still holds the tensors
-            row["error"] = "the GPU ran out of memory on this image; try --device cpu"
-        if out_of_memory:
-            torch.cuda.empty_cache()
         if row["error"]:
             failures += 1
             print(f"skipped {path}: {row['error']}", file=sys.stderr)

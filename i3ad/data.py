@@ -52,7 +52,8 @@ class CategoryIndex:
 
     @property
     def greyscale(self) -> bool:
-        """True when the training images are single-channel (the model is then built for 1 channel)."""
+        """True when the training images are single-channel (the model is then built for 1 channel); the first 8
+        decide, as a category's images share one format."""
         return all(is_greyscale(p) for p in self.train[:8])
 
     @property

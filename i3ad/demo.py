@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
-import numbers
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,24 +19,20 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from i3ad.calibration import MAX_CALIBRATED_ITERATIONS
 from i3ad.checkpoints import CheckpointError
 from i3ad.data import NORMAL, DatasetError, index_category
-from i3ad.detector import AnomalyDetector
+from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.hub import CheckpointResolver, check_name
 from i3ad.plots import auroc_bars, auroc_vs_iterations, headline, load_results
 from i3ad.scoring import DetectionResult, DetectionSettings
 from i3ad.synthetic import make_synthetic_category
-from i3ad.visualize import binary_mask_image, colorize, heatmap_overlay, to_pil
+from i3ad.visualize import HEATMAP_RANGE, binary_mask_image, colorize, heatmap_overlay, output_name, to_pil
 
 # The variant name of the autoencoder baseline; every other variant of a category is an I3AD model.
 BASELINE_VARIANT = "ae"
 # The variant a device opens with, in order of preference: the small network answers fast on a CPU, the benchmark
 # one is the more accurate and costs little on a GPU.
 PREFERRED_VARIANTS = {"cpu": ("i3ad-small", "i3ad"), "cuda": ("i3ad", "i3ad-small")}
-# Heat-maps are coloured from 0 to this multiple of the score threshold, so the threshold sits mid-scale (as in
-# `python -m i3ad detect`): normal images stay dark, anomalies glow.
-HEATMAP_RANGE = 2.0
 # Resolution of the app's tau slider. A tau within half a step of the calibrated one is the calibrated one, so the
 # default run reproduces the checkpoint's calibration exactly.
 TAU_STEP = 0.001
@@ -48,8 +42,6 @@ SYNTHETIC_SIZE = 256
 # The heat-map and mask are drawn at the input's size, but at most this many pixels a side: the maps themselves are at
 # the model's resolution, and a full-size overlay of a 40-megapixel photo would take gigabytes per request.
 DISPLAY_MAX_SIDE = 2048
-# Output files are named after the input; longer names are cut so that "<name>_heatmap.png" fits the file system.
-MAX_NAME_LENGTH = 100
 # The benchmark table's columns (the others are the same in every row at the default settings).
 TABLE_COLUMNS = (
     "category",
@@ -122,7 +114,7 @@ class ModelDefaults:
 
 def model_defaults(detector: AnomalyDetector) -> ModelDefaults:
     tau = detector.calibration.ssim_threshold
-    iterations = detector.settings.iterations if detector.kind == "i3ad" else 0
+    iterations = detector.default_iterations
     size = detector.preprocessing.image_size
     description = (
         f"**{detector.category} / {detector.name}** ({detector.kind}): {size}x{size} px, "
@@ -141,10 +133,6 @@ class BaselineView:
     heatmap: Image.Image
     score: float
     threshold: float
-
-    @property
-    def anomalous(self) -> bool:
-        return self.score > self.threshold
 
 
 @dataclass
@@ -173,7 +161,7 @@ class DetectionReport:
 
     @property
     def verdict(self) -> str:
-        return "anomalous" if self.anomalous else "normal"
+        return verdict(self.score, self.threshold)
 
     def summary(self) -> str:
         """Markdown: the verdict, the score against the threshold used, and the settings."""
@@ -193,7 +181,7 @@ class DetectionReport:
         if self.baseline is not None:
             lines.append(
                 f"Autoencoder baseline: score {self.baseline.score:.4f}, threshold {self.baseline.threshold:.4f} "
-                f"-> {'anomalous' if self.baseline.anomalous else 'normal'}."
+                f"-> {verdict(self.baseline.score, self.baseline.threshold)}."
             )
         return "\n\n".join(lines)
 
@@ -220,46 +208,6 @@ def _step_images(
     return items
 
 
-def _is_number(value: object) -> bool:
-    """A real number (numpy's too), but not a bool, a string or anything else a request may carry."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_whole(value: numbers.Real) -> bool:
-    # Integers are whole already, and math.isfinite cannot even take one with 400 digits.
-    return isinstance(value, numbers.Integral) or (math.isfinite(value) and value == int(value))
-
-
-def _shown(value: object, limit: int = 24) -> str:
-    """A request's value for an error message, cut short (a request may send anything, of any length)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-def check_iterations(value: object) -> int:
-    """The iteration count T of a request: a whole number from 0 to MAX_CALIBRATED_ITERATIONS (the sliders send
-    floats such as 2.0). ValueError naming the value otherwise."""
-    if not _is_number(value) or not _is_whole(value):
-        raise ValueError(
-            f"iterations must be a whole number from 0 to {MAX_CALIBRATED_ITERATIONS}, got {_shown(value)}"
-        )
-    if not 0 <= value <= MAX_CALIBRATED_ITERATIONS:
-        raise ValueError(
-            f"iterations must be between 0 and {MAX_CALIBRATED_ITERATIONS} (the score thresholds are calibrated "
-            f"up to there), got {_shown(value)}"
-        )
-    return int(value)
-
-
-def check_ssim_threshold(value: object) -> float | None:
-    """The SSIM threshold tau of a request: None (the calibrated one) or a number in SSIM's range [-1, 1]."""
-    if value is None:
-        return None
-    if not _is_number(value) or not -1.0 <= value <= 1.0:  # NaN fails the comparison too
-        raise ValueError(f"the SSIM threshold tau must be a number from -1 to 1, got {_shown(value)}")
-    return float(value)
-
-
 def _effective_tau(calibrated: float | None, requested: float | None) -> float | None:
     """The tau to run with: the calibrated one, unless another was asked for (a slider value within half a step of
     the calibrated tau is the calibrated tau)."""
@@ -276,11 +224,6 @@ def display_image(image: Tensor) -> Tensor:
         return image
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     return F.interpolate(image[None], size=size, mode="area")[0]
-
-
-def output_name(image_path: str | Path) -> str:
-    """The stem the output files of an image are named after, cut to MAX_NAME_LENGTH characters."""
-    return Path(image_path).stem[:MAX_NAME_LENGTH] or "image"
 
 
 def detect_image(
@@ -305,7 +248,7 @@ def detect_image(
     requested_tau = check_ssim_threshold(ssim_threshold)
     detector = store.get(category, variant)
     if detector.kind == "i3ad":
-        iterations = detector.settings.iterations if requested_iterations is None else requested_iterations
+        iterations = detector.default_iterations if requested_iterations is None else requested_iterations
         tau = _effective_tau(detector.calibration.ssim_threshold, requested_tau)
     else:
         iterations, tau = 0, None
@@ -363,7 +306,7 @@ def save_report(report: DetectionReport, name: str, out_dir: str | Path) -> list
             "ssim_threshold": "" if report.ssim_threshold is None else f"{report.ssim_threshold:.4f}",
             "score": f"{score:.4f}",
             "score_threshold": f"{limit:.4f}",
-            "verdict": "anomalous" if score > limit else "normal",
+            "verdict": verdict(score, limit),
         }
         for t, (score, limit) in enumerate(zip(report.step_scores, report.step_thresholds, strict=True))
     ]
@@ -375,7 +318,7 @@ def save_report(report: DetectionReport, name: str, out_dir: str | Path) -> list
                 "ssim_threshold": "",
                 "score": f"{report.baseline.score:.4f}",
                 "score_threshold": f"{report.baseline.threshold:.4f}",
-                "verdict": "anomalous" if report.baseline.anomalous else "normal",
+                "verdict": verdict(report.baseline.score, report.baseline.threshold),
             }
         )
     with open(scores, "w", newline="") as handle:

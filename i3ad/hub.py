@@ -1,9 +1,9 @@
 """Where the app finds checkpoints: a local folder first, then a Hugging Face Hub model repo; and the upload.
 
-The Hub repo has the local layout, ``<category>/<variant>/{config.json, model.safetensors, detector.json, README.md}``,
-so ``python -m i3ad upload`` mirrors a local ``checkpoints/`` folder into it. Downloads go through huggingface_hub's
-cache (``HF_HOME`` / ``HF_HUB_CACHE``) and honour ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT``; only the four files of the
-requested checkpoint are fetched, and the weights are only ever read as safetensors (``load_checkpoint``).
+The Hub repo has the local layout, ``<category>/<variant>/<CHECKPOINT_FOLDER_FILES>`` (``i3ad.checkpoints``), so
+``python -m i3ad upload`` mirrors a local ``checkpoints/`` folder into it. Downloads go through huggingface_hub's cache
+(``HF_HOME`` / ``HF_HUB_CACHE``) and honour ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT``; only the files of the requested
+checkpoint are fetched, and the weights are only ever read as safetensors (``load_checkpoint``).
 
 Environment: ``I3AD_CHECKPOINTS`` (the local folder, default ``checkpoints``), ``I3AD_HUB_REPO`` (e.g.
 ``user/i3ad-checkpoints``; unset = local only), ``I3AD_HUB_REVISION`` (branch, tag or commit; default ``main``).
@@ -50,14 +50,12 @@ def check_repo_id(repo_id: str) -> str:
 
 def check_name(kind: str, name: str) -> str:
     """A category or variant name that is safe as one path component (no '..', no '/'); CheckpointError otherwise."""
-    message = f"{kind} {name!r} is not a valid name: use letters, digits, '_', '-' and '.', e.g. 'bottle'"
-    # The newline is checked here because the "$" of check_category_name's pattern also matches before a final "\n".
-    if not isinstance(name, str) or "\n" in name:
-        raise CheckpointError(message)
     try:
         return check_category_name(name)
     except DatasetError:
-        raise CheckpointError(message) from None
+        raise CheckpointError(
+            f"{kind} {name!r} is not a valid name: use letters, digits, '_', '-' and '.', e.g. 'bottle'"
+        ) from None
 
 
 def _hub_patterns(category: str, variant: str) -> list[str]:

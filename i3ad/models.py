@@ -1,7 +1,8 @@
 """The two networks: the mask-conditioned inpainting U-Net of I3AD and the AE-SSIM baseline autoencoder.
 
-Both are plain ``nn.Module``s whose constructor arguments are their whole configuration (``config``), so a checkpoint
-is ``config.json`` + ``model.safetensors`` (see ``i3ad.checkpoints``). Images are [B, C, H, W] in [0, 1].
+Both are plain ``nn.Module``s whose constructor arguments are their whole configuration (``config``), so a network
+is stored as ``config.json`` + ``model.safetensors`` (a checkpoint's other files: ``i3ad.checkpoints``). Images are
+[B, C, H, W] in [0, 1].
 """
 
 from __future__ import annotations

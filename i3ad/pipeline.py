@@ -23,7 +23,7 @@ from i3ad.evaluation import (
 )
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.preprocessing import Preprocessing
-from i3ad.scoring import DetectionSettings
+from i3ad.scoring import DetectionSettings, autocast_for
 from i3ad.training import TrainConfig, split_holdout, train
 
 
@@ -34,11 +34,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu")
     return torch.device(device)
-
-
-def autocast_for(device: torch.device, bf16: bool) -> torch.dtype | None:
-    """bfloat16 autocast for the network when asked for and on CUDA; None (float32) otherwise."""
-    return torch.bfloat16 if bf16 and device.type == "cuda" else None
 
 
 def train_category(
@@ -226,6 +221,5 @@ def evaluate_by_defect(detector: AnomalyDetector, test: TestSet, *, batch_size: 
     """Metrics of one checkpoint at its default settings, one row per defect type (see ``metrics_by_defect``)."""
     maps = map_batches(lambda images: detector.run(images).anomaly_map, test.images, batch_size=batch_size)
     table = metrics_by_defect(test, torch.cat(maps))
-    iterations = detector.settings.iterations if detector.kind == "i3ad" else 0
-    table = table.assign(category=detector.category, model=detector.name, iterations=iterations)
+    table = table.assign(category=detector.category, model=detector.name, iterations=detector.default_iterations)
     return table[list(BY_DEFECT_COLUMNS)]

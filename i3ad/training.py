@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from i3ad.masks import random_training_masks
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
-from i3ad.scoring import paint
+from i3ad.scoring import autocast_for, network_autocast, paint
 
 MODEL_KINDS = ("i3ad", "ae")
 AUGMENTATIONS = ("hflip", "vflip", "rot90")
@@ -27,7 +27,7 @@ class TrainConfig:
     model: str = "i3ad"  # "i3ad" (inpainting U-Net) or "ae" (AE-SSIM baseline)
     steps: int = 2000  # optimiser steps
     batch_size: int = 32
-    learning_rate: float = 5e-4  # AdamW peak; linear warm-up over 100 steps, then cosine decay to 5 %
+    learning_rate: float = 5e-4  # AdamW peak; linear warm-up (100 steps, a tenth of short runs), cosine decay to 5 %
     weight_decay: float = 1e-4
     base_width: int = 32  # U-Net / autoencoder width; 16 gives the CPU demo model
     latent_dim: int = 128  # autoencoder bottleneck size (ignored for i3ad)
@@ -41,7 +41,6 @@ class TrainConfig:
     # A time budget: the step count is cut to what fits, measured on the first steps, so that the learning-rate
     # schedule still decays to its end; training stops at the budget regardless (then calibrates and saves).
     max_minutes: float | None = None
-    extra: dict = field(default_factory=dict)  # free-form notes stored with the checkpoint (e.g. the command line)
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_KINDS:
@@ -138,7 +137,7 @@ def train(
     # The compiled module shares the model's parameters; the model itself is what gets returned and saved.
     network = torch.compile(model) if config.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    autocast_dtype = torch.bfloat16 if config.bf16 and device.type == "cuda" else None
+    autocast_dtype = autocast_for(device, config.bf16)
     log: list[dict] = []
     started = time.perf_counter()
     total_steps = config.steps
@@ -158,7 +157,7 @@ def train(
             masks = random_training_masks(config.batch_size, (size, size), generator=generator, device=device)
             reconstructions = paint(network, batch, masks, autocast_dtype)
         else:
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with network_autocast(device, autocast_dtype):
                 reconstructions = network(batch)
         # 3. Loss on the image as detection will see it (kept pixels are exact, so only hidden ones teach).
         loss = reconstruction_loss(reconstructions, batch, config.l2_weight)

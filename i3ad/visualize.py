@@ -1,13 +1,20 @@
-"""Images for people: anomaly heat-maps over the input, binary masks, side-by-side step strips."""
+"""Images for people: anomaly heat-maps over the input and binary masks, and the names of their files."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-import torch
 import torch.nn.functional as F
 from PIL import Image
 from plotly.colors import sample_colorscale, unlabel_rgb
 from torch import Tensor
+
+# Heat-maps are coloured from 0 to this multiple of the score threshold, so the threshold sits mid-scale: normal images
+# stay dark, anomalies glow.
+HEATMAP_RANGE = 2.0
+# Output files are named after the input; longer names are cut so that "<name>_heatmap.png" fits the file system.
+MAX_NAME_LENGTH = 100
 
 _LUT = np.array([unlabel_rgb(c) for c in sample_colorscale("Inferno", np.linspace(0, 1, 256))], dtype=np.uint8)
 
@@ -43,6 +50,6 @@ def binary_mask_image(anomaly_map: Tensor, threshold: float, size: tuple[int, in
     return to_pil(mask)
 
 
-def step_strip(tensors: list[Tensor]) -> Image.Image:
-    """Images [C, H, W] side by side (greyscale ones repeated to RGB)."""
-    return to_pil(torch.cat([t.expand(3, -1, -1) if t.shape[0] == 1 else t for t in tensors], dim=-1))
+def output_name(image_path: str | Path) -> str:
+    """The stem the output files of an image are named after, cut to MAX_NAME_LENGTH characters."""
+    return Path(image_path).stem[:MAX_NAME_LENGTH] or "image"

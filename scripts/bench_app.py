@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,7 +84,7 @@ def main() -> None:
                         args.category, args.variant, handle_file(str(image)), iterations, None, api_name="/detect"
                     )
                     times.append(time.perf_counter() - begun)
-                best, median = min(times[1:]), sorted(times[1:])[len(times[1:]) // 2]
+                best, median = min(times[1:]), statistics.median(times[1:])
                 rows.append(
                     (f"one 256x256 upload, {args.variant}", f"T={iterations}", f"{median:.2f} s (best {best:.2f})")
                 )

@@ -73,3 +73,15 @@ def synthetic_root(tmp_path_factory) -> tuple:
     """
     data_root = tmp_path_factory.mktemp("data")
     return data_root, make_synthetic_category(data_root, "synthetic")
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """Reads what a failed ``i3ad.cli.main`` run printed: an "error: ..." line, never a traceback."""
+
+    def read() -> str:
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err, err
+        return err
+
+    return read

@@ -25,13 +25,6 @@ I3AD_TRAIN = [*SMALL, "--steps", "80", "--learning-rate", "2e-3"]
 AE_TRAIN = [*SMALL, "--latent-dim", "16", "--steps", "10"]
 
 
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("error: "), err
-    assert "Traceback" not in err
-    return err
-
-
 @pytest.fixture(scope="module")
 def trained(synthetic_root, tmp_path_factory) -> tuple[Path, Path]:
     """(data_root, checkpoints root) with synthetic/i3ad and synthetic/ae trained once through the CLI."""
@@ -275,13 +268,13 @@ def test_bench_compiles_the_network_afresh_for_each_precision(trained, monkeypat
 
 
 @pytest.mark.slow
-def test_evaluate_errors_with_checkpoints(trained, tmp_path, capsys):
+def test_evaluate_errors_with_checkpoints(trained, tmp_path, cli_error):
     data_root, checkpoints = trained
     common = ["evaluate", "--checkpoints", str(checkpoints), "--device", "cpu", "--out", str(tmp_path / "r.csv")]
     assert main([*common, "--data-root", str(tmp_path / "no-data")]) == 2
-    assert "not found" in _error(capsys)
+    assert "not found" in cli_error()
     assert main([*common, "--data-root", str(data_root), "--category", "other"]) == 2
-    err = _error(capsys)
+    err = cli_error()
     assert "no checkpoint for category 'other'" in err and "synthetic" in err
     assert not (tmp_path / "r.csv").exists()
 
@@ -307,64 +300,64 @@ def _train(data_root, category: str, out: Path) -> list[str]:
     return ["train", "--data-root", str(data_root), "--category", category, "--out", str(out), "--device", "cpu"]
 
 
-def test_train_with_a_wrong_data_root(tmp_path, capsys):
+def test_train_with_a_wrong_data_root(tmp_path, cli_error):
     assert main([*_train(tmp_path / "missing", "synthetic", tmp_path / "ck"), "--steps", "1"]) == 2
-    err = _error(capsys)
+    err = cli_error()
     assert "synthetic" in err and str(tmp_path / "missing") in err
     assert not (tmp_path / "ck").exists()
 
 
-def test_train_with_an_unknown_category(synthetic_root, tmp_path, capsys):
+def test_train_with_an_unknown_category(synthetic_root, tmp_path, cli_error):
     data_root, _ = synthetic_root
     assert main([*_train(data_root, "nosuch", tmp_path / "ck"), "--steps", "1"]) == 2
-    err = _error(capsys)
+    err = cli_error()
     assert "'nosuch' not found" in err and "found: synthetic" in err
 
 
 @pytest.mark.parametrize("category", ["../synthetic", "a/b", ".."])
-def test_train_with_an_unsafe_category(synthetic_root, tmp_path, capsys, category):
+def test_train_with_an_unsafe_category(synthetic_root, tmp_path, category, cli_error):
     data_root, _ = synthetic_root
     assert main([*_train(data_root, category, tmp_path / "ck"), "--steps", "1"]) == 2
-    assert "not a valid name" in _error(capsys)
+    assert "not a valid name" in cli_error()
 
 
-def test_train_with_bad_settings(synthetic_root, tmp_path, capsys):
+def test_train_with_bad_settings(synthetic_root, tmp_path, cli_error):
     data_root, _ = synthetic_root
     assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--augment", "twirl"]) == 2
-    assert "twirl" in _error(capsys)
+    assert "twirl" in cli_error()
     assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--steps", "0"]) == 2
-    assert "steps" in _error(capsys)
+    assert "steps" in cli_error()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_train_on_a_missing_gpu(synthetic_root, tmp_path, capsys):
+def test_train_on_a_missing_gpu(synthetic_root, tmp_path, cli_error):
     data_root, _ = synthetic_root
     args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--steps", "1"]
     args[args.index("--device") + 1] = "cuda"
     assert main(args) == 2
-    assert "no CUDA GPU" in _error(capsys)
+    assert "no CUDA GPU" in cli_error()
 
 
-def test_detect_with_a_missing_checkpoint_folder(synthetic_root, tmp_path, capsys):
+def test_detect_with_a_missing_checkpoint_folder(synthetic_root, tmp_path, cli_error):
     _, folder = synthetic_root
     args = ["detect", str(folder / "test" / "good"), "--checkpoint", str(tmp_path / "nothing" / "i3ad")]
     assert main([*args, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
-    err = _error(capsys)
+    err = cli_error()
     assert "does not exist" in err and str(tmp_path / "nothing" / "i3ad") in err
 
 
-def test_detect_with_a_broken_checkpoint(tmp_path, capsys):
+def test_detect_with_a_broken_checkpoint(tmp_path, cli_error):
     folder = tmp_path / "ck"
     folder.mkdir()
     (folder / "detector.json").write_text("{}")
     (folder / "config.json").write_text('{"architecture": "InpaintingUNet", "base_width": 8}')
     args = ["detect", str(tmp_path), "--checkpoint", str(folder), "--out", str(tmp_path / "out"), "--device", "cpu"]
     assert main(args) == 2
-    assert "model.safetensors is missing" in _error(capsys)
+    assert "model.safetensors is missing" in cli_error()
 
 
-def test_evaluate_with_a_missing_checkpoints_root(synthetic_root, tmp_path, capsys):
+def test_evaluate_with_a_missing_checkpoints_root(synthetic_root, tmp_path, cli_error):
     data_root, _ = synthetic_root
     args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(tmp_path / "none")]
     assert main([*args, "--device", "cpu", "--out", str(tmp_path / "r.csv")]) == 2
-    assert "no checkpoints under" in _error(capsys)
+    assert "no checkpoints under" in cli_error()

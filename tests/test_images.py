@@ -112,7 +112,7 @@ def test_exif_rotated_jpeg(tmp_path):
     assert tensor[:, 12:].mean() < 0.1
 
 
-def test_bytes_input_and_pil_input(tmp_path):
+def test_bytes_input_and_pil_input():
     array = _rgb_array(16, 16, seed=2)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
