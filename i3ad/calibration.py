@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -43,6 +44,13 @@ class Calibration:
     holdout_images: int
     normal_error: NormalError | None = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        thresholds = self.score_thresholds
+        if not isinstance(thresholds, (list, tuple)) or not thresholds or not all(map(_is_finite, thresholds)):
+            raise ValueError(f"score_thresholds must be a non-empty list of finite numbers, got {thresholds!r}")
+        if self.ssim_threshold is not None and not _is_finite(self.ssim_threshold):
+            raise ValueError(f"ssim_threshold must be a finite number or None, got {self.ssim_threshold!r}")
+
     def score_threshold(self, iterations: int) -> float:
         return self.score_thresholds[min(iterations, len(self.score_thresholds) - 1)]
 
@@ -53,6 +61,10 @@ class Calibration:
             "score_thresholds": list(self.score_thresholds),
             "holdout_images": self.holdout_images,
         }
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def quantile(values: Tensor, q: float) -> float:

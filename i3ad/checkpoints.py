@@ -155,6 +155,8 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> A
             name=str(record["name"]),
             info=dict(record.get("info", {})),
         )
+    except CheckpointError:
+        raise  # a damaged normal-error file says so itself
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{folder / DETECTOR_FILE} is incomplete or invalid: {error!r}") from None
     if detector.preprocessing.channels != model.config["channels"]:

@@ -16,9 +16,9 @@ from i3ad.batching import unless_out_of_gpu_memory
 from i3ad.benchmark import COMPILE_MODES
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE
 from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_record
-from i3ad.data import DatasetError, check_category_name, index_category, list_categories
-from i3ad.detector import check_iterations, check_ssim_threshold, verdict
-from i3ad.evaluation import METRIC_COLUMNS
+from i3ad.data import CategoryIndex, DatasetError, check_category_name, index_category, list_categories
+from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
+from i3ad.evaluation import METRIC_COLUMNS, TestSet
 from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
 from i3ad.pipeline import (
     evaluate_by_defect,
@@ -68,6 +68,7 @@ def _augmentations(value: str, category: str) -> tuple[str, ...]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
+    check_iterations(args.iterations)  # the default T must be one the score thresholds are calibrated for
     command = _command_line()
     for category in _categories(args.data_root, args.category):
         index = index_category(args.data_root, category)
@@ -132,68 +133,97 @@ def _apply_tf32_choice(args: argparse.Namespace) -> None:
         torch.backends.cudnn.allow_tf32 = False
 
 
+def _output_file(path: str) -> Path:
+    """``--out`` as a file that can be written, checked before any work is done."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'results.csv'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot create its folder ({error})") from None
+    return out
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     _apply_tf32_choice(args)
+    out = _output_file(args.out)
     available = list_checkpoints(args.checkpoints)
     if not available:
         raise CheckpointError(f"no checkpoints under {args.checkpoints} (expected <category>/<model>/detector.json)")
     categories = sorted(available) if args.category == ["all"] else [check_category_name(c) for c in args.category]
-    tables = []
+    # Every category and model is looked up before anything is computed, so a typo does not cost a finished run.
+    jobs = []
     for category in categories:
         if category not in available:
             raise CheckpointError(
                 f"no checkpoint for category {category!r} under {args.checkpoints} "
                 f"(have: {', '.join(sorted(available))})"
             )
-        index = index_category(args.data_root, category)
+        names = [name for name in available[category] if not args.model or name in args.model]
+        if not names:
+            raise CheckpointError(
+                f"no checkpoint named {' or '.join(args.model)} for category {category!r} "
+                f"(have: {', '.join(available[category])})"
+            )
+        jobs.append((index_category(args.data_root, category), names))
+    tables = []
+    for index, names in jobs:
         test_sets = {}
-        for name in available[category]:
-            if args.model and name not in args.model:
-                continue
-            detector = load_checkpoint(Path(args.checkpoints) / category / name, device)
+        for name in names:
+            detector = load_checkpoint(Path(args.checkpoints) / index.name / name, device)
             key = tuple(detector.preprocessing.to_dict().values())
             if key not in test_sets:
                 test_sets = {key: load_test_set(index, detector.preprocessing, device)}
             started = time.perf_counter()
             if args.by_defect:
                 table = evaluate_by_defect(detector, test_sets[key], batch_size=args.batch_size)
-                tables.append(table)
-                print(f"{category}/{name}: {len(table)} defect types in {time.perf_counter() - started:.1f} s")
-                continue
-            try:
-                holdout = holdout_images(detector, index).to(device)
-            except ValueError as error:
-                holdout = None
-                print(f"{category}/{name}: no normal-error rows ({error})")
-            table = evaluate_detector(
-                detector,
-                test_sets[key],
-                holdout=holdout,
-                thresholds=args.thresholds,
-                max_iterations=args.iterations,
-                cell_sizes=args.cell_sizes,
-                measures=args.measures,
-                sigmas=args.sigmas,
-                batch_size=args.batch_size,
-                bf16=args.bf16,
-                compile_network=args.compile,
-            )
+                print(f"{index.name}/{name}: {len(table)} defect types in {time.perf_counter() - started:.1f} s")
+            else:
+                table = _evaluate_sweep(args, detector, index, test_sets[key], device)
+                print(f"{index.name}/{name}: {len(table)} rows in {time.perf_counter() - started:.1f} s{_best(table)}")
             tables.append(table)
-            best = table.loc[table["image_auroc"].idxmax()]
-            print(
-                f"{category}/{name}: {len(table)} rows in {time.perf_counter() - started:.1f} s; best image AUROC "
-                f"{best['image_auroc']:.3f} (T={best['iterations']}, tau={best['ssim_threshold']:.3g})"
-            )
-    result = pd.concat(tables, ignore_index=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result.to_csv(out, index=False, float_format="%.4f")
-    print(f"wrote {len(result)} rows to {out}")
+            # Written after every model, so that an interrupted run keeps what it finished.
+            pd.concat(tables, ignore_index=True).to_csv(out, index=False, float_format="%.4f")
+    print(f"wrote {sum(len(table) for table in tables)} rows to {out}")
+
+
+def _evaluate_sweep(
+    args: argparse.Namespace, detector: AnomalyDetector, index: CategoryIndex, test: TestSet, device: torch.device
+) -> pd.DataFrame:
+    try:
+        holdout = holdout_images(detector, index).to(device)
+    except ValueError as error:
+        holdout = None
+        print(f"{index.name}/{detector.name}: no normal-error rows ({error})")
+    return evaluate_detector(
+        detector,
+        test,
+        holdout=holdout,
+        thresholds=args.thresholds,
+        max_iterations=args.iterations,
+        cell_sizes=args.cell_sizes,
+        measures=args.measures,
+        sigmas=args.sigmas,
+        batch_size=args.batch_size,
+        bf16=args.bf16,
+        compile_network=args.compile,
+    )
+
+
+def _best(table: pd.DataFrame) -> str:
+    """ "; best image AUROC ..." for the progress line, or nothing when the test set has one class only."""
+    if table["image_auroc"].isna().all():
+        return "; no image AUROC (the test set holds normal or anomalous images only)"
+    best = table.loc[table["image_auroc"].idxmax()]
+    return f"; best image AUROC {best['image_auroc']:.3f} (T={best['iterations']}, tau={best['ssim_threshold']:.3g})"
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
+    if args.iterations is not None:
+        check_iterations(args.iterations)  # the new default T must be one the score thresholds are calibrated for
     for folder in args.checkpoint:
         detector = load_checkpoint(folder, device)
         changes = {
@@ -239,9 +269,10 @@ def cmd_detect(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     detector = load_checkpoint(args.checkpoint, device)
     # The settings are checked once, before any image is read, rather than failing on every image.
+    # A checkpoint's own default T is checked as well: it may have been edited beyond the calibrated range.
     iterations = detector.default_iterations
-    if detector.kind == "i3ad" and args.iterations is not None:
-        iterations = check_iterations(args.iterations)
+    if detector.kind == "i3ad":
+        iterations = check_iterations(iterations if args.iterations is None else args.iterations)
     ssim_threshold = check_ssim_threshold(args.ssim_threshold)
     inputs = _inputs(args.inputs)
     out = Path(args.out)
@@ -306,6 +337,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     detector = load_checkpoint(args.checkpoint, device)
+    if detector.kind != "i3ad":
+        raise ValueError(f"bench times the iterative inpainting: {args.checkpoint} is an autoencoder, give an I3AD one")
     if args.data_root:
         paths = [s.image for s in index_category(args.data_root, detector.category).test]
         images = load_images(paths[: max(args.batch_sizes)], detector.preprocessing)
@@ -436,7 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--ssim-threshold", type=float, default=DetectionSettings.ssim_threshold)
     train.add_argument(
-        "--iterations", type=int, default=DetectionSettings.iterations, help="default T stored with the checkpoint"
+        "--iterations",
+        type=int,
+        default=DetectionSettings.iterations,
+        help="default T stored with the checkpoint",
     )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -142,7 +142,8 @@ def metrics_by_defect(test: TestSet, maps: Tensor) -> pd.DataFrame:
                 **part.metrics(maps[subset]),
             }
         )
-    return pd.DataFrame(rows)
+    # An all-normal test set has no rows, but the table keeps its columns.
+    return pd.DataFrame(rows, columns=["defect", "defect_images", "defect_pixel_share", *METRIC_COLUMNS])
 
 
 def _variants(settings: DetectionSettings, measures: Iterable[str] | None, sigmas: Iterable[float] | None):

@@ -193,4 +193,9 @@ def upload_checkpoints(
         raise CheckpointError(
             f"upload to Hub repo {repo_id!r} failed: {summary} (log in with `hf auth login` or set HF_TOKEN)"
         ) from None
+    except Exception as error:  # offline mode, or a failed name lookup or connection (the HTTP client's own errors)
+        summary = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(
+            f"upload to Hub repo {repo_id!r} failed: {summary} (is the network up, and HF_HUB_OFFLINE unset?)"
+        ) from None
     return chosen

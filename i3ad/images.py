@@ -102,11 +102,18 @@ def _wide_values(image: Image.Image, name: str) -> np.ndarray:
     array = np.asarray(image, dtype=np.float32)
     if not np.isfinite(array).all():
         raise ImageReadError(f"{name}: the image holds NaN or infinite values")
-    peak = float(array.max(initial=0.0))
+    low, peak = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    if low < 0:
+        raise ImageReadError(
+            f"{name}: {image.mode} image with negative values (down to {low:g}); intensities start at 0"
+        )
     if image.mode.startswith("I;16"):
         scale = 65535.0  # 16-bit even when the image is dark
     elif image.mode == "F" and peak <= 1.0:
         scale = 1.0
+    elif image.mode == "F" and not np.array_equal(array, np.round(array)):
+        # Whole numbers may be 8- or 16-bit values stored as floats; fractions above 1 have no scale to guess.
+        raise ImageReadError(f"{name}: float image with values up to {peak:g}; float intensities must lie in [0, 1]")
     else:
         scale = next((limit for limit in _VALUE_RANGES if peak <= limit), None)
         if scale is None:
@@ -114,7 +121,7 @@ def _wide_values(image: Image.Image, name: str) -> np.ndarray:
                 f"{name}: {image.mode} image with values up to {peak:g}, beyond 16 bits; "
                 "save it as an 8- or 16-bit image"
             )
-    return np.clip(array / scale, 0.0, 1.0)
+    return array / scale
 
 
 def _pixels(image: Image.Image, channels: int, name: str) -> np.ndarray:

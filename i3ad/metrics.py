@@ -34,6 +34,13 @@ def binary_auroc(scores: Tensor, labels: Tensor) -> float:
     return (positive_rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
 
 
+def _last_of_tied(ordered: Tensor) -> Tensor:
+    """For sorted scores: True at the last index of each group of equal scores, the only real thresholds."""
+    last = torch.ones_like(ordered, dtype=torch.bool)
+    last[:-1] = ordered[1:] != ordered[:-1]
+    return last
+
+
 def f1_max(scores: Tensor, labels: Tensor) -> float:
     """The best F1 score over all thresholds (predict anomalous when score >= threshold). NaN without positives."""
     scores, labels = _flat(scores, labels)
@@ -43,9 +50,7 @@ def f1_max(scores: Tensor, labels: Tensor) -> float:
     ordered, order = scores.sort(descending=True)
     true_positives = labels[order].double().cumsum(0)
     predicted = torch.arange(1, scores.numel() + 1, device=scores.device, dtype=torch.float64)
-    # Only the last index of each group of tied scores is a real threshold.
-    last_of_group = torch.ones_like(ordered, dtype=torch.bool)
-    last_of_group[:-1] = ordered[1:] != ordered[:-1]
+    last_of_group = _last_of_tied(ordered)
     tp, n = true_positives[last_of_group], predicted[last_of_group]
     return (2 * tp / (n + positives)).max().item()
 
@@ -82,8 +87,7 @@ def aupro(anomaly_maps: Tensor, masks: Tensor, *, fpr_limit: float = 0.3, region
     ordered, order = scores.sort(descending=True)
     fpr = background[order].double().cumsum(0) / background.sum()
     pro = weight[order].cumsum(0)
-    last_of_group = torch.ones_like(ordered, dtype=torch.bool)
-    last_of_group[:-1] = ordered[1:] != ordered[:-1]
+    last_of_group = _last_of_tied(ordered)
     zero = torch.zeros(1, dtype=torch.float64, device=scores.device)
     fpr, pro = torch.cat([zero, fpr[last_of_group]]), torch.cat([zero, pro[last_of_group]])
     # Cut the curve at fpr_limit, interpolating the point on it.

@@ -11,7 +11,7 @@ import torch
 from i3ad.batching import map_batches
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE, Calibration, calibrate_autoencoder, calibrate_inpainting
 from i3ad.checkpoints import save_checkpoint
-from i3ad.data import CategoryIndex, load_images, load_masks, load_regions
+from i3ad.data import NORMAL, CategoryIndex, DatasetError, load_images, load_masks, load_regions
 from i3ad.detector import AnomalyDetector
 from i3ad.evaluation import (
     BY_DEFECT_COLUMNS,
@@ -31,9 +31,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     """ "auto" picks CUDA when present, else the CPU; asking for CUDA without a GPU is a clear error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not one i3ad runs on; use auto, cpu, cuda or cuda:N")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu")
-    return torch.device(device)
+    return chosen
 
 
 def train_category(
@@ -63,8 +69,13 @@ def train_category(
     preprocessing = Preprocessing(
         image_size=image_size, channels=1 if index.greyscale else 3, normalization=normalization, geometry=geometry
     )
+    train_ids, holdout_ids = split_holdout(len(index.train), config.holdout_fraction, config.seed)
+    if not holdout_ids:  # checked before training, not after it
+        raise ValueError(
+            f"{index.name}: {len(index.train)} image(s) in train/good at holdout fraction {config.holdout_fraction} "
+            "leave none held out to calibrate on; use at least 2 images and a fraction > 0"
+        )
     images = load_images(index.train, preprocessing)
-    train_ids, holdout_ids = split_holdout(len(images), config.holdout_fraction, config.seed)
     model, log = train(images[train_ids], config, device=device, progress=progress)
     if half_precision:
         # Calibrate the weights exactly as they will be stored, so the thresholds fit the saved model.
@@ -92,6 +103,8 @@ def train_category(
             "train_log": log,
             "device": str(device),
             "train_images": len(train_ids),
+            # By name, so that evaluate and calibrate find exactly these again (``holdout_images``).
+            "holdout_files": [index.train[i].name for i in holdout_ids],
             **(info or {}),
         },
     )
@@ -122,9 +135,29 @@ def calibrate(
 
 
 def _holdout_paths(detector: AnomalyDetector, index: CategoryIndex) -> list[Path]:
+    """The checkpoint's held-out images in ``index``: by their recorded names, or for a checkpoint that records only
+    its split, the same split of a train/good folder of the same size. Any other folder would mix images the model
+    was trained on into the held-out ones, so it is refused."""
+    names = detector.info.get("holdout_files")
+    if names is not None:
+        folder = index.root / "train" / NORMAL
+        missing = [name for name in names if not (folder / name).is_file()]
+        if missing:
+            raise DatasetError(
+                f"{folder} lacks {len(missing)} of the {len(names)} images {detector.category}/{detector.name} was "
+                f"calibrated on (e.g. {missing[0]!r}): evaluate and calibrate need the data it was trained on"
+            )
+        return [folder / name for name in names]
     training = detector.info.get("training", {})
     if "holdout_fraction" not in training or "seed" not in training:
         raise ValueError("the checkpoint does not record its training split (info.training.holdout_fraction, seed)")
+    split_over = detector.info.get("train_images", 0) + detector.calibration.holdout_images
+    if len(index.train) != split_over:
+        raise DatasetError(
+            f"{detector.category}/{detector.name} was split over {split_over} images of train/good and "
+            f"{index.root / 'train' / NORMAL} holds {len(index.train)}: its held-out images cannot be found again "
+            "there; evaluate and calibrate need the data it was trained on"
+        )
     _, holdout_ids = split_holdout(len(index.train), training["holdout_fraction"], training["seed"])
     return [index.train[i] for i in holdout_ids]
 

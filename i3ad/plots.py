@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
+from i3ad.evaluation import RESULT_COLUMNS
 from i3ad.scoring import DetectionSettings
 
 METRIC_LABELS = {
@@ -28,11 +29,14 @@ def load_results(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; create it with `python -m i3ad evaluate ... --out {path}`")
     table = pd.read_csv(path)
-    missing = {"category", "model", "iterations", "image_auroc"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path} is not an i3ad results table (missing columns {sorted(missing)})")
     if "normal_error_subtracted" not in table.columns:  # tables written before the normal error existed
         table["normal_error_subtracted"] = False
+    missing = set(RESULT_COLUMNS) - set(table.columns)
+    if missing:
+        raise ValueError(
+            f"{path} is not a results table of `python -m i3ad evaluate` (missing columns {sorted(missing)}); "
+            "per-defect tables (--by-defect) are not summarised"
+        )
     return table
 
 

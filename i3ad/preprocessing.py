@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from i3ad.images import MIN_SIDE
+
 NORMALIZATIONS = ("none", "standardize")
 GEOMETRIES = ("stretch", "fit")
 # "fit" leaves this share of the frame's side on every side for mirrored context.
@@ -56,6 +58,12 @@ class Preprocessing:
         inner = size - 2 * round(size * _FIT_MARGIN)
         scale = inner / max(height, width)
         content_height, content_width = max(1, round(height * scale)), max(1, round(width * scale))
+        if min(content_height, content_width) < MIN_SIDE:
+            # A sliver would be all mirrored fill: nothing left to inspect, and a score near 0 would read "normal".
+            raise ValueError(
+                f"a {width}x{height} image is too elongated for this model: fitted into its {size}-px frame its short "
+                f"side would be {min(content_height, content_width)} px (at least {MIN_SIDE}); cut it into parts"
+            )
         return (size - content_height) // 2, (size - content_width) // 2, content_height, content_width
 
     def region(self, height: int, width: int, device: torch.device | str | None = None) -> Tensor:
@@ -100,13 +108,12 @@ class Preprocessing:
 
 
 def _mirror_pad(images: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
-    """Pad [B, C, H, W] by reflection; a pad wider than the image reflects the padded image again."""
+    """Pad [B, C, H, W] (at least MIN_SIDE a side) by reflection; a pad wider than the image reflects the padded image
+    again."""
     while top or bottom or left or right:
         height, width = images.shape[-2:]
-        # Reflection needs a pad smaller than the side; a 1-pixel side can only be repeated.
+        # Reflection needs a pad smaller than the side.
         step = [min(pad, side - 1) for pad, side in ((left, width), (right, width), (top, height), (bottom, height))]
-        if not any(step):
-            return F.pad(images, (left, right, top, bottom), mode="replicate")
         images = F.pad(images, step, mode="reflect")
         left, right, top, bottom = left - step[0], right - step[1], top - step[2], bottom - step[3]
     return images

@@ -279,6 +279,110 @@ def test_evaluate_errors_with_checkpoints(trained, tmp_path, cli_error):
     assert not (tmp_path / "r.csv").exists()
 
 
+def _copy_data(data_root: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "data"
+    shutil.copytree(data_root / "synthetic", copy / "synthetic")
+    return copy
+
+
+@pytest.mark.slow
+def test_evaluate_checks_every_category_model_and_the_output_before_computing(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    common = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--device", "cpu"]
+    assert main([*common, "--model", "i3ad_small", "--out", str(tmp_path / "r.csv")]) == 2
+    assert "no checkpoint named i3ad_small for category 'synthetic' (have: ae, i3ad)" in cli_error()
+    assert main([*common, "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder" in cli_error()
+    assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_test_set_without_defects_keeps_its_rows(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    copy = _copy_data(data_root, tmp_path)
+    for folder in (copy / "synthetic" / "test").iterdir():
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    shutil.rmtree(copy / "synthetic" / "ground_truth")
+    common = ["evaluate", "--data-root", str(copy), "--checkpoints", str(checkpoints), "--device", "cpu"]
+    assert main([*common, "--iterations", "1", "--out", str(tmp_path / "r.csv")]) == 0
+    assert "no image AUROC (the test set holds normal or anomalous images only)" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "r.csv")["image_auroc"].isna().all()
+    assert main([*common, "--by-defect", "--out", str(tmp_path / "d.csv")]) == 0
+    assert pd.read_csv(tmp_path / "d.csv").empty
+
+
+@pytest.mark.slow
+def test_checkpoints_find_their_held_out_images_by_name(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    record = json.loads((checkpoints / "synthetic" / "i3ad" / "detector.json").read_text())
+    held_out = record["info"]["holdout_files"]
+    assert len(held_out) == record["calibration"]["holdout_images"] == 6
+    copy = _copy_data(data_root, tmp_path)
+    train = copy / "synthetic" / "train" / "good"
+    # A training image less changes nothing: the held-out ones are found by name.
+    next(p for p in sorted(train.iterdir()) if p.name not in held_out).unlink()
+    common = ["evaluate", "--data-root", str(copy), "--checkpoints", str(checkpoints), "--model", "i3ad"]
+    common += ["--iterations", "0", "--device", "cpu", "--out", str(tmp_path / "r.csv")]
+    assert main(common) == 0
+    assert pd.read_csv(tmp_path / "r.csv")["normal_error_subtracted"].any()
+    # Without a held-out image there is no normal error to measure; the raw rows still come out.
+    (train / held_out[0]).unlink()
+    assert main(common) == 0
+    assert "no normal-error rows" in capsys.readouterr().out
+    assert not pd.read_csv(tmp_path / "r.csv")["normal_error_subtracted"].any()
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(checkpoints / "synthetic" / "i3ad", folder)
+    assert main(["calibrate", str(folder), "--data-root", str(copy), "--device", "cpu"]) == 2
+    assert f"lacks 1 of the 6 images synthetic/i3ad was calibrated on (e.g. {held_out[0]!r})" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_records_only_its_split_refuses_a_train_folder_of_another_size(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    folder = tmp_path / "ck" / "synthetic" / "i3ad"
+    shutil.copytree(checkpoints / "synthetic" / "i3ad", folder)
+    record = json.loads((folder / "detector.json").read_text())
+    del record["info"]["holdout_files"]  # as written before the names were recorded
+    (folder / "detector.json").write_text(json.dumps(record))
+    copy = _copy_data(data_root, tmp_path)
+    sorted((copy / "synthetic" / "train" / "good").iterdir())[0].unlink()
+    assert main(["calibrate", str(folder), "--data-root", str(copy), "--device", "cpu"]) == 2
+    assert "was split over 60 images of train/good" in cli_error()
+
+
+def test_iteration_counts_beyond_the_calibrated_ones_are_refused(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    folder = checkpoints / "synthetic" / "i3ad"
+    assert main(["calibrate", str(folder), "--data-root", str(data_root), "--iterations", "12"]) == 2
+    assert "iterations must be between 0 and 10" in cli_error()
+    assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--iterations", "11"]) == 2
+    assert "iterations must be between 0 and 10" in cli_error()
+    assert not (tmp_path / "ck").exists()
+
+
+def test_bench_refuses_an_autoencoder(trained, cli_error):
+    _, checkpoints = trained
+    assert main(["bench", "--checkpoint", str(checkpoints / "synthetic" / "ae"), "--device", "cpu"]) == 2
+    assert "is an autoencoder, give an I3AD one" in cli_error()
+
+
+def test_train_refuses_a_category_too_small_to_hold_images_out_before_training(tmp_path, cli_error):
+    make_synthetic_category(tmp_path / "data", "single", train=1, test_good=1, test_per_defect=1)
+    assert main([*_train(tmp_path / "data", "single", tmp_path / "ck"), "--steps", "1"]) == 2
+    assert "1 image(s) in train/good at holdout fraction 0.1 leave none held out" in cli_error()
+    assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize("device", ["gpu", "mps", "cuda:x"])
+def test_a_device_name_i3ad_does_not_run_on_is_a_clear_error(synthetic_root, tmp_path, device, cli_error):
+    data_root, _ = synthetic_root
+    args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--steps", "1"]
+    args[args.index("--device") + 1] = device
+    assert main(args) == 2
+    assert f"device {device!r} is not one i3ad runs on; use auto, cpu, cuda or cuda:N" in cli_error()
+
+
 def test_synth_command(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--category", "tiny", "--size", "32", "--greyscale"]) == 0
     assert "tiny" in capsys.readouterr().out

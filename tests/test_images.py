@@ -219,3 +219,31 @@ def test_read_size_matches_the_decoded_image(tmp_path):
         assert read_size(path) == tuple(read_image(path, 3).shape[-2:])
     with pytest.raises(ImageReadError, match="no such file"):
         read_size(tmp_path / "missing.png")
+
+
+def _float_tiff(values: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(values.astype(np.float32), "F").save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def test_float_images_in_0_1_are_read_as_they_are():
+    values = np.linspace(0, 1, 400).reshape(20, 20)
+    torch.testing.assert_close(read_image(_float_tiff(values), 1)[0], torch.from_numpy(values).float())
+
+
+def test_whole_number_float_images_are_read_as_8_bit_values():
+    values = np.round(np.linspace(0, 200, 400)).reshape(20, 20)
+    torch.testing.assert_close(read_image(_float_tiff(values), 1)[0], torch.from_numpy(values / 255).float())
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "message"),
+    [
+        (0.0, 1.5, r"float image with values up to 1\.5; float intensities must lie in \[0, 1\]"),
+        (-0.5, 0.8, r"F image with negative values \(down to -0\.5\); intensities start at 0"),
+    ],
+)
+def test_float_images_outside_0_1_are_refused_not_rescaled(low, high, message):
+    with pytest.raises(ImageReadError, match=message):
+        read_image(_float_tiff(np.linspace(low, high, 400).reshape(20, 20)), 1)

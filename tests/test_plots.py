@@ -97,3 +97,13 @@ def test_report_command_prints_the_tables_and_the_comparison(results, tmp_path, 
     assert "| mean |" in printed and "T=2" in printed
     assert main(["report", "--results", str(path), "--compare", str(path)]) == 0
     assert "| a | i3ad | 0.0000 |" in capsys.readouterr().out
+
+
+def test_report_refuses_a_table_that_evaluate_did_not_write(tmp_path, capsys):
+    by_defect = tmp_path / "by_defect.csv"
+    pd.DataFrame(
+        {"category": ["a"], "model": ["i3ad"], "iterations": [1], "defect": ["crack"], "image_auroc": [0.9]}
+    ).to_csv(by_defect, index=False)
+    assert main(["report", "--results", str(by_defect)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a results table of `python -m i3ad evaluate`" in err and "--by-defect" in err

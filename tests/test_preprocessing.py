@@ -111,8 +111,8 @@ def test_fit_keeps_the_aspect_ratio_inside_a_margin_and_mirrors_the_rest():
 
 def test_fit_fills_frames_far_wider_than_the_image_and_standardises_the_image_alone():
     preprocessing = Preprocessing(image_size=64, channels=3, normalization="standardize", geometry="fit")
-    # 2 x 400: the content is one pixel high, so the fill repeats it; 40 x 4: the fill reflects again and again.
-    for height, width in [(2, 400), (40, 4)]:
+    # 8 x 56 and 56 x 8: the content is 8 px high (wide), so the fill reflects it again and again.
+    for height, width in [(8, 56), (56, 8)]:
         image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(4))
         frame = preprocessing(image)
         assert frame.shape == (1, 3, 64, 64) and torch.isfinite(frame).all()
@@ -128,3 +128,13 @@ def test_stretch_fills_the_frame():
     assert torch.equal(preprocessing.crop(frames, 30, 90), frames)
     with pytest.raises(ValueError, match="geometry"):
         Preprocessing(geometry="crop")
+
+
+def test_an_image_too_elongated_to_fit_is_refused_not_scored_as_a_sliver():
+    fit = Preprocessing(image_size=256, channels=1, geometry="fit")
+    assert fit.content_box(200, 600)[2:] == (75, 224)
+    with pytest.raises(
+        ValueError, match=r"a 3000x20 image is too elongated .* short side would be 1 px \(at least 8\)"
+    ):
+        fit(torch.rand(1, 20, 3000))
+    assert Preprocessing(image_size=256, channels=1).content_box(20, 3000) == (0, 0, 256, 256)  # stretch has no limit

@@ -468,7 +468,25 @@ DAMAGES = {
     "config not matching the weights": (lambda f: _widen(f / "config.json"), r"does not match .*config\.json"),
     "missing config": (lambda f: (f / "config.json").unlink(), r"config\.json is missing"),
     "invalid detector.json": (lambda f: (f / "detector.json").write_text("{"), r"detector\.json is not valid JSON"),
+    "no score thresholds": (
+        lambda f: _edit_record(f, lambda record: record["calibration"].update(score_thresholds=[])),
+        r"detector\.json is incomplete or invalid: .*score_thresholds must be a non-empty list",
+    ),
+    "a score threshold as text": (
+        lambda f: _edit_record(f, lambda record: record["calibration"].update(score_thresholds="0.3")),
+        r"detector\.json is incomplete or invalid: .*score_thresholds must be a non-empty list",
+    ),
+    "truncated normal error": (
+        lambda f: _truncate(f / "normal_error.safetensors"),
+        r"normal_error\.safetensors is damaged or not a normal-error file",
+    ),
 }
+
+
+def _edit_record(folder: Path, change) -> None:
+    record = json.loads((folder / "detector.json").read_text())
+    change(record)
+    (folder / "detector.json").write_text(json.dumps(record))
 
 
 @pytest.fixture

@@ -250,13 +250,17 @@ def test_calibrate_inpainting_can_keep_tau(unet, images32):
 
 def test_calibrate_scores_and_score_threshold():
     calibration = calibrate_scores(torch.tensor([0.2, 0.9, 0.4]))
-    assert calibration == Calibration(None, None, [pytest.approx(0.9)], 3)
+    assert calibration.score_thresholds == [pytest.approx(0.9)] and calibration.holdout_images == 3
+    assert calibration.ssim_threshold is None and calibration.ssim_quantile is None
     with pytest.raises(ValueError):
         calibrate_scores(torch.tensor([]))
     steps = Calibration(0.5, 0.01, [0.1, 0.2, 0.3], 4)
     assert steps.score_threshold(0) == 0.1
     assert steps.score_threshold(2) == 0.3
     assert steps.score_threshold(50) == 0.3  # beyond the calibrated range: the last one
+    for thresholds in ([], [float("nan")], ["0.3"], "0.3"):
+        with pytest.raises(ValueError, match="score_thresholds must be a non-empty list of finite numbers"):
+            Calibration(0.5, 0.01, thresholds, 4)
 
 
 def test_calibration_uses_only_the_images_region(unet, images32):
