@@ -606,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # --no-tf32 and --threads change process-wide torch settings; whoever calls main() gets its own back.
+    tf32, threads = torch.backends.cudnn.allow_tf32, torch.get_num_threads()
     try:
         args.run(args)
     except (DatasetError, CheckpointError, ImageReadError, ValueError, FloatingPointError, FileNotFoundError) as error:
@@ -614,4 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     except torch.cuda.OutOfMemoryError:
         print("error: the GPU ran out of memory; use a smaller --batch-size", file=sys.stderr)
         return 2
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.set_num_threads(threads)
     return 0

@@ -127,13 +127,16 @@ def train(
     The images are moved to ``device`` once; masks and augmentations are drawn there, so a GPU never waits for data.
     """
     device = torch.device(device)
-    torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     data = images.to(device)
     count, channels, size = data.shape[0], data.shape[1], data.shape[-1]
     if count == 0:
         raise ValueError("no training images")
-    model = for_device(build_model(config, channels, size), device)
+    # The seed decides the initial weights without resetting the caller's random numbers (all later draws use
+    # ``generator``).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = for_device(build_model(config, channels, size), device)
     # The compiled module shares the model's parameters; the model itself is what gets returned and saved.
     network = torch.compile(model) if config.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from i3ad import cli
 from i3ad.benchmark import run_benchmark
 from i3ad.checkpoints import load_checkpoint
 from i3ad.cli import main
@@ -84,12 +85,21 @@ def test_evaluate_by_defect_gives_one_row_per_defect_type(trained, tmp_path, cap
     assert (table[table["model"] == "i3ad"]["iterations"] == detector.settings.iterations).all()
 
 
-def test_evaluate_without_tf32_turns_it_off_for_convolutions(trained, tmp_path, monkeypatch):
+def test_evaluate_without_tf32_turns_it_off_for_convolutions_during_the_run(trained, tmp_path, monkeypatch):
     data_root, checkpoints = trained
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # restored after the test
+    seen = []
+    real_evaluate = cli.evaluate_detector
+
+    def evaluate_detector(*args, **kwargs):
+        seen.append(torch.backends.cudnn.allow_tf32)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "evaluate_detector", evaluate_detector)
     args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--model", "ae"]
     assert main([*args, "--iterations", "0", "--device", "cpu", "--no-tf32", "--out", str(tmp_path / "r.csv")]) == 0
-    assert not torch.backends.cudnn.allow_tf32
+    assert seen == [False]
+    assert torch.backends.cudnn.allow_tf32  # the caller's setting is back
 
 
 @pytest.mark.slow
@@ -224,7 +234,7 @@ def test_bench_appends_to_a_table_written_before_a_column_existed(trained, tmp_p
     args = ["bench", "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--batch-sizes", "1", "--iterations"]
     args += ["0", "--repeats", "1", "--device", "cpu", "--no-tf32", "--out", str(out), "--append"]
     assert main(args) == 0
-    assert not torch.backends.cudnn.allow_tf32
+    assert torch.backends.cudnn.allow_tf32  # --no-tf32 held for the run only
     table = pd.read_csv(out)
     assert table.loc[0, "device"] == "earlier GPU" and table.loc[0, "images_per_s"] == 100
     assert pd.isna(table.loc[0, "tf32_convolutions"]) and len(table) > 1 and table["task"].iloc[1:].notna().all()
