@@ -57,7 +57,7 @@ class TrainConfig:
 
 def split_holdout(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, holdout) of ``count`` normal images; the holdout has round(fraction * count) images, at least 1
-    when fraction > 0, and never more than half."""
+    when fraction > 0, and never more than half (so none of a single image)."""
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     held = 0 if fraction <= 0 else min(max(1, round(fraction * count)), count // 2)
     return sorted(order[held:]), sorted(order[:held])
