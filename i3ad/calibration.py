@@ -51,6 +51,11 @@ class Calibration:
         if self.ssim_threshold is not None and not _is_finite(self.ssim_threshold):
             raise ValueError(f"ssim_threshold must be a finite number or None, got {self.ssim_threshold!r}")
 
+    @property
+    def tau_text(self) -> str:
+        """tau for people: 4 decimals, or "n/a" for the autoencoder, which has none."""
+        return "n/a" if self.ssim_threshold is None else f"{self.ssim_threshold:.4f}"
+
     def score_threshold(self, iterations: int) -> float:
         return self.score_thresholds[min(iterations, len(self.score_thresholds) - 1)]
 

@@ -205,7 +205,6 @@ def model_card(detector: AnomalyDetector) -> str:
     info = detector.info
     training = info.get("training", {})
     iterations = detector.default_iterations
-    tau = detector.calibration.ssim_threshold
     if detector.kind == "i3ad":
         description = (
             "I3AD inpainting U-Net: the pixels whose SSIM to the input is below tau are re-painted from their "
@@ -246,7 +245,7 @@ def model_card(detector: AnomalyDetector) -> str:
         normalization=detector.preprocessing.normalization,
         geometry=detector.preprocessing.geometry,
         iterations=iterations,
-        ssim_threshold="n/a" if tau is None else f"{tau:.4f}",
+        ssim_threshold=detector.calibration.tau_text,
         score_threshold=f"{detector.calibration.score_threshold(iterations):.4f}",
         holdout_images=detector.calibration.holdout_images,
         version=__version__,

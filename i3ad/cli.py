@@ -104,12 +104,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             info={"command": command, "data_source": data_source_note(category)},
             progress=not args.quiet,
         )
-        tau = detector.calibration.ssim_threshold
         steps = [entry["step"] for entry in detector.info["train_log"] if "step" in entry]
         steps_run = steps[-1] if steps else args.steps
         print(
             f"{category}/{name}: trained {steps_run} steps in {time.perf_counter() - started:.0f} s on {device} "
-            f"({detector.preprocessing.geometry} geometry); tau={'n/a' if tau is None else f'{tau:.4f}'}; "
+            f"({detector.preprocessing.geometry} geometry); tau={detector.calibration.tau_text}; "
             f"saved to {out}"
         )
 
@@ -241,11 +240,10 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         detector = recalibrate(detector, index, detector.settings.with_(**changes), ssim_quantile=args.ssim_quantile)
         detector.info["calibrate_command"] = _command_line()
         save_record(detector, folder)
-        tau = detector.calibration.ssim_threshold
+        iterations = detector.default_iterations
         print(
-            f"{folder}: tau={'n/a' if tau is None else f'{tau:.4f}'}, "
-            f"score threshold at T={detector.settings.iterations}: "
-            f"{detector.calibration.score_threshold(detector.settings.iterations):.4f}"
+            f"{folder}: tau={detector.calibration.tau_text}, score threshold at T={iterations}: "
+            f"{detector.calibration.score_threshold(iterations):.4f}"
         )
 
 
