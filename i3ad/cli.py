@@ -68,7 +68,6 @@ def _augmentations(value: str, category: str) -> tuple[str, ...]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    check_iterations(args.iterations)  # the default T must be one the score thresholds are calibrated for
     command = _command_line()
     for category in _categories(args.data_root, args.category):
         index = index_category(args.data_root, category)
@@ -221,8 +220,6 @@ def _best(table: pd.DataFrame) -> str:
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    if args.iterations is not None:
-        check_iterations(args.iterations)  # the new default T must be one the score thresholds are calibrated for
     for folder in args.checkpoint:
         detector = load_checkpoint(folder, device)
         changes = {
@@ -467,10 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--ssim-threshold", type=float, default=DetectionSettings.ssim_threshold)
     train.add_argument(
-        "--iterations",
-        type=int,
-        default=DetectionSettings.iterations,
-        help="default T stored with the checkpoint",
+        "--iterations", type=int, default=DetectionSettings.iterations, help="default T stored with the checkpoint"
     )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

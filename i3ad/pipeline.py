@@ -12,7 +12,7 @@ from i3ad.batching import map_batches
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE, Calibration, calibrate_autoencoder, calibrate_inpainting
 from i3ad.checkpoints import save_checkpoint
 from i3ad.data import NORMAL, CategoryIndex, DatasetError, load_images, load_masks, load_regions
-from i3ad.detector import AnomalyDetector
+from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.evaluation import (
     BY_DEFECT_COLUMNS,
     RESULT_COLUMNS,
@@ -62,6 +62,7 @@ def train_category(
     (``half_precision``: float16 weights, half the file size). ``geometry`` "auto" is "stretch" when every training
     image is square and "fit" otherwise."""
     device = torch.device(device)
+    check_iterations(settings.iterations)  # the default T needs calibrated thresholds; checked before training
     if geometry == "auto":
         # On square images fit only shrinks the image to make room for its mirrored margin: that helped toothbrush
         # but cost pill 5-12 points of image AUROC (results/square_fit_check.csv), so it is kept for other shapes.
@@ -174,8 +175,10 @@ def recalibrate(
 
     ssim_quantile None keeps the checkpoint's tau (and its recorded quantile) and re-calibrates the score thresholds.
     """
-    holdout = holdout_images(detector, index).to(detector.device)
-    regions = load_regions(_holdout_paths(detector, index), detector.preprocessing).to(detector.device)
+    check_iterations(settings.iterations)  # the new default T needs calibrated thresholds
+    paths = _holdout_paths(detector, index)
+    holdout = load_images(paths, detector.preprocessing).to(detector.device)
+    regions = load_regions(paths, detector.preprocessing).to(detector.device)
     new_settings, calibration = calibrate(
         detector.model, holdout, settings, ssim_quantile=ssim_quantile, regions=regions
     )
