@@ -79,6 +79,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             base_width=args.base_width,
             latent_dim=args.latent_dim,
             augmentations=_augmentations(args.augment, category),
+            grid_cell_sizes=tuple(args.grid_cell_sizes),
             holdout_fraction=args.holdout,
             seed=args.seed,
             bf16=args.bf16,
@@ -454,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--augment", default="default", help="'default' (per category), 'none', or e.g. hflip,vflip")
     train.add_argument(
+        "--grid-cell-sizes",
+        type=int,
+        nargs="+",
+        default=TrainConfig.grid_cell_sizes,
+        help="cell sizes (px) of the random grid masks the inpainting network learns to fill",
+    )
+    train.add_argument(
         "--holdout", type=float, default=TrainConfig.holdout_fraction, help="share of train/good kept for calibration"
     )
     train.add_argument(
@@ -550,7 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", help="take test images of the checkpoint's category from here (default: synthetic)"
     )
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    bench.add_argument("--iterations", type=int, nargs="+", default=[0, 1, 5, 10])
+    bench.add_argument(
+        "--iterations",
+        type=int,
+        nargs="*",
+        default=[0, 1, 5, 10],
+        help="T values of the detections to time; none: time the network forwards only",
+    )
     bench.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--sweep-images", type=int, default=0, help="also time a T=0..10 evaluation sweep over N images")

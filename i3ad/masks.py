@@ -11,6 +11,8 @@ from torch import Tensor
 
 from i3ad.similarity import gaussian_blur
 
+# Cell sizes of the training grids; the largest bounds how big a square hole the network learns to fill from
+# context (step 0 hides 8-px cells by default).
 GRID_CELL_SIZES = (2, 4, 8, 16, 32)
 
 
@@ -31,13 +33,21 @@ def complementary_grid_masks(count: int, cell_size: int, height: int, width: int
     return (group[None] == torch.arange(count, device=device)[:, None, None]).float().unsqueeze(1)
 
 
-def _grid_masks(batch: int, size: tuple[int, int], coverage: Tensor, generator, device) -> Tensor:
+def check_cell_sizes(cell_sizes: tuple[int, ...]) -> None:
+    """Refuse an empty or non-positive list of training grid cell sizes."""
+    if not cell_sizes or any(not isinstance(c, int) or c < 1 for c in cell_sizes):
+        raise ValueError(f"grid cell sizes must be one or more whole numbers >= 1, got {cell_sizes!r}")
+
+
+def _grid_masks(
+    batch: int, size: tuple[int, int], coverage: Tensor, cell_sizes: tuple[int, ...], generator, device
+) -> Tensor:
     height, width = size
-    cells = torch.tensor(GRID_CELL_SIZES, device=device)
-    cell = cells[torch.randint(len(GRID_CELL_SIZES), (batch,), generator=generator, device=device)]
+    cells = torch.tensor(cell_sizes, device=device)
+    cell = cells[torch.randint(len(cell_sizes), (batch,), generator=generator, device=device)]
     out = torch.empty(batch, 1, height, width, device=device)
     # One random field per cell size, then each sample picks its own: no Python loop over the batch.
-    for c in GRID_CELL_SIZES:
+    for c in cell_sizes:
         pick = cell == c
         if not pick.any():
             continue
@@ -94,18 +104,21 @@ def random_training_masks(
     device: torch.device | str = "cpu",
     min_coverage: float = 0.02,
     max_coverage: float = 0.7,
+    grid_cell_sizes: tuple[int, ...] = GRID_CELL_SIZES,
 ) -> Tensor:
     """A batch of random masks that covers what detection hides.
 
-    Each sample is one of: a grid of cells 2-32 px (RIAD-style cut-outs, incl. the step-0 grids), smooth blobs (like
-    thresholded SSIM maps), strokes, or rectangles; grid and blob masks hide between ``min_coverage`` and
-    ``max_coverage`` of the image. Returns [batch, 1, H, W] with at least one hidden pixel per sample.
+    Each sample is one of: a grid of one of ``grid_cell_sizes`` (RIAD-style cut-outs, incl. the step-0 grids),
+    smooth blobs (like thresholded SSIM maps), strokes, or rectangles; grid and blob masks hide between
+    ``min_coverage`` and ``max_coverage`` of the image. Returns [batch, 1, H, W] with at least one hidden pixel per
+    sample.
     """
+    check_cell_sizes(grid_cell_sizes)
     device = torch.device(device)
     coverage = min_coverage + (max_coverage - min_coverage) * torch.rand(batch, generator=generator, device=device)
     kinds = torch.stack(
         [
-            _grid_masks(batch, size, coverage, generator, device),
+            _grid_masks(batch, size, coverage, grid_cell_sizes, generator, device),
             _blob_masks(batch, size, coverage, generator, device),
             _stroke_masks(batch, size, generator, device),
             _rectangle_masks(batch, size, generator, device),

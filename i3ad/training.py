@@ -12,7 +12,7 @@ from pytorch_msssim import ssim
 from torch import Tensor
 from tqdm import tqdm
 
-from i3ad.masks import random_training_masks
+from i3ad.masks import GRID_CELL_SIZES, check_cell_sizes, random_training_masks
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.scoring import autocast_for, network_autocast, paint
 
@@ -33,6 +33,7 @@ class TrainConfig:
     latent_dim: int = 128  # autoencoder bottleneck size (ignored for i3ad)
     l2_weight: float = 1.0  # loss = (1 - SSIM) + l2_weight * MSE, on the re-painted image
     augmentations: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"; only what the category allows
+    grid_cell_sizes: tuple[int, ...] = GRID_CELL_SIZES  # cell sizes (px) of the random grid masks it learns to fill
     holdout_fraction: float = 0.1  # share of train/good kept out of training, for calibration
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast on CUDA; off: on an H200 it ran slower than float32/TF32 for these nets
@@ -48,6 +49,7 @@ class TrainConfig:
         unknown = set(self.augmentations) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
+        check_cell_sizes(self.grid_cell_sizes)
         if self.steps < 1 or self.batch_size < 1 or not 0 <= self.holdout_fraction < 1:
             raise ValueError("steps and batch_size must be >= 1 and holdout_fraction in [0, 1)")
 
@@ -157,7 +159,13 @@ def train(
         batch = augment(data[picks], config.augmentations, generator)
         # 2. Reconstruct: the U-Net re-paints randomly hidden pixels; the autoencoder rebuilds the whole image.
         if config.model == "i3ad":
-            masks = random_training_masks(config.batch_size, (size, size), generator=generator, device=device)
+            masks = random_training_masks(
+                config.batch_size,
+                (size, size),
+                generator=generator,
+                device=device,
+                grid_cell_sizes=tuple(config.grid_cell_sizes),
+            )
             reconstructions = paint(network, batch, masks, autocast_dtype)
         else:
             with network_autocast(device, autocast_dtype):

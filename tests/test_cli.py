@@ -240,6 +240,16 @@ def test_bench_appends_to_a_table_written_before_a_column_existed(trained, tmp_p
     assert pd.isna(table.loc[0, "tf32_convolutions"]) and len(table) > 1 and table["task"].iloc[1:].notna().all()
 
 
+def test_bench_with_no_iterations_times_the_network_only(trained, tmp_path):
+    _, checkpoints = trained
+    out = tmp_path / "perf.csv"
+    args = ["bench", "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--batch-sizes", "1", "2"]
+    args += ["--iterations", "--repeats", "1", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    table = pd.read_csv(out)
+    assert table["task"].tolist() == ["network forward"] * 2 and table["batch"].tolist() == [1, 2]
+
+
 @pytest.mark.slow
 def test_bench_records_the_memory_format_it_ran_in(trained):
     _, checkpoints = trained
@@ -441,6 +451,8 @@ def test_train_with_bad_settings(synthetic_root, tmp_path, cli_error):
     assert "twirl" in cli_error()
     assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--steps", "0"]) == 2
     assert "steps" in cli_error()
+    assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--grid-cell-sizes", "8", "0"]) == 2
+    assert "grid cell sizes" in cli_error()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from i3ad import masks as masks_module
 from i3ad.masks import complementary_grid_masks, random_training_masks
 
 
@@ -63,3 +64,23 @@ def test_random_training_masks_are_binary_non_empty_and_reproducible():
     assert not torch.equal(masks, other)
     # Masks hide only part of the image on average.
     assert 0.0 < masks.mean().item() < 0.9
+
+
+def test_training_grids_use_only_the_given_cell_sizes():
+    # With one cell size of 16, every grid mask is constant over each aligned 16 x 16 block.
+    masks = masks_module._grid_masks(
+        8, (64, 64), torch.full((8,), 0.5), (16,), torch.Generator().manual_seed(0), torch.device("cpu")
+    )
+    blocks = masks.view(8, 1, 4, 16, 4, 16)
+    assert torch.equal(blocks.amax(dim=(3, 5)), blocks.amin(dim=(3, 5)))
+    # Finer cells do not have that property.
+    fine = masks_module._grid_masks(
+        8, (64, 64), torch.full((8,), 0.5), (2,), torch.Generator().manual_seed(0), torch.device("cpu")
+    ).view(8, 1, 4, 16, 4, 16)
+    assert not torch.equal(fine.amax(dim=(3, 5)), fine.amin(dim=(3, 5)))
+
+
+@pytest.mark.parametrize("cell_sizes", [(), (0,), (8, -1), (8.0,)])
+def test_training_masks_refuse_bad_cell_sizes(cell_sizes):
+    with pytest.raises(ValueError, match="grid cell sizes"):
+        random_training_masks(2, (16, 16), grid_cell_sizes=cell_sizes)

@@ -56,6 +56,8 @@ def test_split_holdout_is_deterministic_and_depends_on_the_seed():
         {"batch_size": 0},
         {"holdout_fraction": 1.0},
         {"holdout_fraction": -0.1},
+        {"grid_cell_sizes": ()},
+        {"grid_cell_sizes": (8, 0)},
     ],
 )
 def test_train_config_rejects_bad_values(kwargs):
