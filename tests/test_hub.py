@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -21,35 +22,15 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import torch
+from tiny_checkpoints import save_untrained_checkpoint
 
-from i3ad.calibration import Calibration
-from i3ad.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from i3ad.checkpoints import CheckpointError, load_checkpoint
 from i3ad.cli import main
-from i3ad.detector import AnomalyDetector
 from i3ad.hub import CheckpointResolver
-from i3ad.models import ConvAutoencoder, InpaintingUNet
-from i3ad.normal_error import NormalError
-from i3ad.preprocessing import Preprocessing
-from i3ad.scoring import DetectionSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "i3ad-tests/checkpoints"
 LFS_SUFFIXES = (".safetensors", ".bin")
-
-
-def save_tiny_checkpoint(folder: Path, category: str, variant: str) -> None:
-    """An untrained 32-px checkpoint with made-up thresholds: enough to be served, downloaded and loaded."""
-    torch.manual_seed(len(category) + len(variant))
-    if variant == "ae":
-        model, tau = ConvAutoencoder(image_size=32, base_width=4, latent_dim=8), None
-    else:
-        model, tau = InpaintingUNet(base_width=4, width_multipliers=(1, 2), bottleneck_blocks=1), 0.4
-    # The inpainting variants carry a normal error, so that downloading and loading must bring its file along.
-    normal_error = NormalError(torch.full((11, 1, 8, 8), 0.01)) if tau else None
-    calibration = Calibration(tau, 0.01 if tau else None, [0.3] * 11, 4, normal_error)
-    settings = DetectionSettings(ssim_threshold=tau or 0.5, subtract_normal_error=tau is not None)
-    detector = AnomalyDetector(model, Preprocessing(32, 3), settings, calibration, category, variant)
-    save_checkpoint(detector, folder / category / variant)
 
 
 def git_blob_id(data: bytes) -> str:
@@ -197,7 +178,7 @@ def served(tmp_path):
     """A repo with synth/{i3ad, ae} and other/i3ad, plus a pickle file that must never be fetched."""
     repo = tmp_path / "repo"
     for category, variant in (("synth", "i3ad"), ("synth", "ae"), ("other", "i3ad")):
-        save_tiny_checkpoint(repo, category, variant)
+        save_untrained_checkpoint(repo, category, variant, size=32)
     (repo / "synth" / "i3ad" / "pytorch_model.bin").write_bytes(b"\x80\x04 a pickle")
     hub = FakeHub(REPO_ID, repo)
     yield hub, repo
@@ -271,7 +252,7 @@ def test_download_then_offline_load_from_cache(served, tmp_path):
 
 
 def test_local_checkpoints_come_first(tmp_path):
-    save_tiny_checkpoint(tmp_path / "local", "synth", "i3ad")
+    save_untrained_checkpoint(tmp_path / "local", "synth", "i3ad", size=32)
     # The repo is never asked (its endpoint does not exist): the local folder has the checkpoint.
     resolver = CheckpointResolver(tmp_path / "local", repo_id=REPO_ID)
     assert resolver.resolve("synth", "i3ad") == tmp_path / "local" / "synth" / "i3ad"
@@ -293,14 +274,14 @@ def test_invalid_repo_id_is_refused(tmp_path, monkeypatch, repo_id):
     [("../checkpoints", "i3ad"), ("..", "i3ad"), ("synth/../../etc", "i3ad"), ("/etc", "i3ad"), ("synth", "../ae")],
 )
 def test_path_traversal_is_refused(tmp_path, category, variant):
-    save_tiny_checkpoint(tmp_path / "local", "synth", "i3ad")
+    save_untrained_checkpoint(tmp_path / "local", "synth", "i3ad", size=32)
     resolver = CheckpointResolver(tmp_path / "local" / "synth", repo_id=REPO_ID)
     with pytest.raises(CheckpointError, match="is not a valid name"):
         resolver.load(category, variant)
 
 
 def test_upload_command_refuses_bad_arguments_before_any_network(tmp_path, capsys):
-    save_tiny_checkpoint(tmp_path / "checkpoints", "synth", "i3ad")
+    save_untrained_checkpoint(tmp_path / "checkpoints", "synth", "i3ad", size=32)
     root = str(tmp_path / "checkpoints")
 
     assert main(["upload", "--checkpoints", root, "--repo-id", "not a repo"]) == 2
@@ -309,3 +290,29 @@ def test_upload_command_refuses_bad_arguments_before_any_network(tmp_path, capsy
     assert "no checkpoint of category 'pill'" in capsys.readouterr().err
     assert main(["upload", "--checkpoints", str(tmp_path / "empty"), "--repo-id", REPO_ID]) == 2
     assert "no checkpoints under" in capsys.readouterr().err
+
+
+def upload_in_subprocess(env: dict, root: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "i3ad", "upload", "--checkpoints", str(root), "--repo-id", REPO_ID]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_upload_reports_a_hub_that_cannot_be_reached_or_refuses(served, tmp_path):
+    hub, _ = served
+    root = tmp_path / "to_upload"
+    save_untrained_checkpoint(root, "synth", "i3ad", size=32)
+    # A port nothing listens on: bound, then closed again.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    cases = [
+        (hub_env(tmp_path, closed_endpoint), "is the network up"),
+        (hub_env(tmp_path, hub.url, offline=True), "is the network up"),
+        # The stand-in answers no POST (creating a repo), as a Hub without the user's write access would refuse it.
+        (hub_env(tmp_path, hub.url) | {"HF_TOKEN": "hf_not_a_real_token"}, "log in"),
+    ]
+    for env, hint in cases:
+        process = upload_in_subprocess(env, root)
+        assert process.returncode == 2, process.stderr
+        assert process.stderr.startswith(f"error: upload to Hub repo '{REPO_ID}' failed: "), process.stderr
+        assert hint in process.stderr and "Traceback" not in process.stderr

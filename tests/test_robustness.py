@@ -25,19 +25,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_checkpoints import save_untrained_checkpoint
 
 import app
-from i3ad.calibration import Calibration
-from i3ad.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from i3ad.checkpoints import CheckpointError, load_checkpoint
 from i3ad.cli import main
 from i3ad.data import load_images
 from i3ad.detector import AnomalyDetector
 from i3ad.hub import CheckpointResolver
 from i3ad.images import ImageReadError, read_image
-from i3ad.models import ConvAutoencoder, InpaintingUNet
-from i3ad.normal_error import NormalError
 from i3ad.preprocessing import Preprocessing
-from i3ad.scoring import DetectionSettings
 
 SIZE = 64
 pytestmark = [
@@ -51,26 +48,10 @@ GRADIO_FILE = {"_type": "gradio.FileData"}  # the marker Gradio's page and gradi
 
 
 def save_tiny_checkpoints(root: Path) -> Path:
-    """``root/rgb/{i3ad, ae}`` and ``root/grey/i3ad`` (a 1-channel model): untrained 64-px networks with made-up
-    thresholds (score threshold 0.3 for every T, tau 0.4)."""
+    """``root/rgb/{i3ad, ae}`` and ``root/grey/i3ad`` (a 1-channel model): untrained 64-px networks."""
     for category, channels, variants in (("rgb", 3, ("i3ad", "ae")), ("grey", 1, ("i3ad",))):
         for variant in variants:
-            torch.manual_seed(channels)
-            if variant == "ae":
-                model, tau = ConvAutoencoder(channels=channels, image_size=SIZE, base_width=4, latent_dim=8), None
-            else:
-                model = InpaintingUNet(channels=channels, base_width=4, width_multipliers=(1, 2), bottleneck_blocks=1)
-                tau = 0.4
-            detector = AnomalyDetector(
-                model.eval(),
-                Preprocessing(SIZE, channels),
-                DetectionSettings(iterations=1, ssim_threshold=tau or 0.5, smoothing_sigma=2.0),
-                # A small constant normal error, so that every input also goes through its subtraction.
-                Calibration(tau, 0.01 if tau else None, [0.3] * 11, 4, NormalError(torch.full((2, 1, 4, 4), 0.01))),
-                category,
-                variant,
-            )
-            save_checkpoint(detector, root / category / variant)
+            save_untrained_checkpoint(root, category, variant, size=SIZE, channels=channels)
     return root
 
 
