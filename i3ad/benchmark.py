@@ -80,6 +80,16 @@ def _peak_memory_mb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
 
 
+def check_plan(batch_sizes: list[int], iterations: list[int], repeats: int) -> None:
+    """Refuse a benchmark plan that cannot be timed, before any image is loaded. ValueError naming the value."""
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if any(not 0 <= t <= SWEEP_MAX_ITERATIONS for t in iterations):
+        raise ValueError(f"iterations must lie between 0 and {SWEEP_MAX_ITERATIONS}, got {iterations}")
+
+
 def run_benchmark(
     detector: AnomalyDetector,
     images: torch.Tensor,
@@ -99,6 +109,7 @@ def run_benchmark(
     input shape instead of dynamo's shape-generic graph, which it switches to once a second batch size appears (step 0
     paints K times the batch) and whose kernels run slower; ``channels_last``: channels-last memory
     for the network and its inputs (otherwise the model keeps its own layout, recorded in ``memory_format``)."""
+    check_plan(batch_sizes, iterations, repeats)
     model, device = detector.model, detector.device
     size = images.shape[-1]
     flops = forward_flops(model, size)

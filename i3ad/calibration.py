@@ -72,6 +72,12 @@ def _is_finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_ssim_quantile(value: float | None) -> None:
+    """tau's quantile must lie strictly between 0 and 1 (None: keep a given tau). ValueError otherwise."""
+    if value is not None and not (_is_finite(value) and 0 < value < 1):
+        raise ValueError(f"the SSIM quantile for tau must lie strictly between 0 and 1, got {value!r}")
+
+
 def quantile(values: Tensor, q: float) -> float:
     """The q-quantile (nearest rank) of any number of values (torch.quantile refuses more than 16 M)."""
     flat = values.flatten().float()
@@ -92,6 +98,7 @@ def calibrate_inpainting(
     """Choose tau (unless ``ssim_quantile`` is None: then settings.ssim_threshold is kept), the normal error (if the
     settings subtract it) and the score thresholds on preprocessed held-out normal images [N, C, S, S], ``batch_size``
     images at a time; ``regions`` [N, 1, S, S]: where each image lies in its frame (None: everywhere)."""
+    check_ssim_quantile(ssim_quantile)
     if len(holdout) == 0:
         raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
     tau = settings.ssim_threshold

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from string import Template
@@ -24,6 +25,7 @@ from i3ad.detector import AnomalyDetector
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.normal_error import NormalError
 from i3ad.preprocessing import Preprocessing
+from i3ad.recipes import data_license
 from i3ad.scoring import DetectionSettings
 
 CONFIG_FILE, WEIGHTS_FILE, DETECTOR_FILE, CARD_FILE = "config.json", "model.safetensors", "detector.json", "README.md"
@@ -32,18 +34,35 @@ CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, DETECTOR_FILE)
 # Every file a checkpoint folder can hold (the normal error only when its settings subtract it).
 CHECKPOINT_FOLDER_FILES = (*CHECKPOINT_FILES, NORMAL_ERROR_FILE, CARD_FILE)
 ARCHITECTURES = {"InpaintingUNet": InpaintingUNet, "ConvAutoencoder": ConvAutoencoder}
-MVTEC_LICENSE = "cc-by-nc-sa-4.0"
 
 
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded; the message names the file and the problem."""
 
 
+def ensure_writable_folder(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check that files can be written into it, so that a run that is going to save
+    there finds out before its work, not after. ValueError naming the folder otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot write to {folder} ({error.strerror or error})") from None
+    return folder
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    # Written as bytes rather than with safetensors' save_file, which leaves the file readable by its owner only;
+    # this way the weights get the same permissions as the JSON files next to them.
+    path.write_bytes(safetensors.torch.save(tensors, metadata={"format": "pt"}))
+
+
 def save_checkpoint(detector: AnomalyDetector, folder: str | Path, *, half_precision: bool = False) -> Path:
     """Write the detector's checkpoint folder (created if needed). ``half_precision`` stores float16 weights (half
     the size; they are widened back to float32 on loading)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_writable_folder(folder)
     model = detector.model
     config = {**model.config, "architecture": type(model).__name__, "i3ad_version": __version__}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
@@ -51,7 +70,7 @@ def save_checkpoint(detector: AnomalyDetector, folder: str | Path, *, half_preci
         k: v.detach().to("cpu", torch.float16 if half_precision else v.dtype).contiguous()
         for k, v in model.state_dict().items()
     }
-    safetensors.torch.save_file(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    _write_safetensors(state, folder / WEIGHTS_FILE)
     save_record(detector, folder)
     return folder
 
@@ -65,7 +84,7 @@ def save_record(detector: AnomalyDetector, folder: str | Path) -> None:
         raise ValueError("the settings subtract the normal error but the calibration has none: calibrate first")
     if normal_error is not None:
         maps = normal_error.maps.detach().to("cpu", torch.float16).contiguous()
-        safetensors.torch.save_file({"mean_anomaly_maps": maps}, folder / NORMAL_ERROR_FILE, metadata={"format": "pt"})
+        _write_safetensors({"mean_anomaly_maps": maps}, folder / NORMAL_ERROR_FILE)
     else:
         (folder / NORMAL_ERROR_FILE).unlink(missing_ok=True)
     record = {
@@ -234,7 +253,7 @@ def model_card(detector: AnomalyDetector) -> str:
         calibrate = _with_data_root_placeholder(info["calibrate_command"])
         command += f"\n{calibrate}  # then: new default settings, re-calibrated"
     return template.substitute(
-        license=info.get("license", MVTEC_LICENSE),
+        license=info.get("license") or data_license(detector.category),
         title=f"i3ad checkpoint {detector.category}/{detector.name}",
         description=description,
         category=detector.category,

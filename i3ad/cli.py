@@ -15,7 +15,7 @@ import torch
 from i3ad.batching import unless_out_of_gpu_memory
 from i3ad.benchmark import COMPILE_MODES
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE
-from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_record
+from i3ad.checkpoints import CheckpointError, ensure_writable_folder, list_checkpoints, load_checkpoint, save_record
 from i3ad.data import CategoryIndex, DatasetError, check_category_name, index_category, list_categories
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.evaluation import METRIC_COLUMNS, TestSet
@@ -30,7 +30,7 @@ from i3ad.pipeline import (
     train_category,
 )
 from i3ad.preprocessing import GEOMETRIES, NORMALIZATIONS
-from i3ad.recipes import CATEGORY_AUGMENTATIONS, default_augmentations
+from i3ad.recipes import data_license, data_source, default_augmentations
 from i3ad.scoring import ANOMALY_MEASURES, DetectionSettings
 from i3ad.synthetic import make_synthetic_category
 from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
@@ -97,34 +97,21 @@ def cmd_train(args: argparse.Namespace) -> None:
             normalization=args.normalization,
             geometry=args.geometry,
             settings=DetectionSettings(iterations=args.iterations, ssim_threshold=args.ssim_threshold),
-            ssim_quantile=None if args.ssim_quantile <= 0 else args.ssim_quantile,
+            ssim_quantile=None if args.ssim_quantile == 0 else args.ssim_quantile,
             device=device,
             out=out,
             half_precision=args.save_fp16,
-            info={"command": command, "data_source": data_source_note(category)},
+            info={"command": command, "data_source": data_source(category), "license": data_license(category)},
             progress=not args.quiet,
         )
         steps = [entry["step"] for entry in detector.info["train_log"] if "step" in entry]
         steps_run = steps[-1] if steps else args.steps
+        plural = "s" if steps_run != 1 else ""
         print(
-            f"{category}/{name}: trained {steps_run} steps in {time.perf_counter() - started:.0f} s on {device} "
+            f"{category}/{name}: trained {steps_run} step{plural} in {time.perf_counter() - started:.0f} s on {device} "
             f"({detector.preprocessing.geometry} geometry); tau={detector.calibration.tau_text}; "
             f"saved to {out}"
         )
-
-
-def data_source_note(category: str) -> str:
-    if category not in CATEGORY_AUGMENTATIONS:
-        return f"The normal images of train/good of category {category!r} (a user's own data)."
-    if category == "magnetic_tile":
-        return (
-            'Magnetic-tile defect dataset (Huang et al., "Surface defect saliency of magnetic tile", '
-            "The Visual Computer, 2020), train/good."
-        )
-    return (
-        f'MVTec AD, category {category}, train/good (Bergmann et al., "MVTec AD - A Comprehensive Real-World '
-        'Dataset for Unsupervised Anomaly Detection", CVPR 2019; licence CC BY-NC-SA 4.0).'
-    )
 
 
 def _apply_tf32_choice(args: argparse.Namespace) -> None:
@@ -138,9 +125,9 @@ def _output_file(path: str) -> Path:
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'results.csv'}")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--out {out}: cannot create its folder ({error})") from None
+        ensure_writable_folder(out.parent)
+    except ValueError as error:
+        raise ValueError(f"--out {out}: {error}") from None
     return out
 
 
@@ -148,6 +135,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     _apply_tf32_choice(args)
     out = _output_file(args.out)
+    # The grid's values are checked before anything is loaded or computed.
+    for threshold in args.thresholds:
+        check_ssim_threshold(threshold)
+    for cell_size in args.cell_sizes or []:
+        DetectionSettings(step0_cell_size=cell_size)
+    for sigma in args.sigmas or []:
+        DetectionSettings(smoothing_sigma=sigma)
     available = list_checkpoints(args.checkpoints)
     if not available:
         raise CheckpointError(f"no checkpoints under {args.checkpoints} (expected <category>/<model>/detector.json)")
@@ -166,7 +160,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 f"no checkpoint named {' or '.join(args.model)} for category {category!r} "
                 f"(have: {', '.join(available[category])})"
             )
-        jobs.append((index_category(args.data_root, category), names))
+        try:
+            jobs.append((index_category(args.data_root, category), names))
+        except DatasetError as error:
+            if args.category != ["all"]:
+                raise
+            raise DatasetError(f"{error}; the default --category all takes every category of --checkpoints") from None
     tables = []
     for index, names in jobs:
         test_sets = {}
@@ -216,13 +215,17 @@ def _best(table: pd.DataFrame) -> str:
     if table["image_auroc"].isna().all():
         return "; no image AUROC (the test set holds normal or anomalous images only)"
     best = table.loc[table["image_auroc"].idxmax()]
-    return f"; best image AUROC {best['image_auroc']:.3f} (T={best['iterations']}, tau={best['ssim_threshold']:.3g})"
+    tau = f", tau={best['ssim_threshold']:.3g}" if best["iterations"] > 0 else ""  # step 0 uses no tau
+    return f"; best image AUROC {best['image_auroc']:.3f} (T={best['iterations']}{tau})"
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    for folder in args.checkpoint:
-        detector = load_checkpoint(folder, device)
+    # Every checkpoint is loaded and its folder checked for writing first, so that none is re-calibrated in vain.
+    detectors = [(folder, load_checkpoint(folder, device)) for folder in args.checkpoint]
+    for folder, _ in detectors:
+        ensure_writable_folder(folder)
+    for folder, detector in detectors:
         changes = {
             k: v
             for k, v in {
@@ -245,14 +248,23 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         )
 
 
-def _inputs(paths: list[str]) -> list[Path]:
+def _inputs(paths: list[str], out: Path) -> list[Path]:
+    """The image files named or found (recursively) in the folders named; what an earlier run wrote to ``out``
+    (heat-maps, masks) is left out, so that running the same command twice scores the same images."""
     files: list[Path] = []
+    written = out.resolve()
     for item in map(Path, paths):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and written not in p.resolve().parents
+            )
             if not found:
                 raise ValueError(f"{item} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
             files += found
+        elif not item.exists():
+            raise ValueError(f"{item}: no such file or folder")
         else:
             files.append(item)
     return files
@@ -269,13 +281,18 @@ def cmd_detect(args: argparse.Namespace) -> None:
     iterations = detector.default_iterations
     if detector.kind == "i3ad":
         iterations = check_iterations(iterations if args.iterations is None else args.iterations)
+    elif args.iterations is not None or args.ssim_threshold is not None:
+        print(
+            f"note: {args.checkpoint} is an autoencoder: it has no iterations or tau, so those flags are ignored",
+            file=sys.stderr,
+        )
     ssim_threshold = check_ssim_threshold(args.ssim_threshold)
-    inputs = _inputs(args.inputs)
     out = Path(args.out)
+    inputs = _inputs(args.inputs, out)
     try:
-        (out / "heatmaps").mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--out {out}: cannot create the output folder ({error})") from None
+        ensure_writable_folder(out / "heatmaps")
+    except ValueError as error:
+        raise ValueError(f"--out {out}: {error}") from None
     threshold = detector.calibration.score_threshold(iterations)
     rows, failures = [], 0
     for number, path in enumerate(inputs):
@@ -309,7 +326,9 @@ def cmd_detect(args: argparse.Namespace) -> None:
             row["error"] = str(error)
         if row["error"]:
             failures += 1
-            print(f"skipped {path}: {row['error']}", file=sys.stderr)
+            # Errors about reading a file already start with its path.
+            reason = row["error"] if row["error"].startswith(str(path)) else f"{path}: {row['error']}"
+            print(f"skipped {reason}", file=sys.stderr)
         else:
             print(f"{path}: score {row['score']} -> {row['verdict']}")
         rows.append(row)
@@ -325,9 +344,10 @@ def cmd_detect(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     import tempfile
 
-    from i3ad.benchmark import run_benchmark
+    from i3ad.benchmark import check_plan, run_benchmark
     from i3ad.data import load_images
 
+    check_plan(args.batch_sizes, args.iterations, args.repeats)
     device = resolve_device(args.device)
     _apply_tf32_choice(args)
     if args.threads:
@@ -430,22 +450,31 @@ def _add_tf32_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m i3ad", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m i3ad",
+        description="Anomaly detection by iterative SSIM-masked inpainting. Each command has its own --help.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model per category, calibrate it and save a checkpoint")
     train.add_argument("--data-root", required=True, help="folder holding categories in the MVTec AD layout")
     train.add_argument("--category", nargs="+", required=True, help="category names, or 'all'")
-    train.add_argument("--model", choices=MODEL_KINDS, default="i3ad")
+    train.add_argument("--model", choices=MODEL_KINDS, default="i3ad", help="i3ad: inpainting U-Net; ae: the baseline")
     train.add_argument("--name", help="checkpoint variant name (default: the model kind), e.g. i3ad-small")
     train.add_argument("--out", default="checkpoints", help="checkpoints root; writes OUT/<category>/<name>/")
-    train.add_argument("--steps", type=int, default=TrainConfig.steps)
-    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    train.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
-    train.add_argument("--base-width", type=int, default=TrainConfig.base_width)
-    train.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim)
-    train.add_argument("--image-size", type=int, default=256)
-    train.add_argument("--normalization", choices=NORMALIZATIONS, default="none")
+    train.add_argument(
+        "--steps", type=int, default=TrainConfig.steps, help="optimiser steps (an upper bound with --max-minutes)"
+    )
+    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per step")
+    train.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate, help="AdamW peak rate")
+    train.add_argument(
+        "--base-width", type=int, default=TrainConfig.base_width, help="channels of the first layer (16: i3ad-small)"
+    )
+    train.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="AE bottleneck size")
+    train.add_argument("--image-size", type=int, default=256, help="side of the square frame the network sees")
+    train.add_argument(
+        "--normalization", choices=NORMALIZATIONS, default="none", help="per-image standardisation against illumination"
+    )
     train.add_argument(
         "--geometry",
         choices=("auto", *GEOMETRIES),
@@ -474,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--iterations", type=int, default=DetectionSettings.iterations, help="default T stored with the checkpoint"
     )
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="draws the initial weights, masks and held-out split")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
     train.add_argument("--compile", action="store_true", help="train through torch.compile (a GPU warm-up first)")
@@ -488,9 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="metrics of checkpoints on test sets, for T = 0..N and several tau, to CSV"
     )
-    evaluate.add_argument("--data-root", required=True)
-    evaluate.add_argument("--checkpoints", default="checkpoints")
-    evaluate.add_argument("--category", nargs="+", default=["all"])
+    evaluate.add_argument("--data-root", required=True, help="folder holding the categories' test images")
+    evaluate.add_argument("--checkpoints", default="checkpoints", help="checkpoints root: <category>/<model>/")
+    evaluate.add_argument(
+        "--category", nargs="+", default=["all"], help="categories (default: every one under --checkpoints)"
+    )
     evaluate.add_argument("--model", nargs="+", help="checkpoint variants to evaluate (default: all)")
     evaluate.add_argument("--iterations", type=int, default=10, help="evaluate T = 0..this")
     evaluate.add_argument(
@@ -517,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead of the sweep: each checkpoint at its default settings, one row per defect type",
     )
-    evaluate.add_argument("--out", default="results/evaluation.csv")
+    evaluate.add_argument("--out", default="results/evaluation.csv", help="the results CSV to write")
     evaluate.set_defaults(run=cmd_evaluate)
 
     detect = commands.add_parser("detect", help="score images or folders with a checkpoint; heat-maps and a CSV")
@@ -525,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--checkpoint", required=True, help="a checkpoint folder, e.g. checkpoints/bottle/i3ad")
     detect.add_argument("--iterations", type=int, help="T (default: the checkpoint's)")
     detect.add_argument("--ssim-threshold", type=float, help="tau (default: the calibrated one)")
-    detect.add_argument("--out", default="detections")
+    detect.add_argument("--out", default="detections", help="folder for scores.csv and heatmaps/")
     detect.add_argument("--save-masks", action="store_true", help="also save the binary anomaly masks")
     detect.add_argument("--device", default="auto")
     detect.set_defaults(run=cmd_detect)
@@ -591,10 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=cmd_report)
 
     synth = commands.add_parser("synth", help="write a small synthetic category (textures with painted defects)")
-    synth.add_argument("--out", required=True)
+    synth.add_argument("--out", required=True, help="data root to write the category into")
     synth.add_argument("--category", default="synthetic")
-    synth.add_argument("--size", type=int, default=64)
-    synth.add_argument("--greyscale", action="store_true")
+    synth.add_argument("--size", type=int, default=64, help="image side in px")
+    synth.add_argument("--greyscale", action="store_true", help="one channel instead of RGB")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=cmd_synth)
 
@@ -617,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except (DatasetError, CheckpointError, ImageReadError, ValueError, FloatingPointError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. a full disk while writing results: a message, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError:

@@ -172,7 +172,7 @@ class DetectionReport:
             f"(calibrated for {self.category} / {self.variant} at T = {self.iterations}).",
         ]
         if self.ssim_threshold is not None:
-            lines.append(f"T = {self.iterations} iterations, SSIM threshold tau = {self.ssim_threshold:.4f}.")
+            lines.append(f"Iterations T = {self.iterations}, SSIM threshold tau = {self.ssim_threshold:.4f}.")
             if self.ssim_threshold != self.calibrated_ssim_threshold:
                 lines.append(
                     f"The score thresholds were calibrated at tau = {self.calibrated_ssim_threshold:.4f}: "

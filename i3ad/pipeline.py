@@ -9,8 +9,14 @@ import pandas as pd
 import torch
 
 from i3ad.batching import map_batches
-from i3ad.calibration import DEFAULT_SSIM_QUANTILE, Calibration, calibrate_autoencoder, calibrate_inpainting
-from i3ad.checkpoints import save_checkpoint
+from i3ad.calibration import (
+    DEFAULT_SSIM_QUANTILE,
+    Calibration,
+    calibrate_autoencoder,
+    calibrate_inpainting,
+    check_ssim_quantile,
+)
+from i3ad.checkpoints import ensure_writable_folder, save_checkpoint
 from i3ad.data import NORMAL, CategoryIndex, DatasetError, load_images, load_masks, load_regions
 from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.evaluation import (
@@ -62,7 +68,10 @@ def train_category(
     (``half_precision``: float16 weights, half the file size). ``geometry`` "auto" is "stretch" when every training
     image is square and "fit" otherwise."""
     device = torch.device(device)
-    check_iterations(settings.iterations)  # the default T needs calibrated thresholds; checked before training
+    # Checked before training, not after it: the default T needs calibrated thresholds, tau a valid quantile,
+    # calibration held-out images, and the checkpoint a folder it can be written to.
+    check_iterations(settings.iterations)
+    check_ssim_quantile(ssim_quantile)
     if geometry == "auto":
         # On square images fit only shrinks the image to make room for its mirrored margin: that helped toothbrush
         # but cost pill 5-12 points of image AUROC (results/square_fit_check.csv), so it is kept for other shapes.
@@ -71,11 +80,13 @@ def train_category(
         image_size=image_size, channels=1 if index.greyscale else 3, normalization=normalization, geometry=geometry
     )
     train_ids, holdout_ids = split_holdout(len(index.train), config.holdout_fraction, config.seed)
-    if not holdout_ids:  # checked before training, not after it
+    if not holdout_ids:
         raise ValueError(
             f"{index.name}: {len(index.train)} image(s) in train/good at holdout fraction {config.holdout_fraction} "
             "leave none held out to calibrate on; use at least 2 images and a fraction > 0"
         )
+    if out is not None:
+        ensure_writable_folder(out)
     images = load_images(index.train, preprocessing)
     model, log = train(images[train_ids], config, device=device, progress=progress)
     if half_precision:

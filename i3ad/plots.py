@@ -28,7 +28,11 @@ def load_results(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; create it with `python -m i3ad evaluate ... --out {path}`")
-    table = pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        summary = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{path} is not a results table of `python -m i3ad evaluate` ({summary})") from None
     if "normal_error_subtracted" not in table.columns:  # tables written before the normal error existed
         table["normal_error_subtracted"] = False
     missing = set(RESULT_COLUMNS) - set(table.columns)

@@ -53,8 +53,12 @@ class DetectionSettings:
             raise ValueError(f"ssim_threshold must lie in [-1, 1] (SSIM's range), got {self.ssim_threshold}")
         if self.step0_masks < 2:
             raise ValueError(f"step0_masks must be >= 2 so that no pixel sees itself, got {self.step0_masks}")
-        if self.step0_cell_size < 1 or self.mask_dilation < 0 or self.smoothing_sigma < 0:
-            raise ValueError("step0_cell_size must be >= 1, mask_dilation and smoothing_sigma >= 0")
+        if self.step0_cell_size < 1:
+            raise ValueError(f"the step-0 cell size must be >= 1 px, got {self.step0_cell_size}")
+        if self.mask_dilation < 0:
+            raise ValueError(f"the mask dilation must be >= 0 px, got {self.mask_dilation}")
+        if self.smoothing_sigma < 0:
+            raise ValueError(f"the smoothing sigma must be >= 0, got {self.smoothing_sigma}")
         if self.anomaly_measure not in ANOMALY_MEASURES:
             raise ValueError(f"anomaly_measure must be one of {ANOMALY_MEASURES}, got {self.anomaly_measure!r}")
 

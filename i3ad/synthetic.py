@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from i3ad.images import MIN_SIDE
+
 DEFECTS = ("spot", "scratch")
 
 
@@ -56,6 +58,8 @@ def make_synthetic_category(
 
     Defects: "spot" (a dark ellipse) and "scratch" (a bright line), each with a mask under ground_truth/.
     """
+    if size < MIN_SIDE:
+        raise ValueError(f"synthetic images must be at least {MIN_SIDE} px a side (as images read), got {size}")
     rng = np.random.default_rng(seed)
     root = Path(data_root) / category
     for i in range(train):

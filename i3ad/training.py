@@ -50,8 +50,12 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
         check_cell_sizes(self.grid_cell_sizes)
-        if self.steps < 1 or self.batch_size < 1 or not 0 <= self.holdout_fraction < 1:
-            raise ValueError("steps and batch_size must be >= 1 and holdout_fraction in [0, 1)")
+        if self.steps < 1:
+            raise ValueError(f"the number of training steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"the batch size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"the held-out share must lie in [0, 1), got {self.holdout_fraction}")
 
     def to_dict(self) -> dict:
         return asdict(self)

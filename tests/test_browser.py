@@ -78,7 +78,7 @@ def test_upload_detect_and_benchmark_in_chromium(served_app, tmp_path):
             page.locator("#run").click()
             summary = page.locator("#summary")
             expect(summary).to_contain_text("Anomaly score")
-            expect(summary).to_contain_text("T = 1 iterations, SSIM threshold tau = 0.4500")
+            expect(summary).to_contain_text("Iterations T = 1, SSIM threshold tau = 0.4500")
             assert re.search(r"(NORMAL|ANOMALOUS)", summary.inner_text())
             heatmap = page.locator("#heatmap img")
             expect(heatmap).to_be_visible()

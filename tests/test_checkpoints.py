@@ -13,6 +13,7 @@ import torch
 from i3ad.calibration import Calibration
 from i3ad.checkpoints import (
     CheckpointError,
+    ensure_writable_folder,
     list_checkpoints,
     load_checkpoint,
     load_model,
@@ -311,3 +312,27 @@ def test_channel_mismatch_between_preprocessing_and_model(saved):
     (folder / "detector.json").write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match="channels"):
         load_checkpoint(folder)
+
+
+def test_weights_get_the_permissions_of_the_other_files(saved):
+    _, folder = saved
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert modes["model.safetensors"] == modes["normal_error.safetensors"] == modes["detector.json"], modes
+
+
+@pytest.mark.parametrize(
+    ("category", "expected"), [("pill", "cc-by-nc-sa-4.0"), ("magnetic_tile", "other"), ("widget", "other")]
+)
+def test_model_card_licence_follows_the_training_data(category, expected):
+    detector = _detector()
+    detector.category = category
+    assert f"\nlicense: {expected}\n" in model_card(detector)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder nobody can write to")
+def test_a_folder_that_cannot_be_written_is_found_before_any_work(tmp_path):
+    assert ensure_writable_folder(tmp_path / "new" / "folder").is_dir()
+    with pytest.raises(ValueError, match="cannot write to /proc/i3ad"):
+        ensure_writable_folder("/proc/i3ad")
+    with pytest.raises(ValueError, match="cannot write to /proc"):
+        save_checkpoint(_detector(), "/proc")

@@ -189,6 +189,47 @@ def test_detect_fails_when_no_image_is_readable(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_detect_leaves_out_what_it_wrote_before_and_refuses_a_missing_path(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    inputs = tmp_path / "inputs"
+    shutil.copytree(data_root / "synthetic" / "test" / "good", inputs)
+    count = len(list(inputs.iterdir()))
+    # The output folder inside the input folder: a second run must not score the first one's heat-maps.
+    args = ["detect", str(inputs), "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--device", "cpu"]
+    args += ["--out", str(inputs / "detections"), "--save-masks"]
+    for _ in range(2):
+        assert main(args) == 0
+        with open(inputs / "detections" / "scores.csv", newline="") as handle:
+            assert len(list(csv.DictReader(handle))) == count
+    missing = tmp_path / "missing.png"
+    assert main([*args[:1], str(missing), *args[2:-3], "--out", str(tmp_path / "none")]) == 2
+    assert f"{missing}: no such file or folder" in cli_error()
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.slow
+def test_detect_notes_that_an_autoencoder_has_no_iterations(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    image = next((data_root / "synthetic" / "test" / "good").iterdir())
+    args = ["detect", str(image), "--checkpoint", str(checkpoints / "synthetic" / "ae"), "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path), "--iterations", "5"]) == 0
+    assert "is an autoencoder: it has no iterations or tau, so those flags are ignored" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_calibrate_refuses_a_quantile_outside_0_1_and_keeps_the_checkpoint(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    folder = tmp_path / "synthetic" / "i3ad"
+    shutil.copytree(checkpoints / "synthetic" / "i3ad", folder)
+    before = (folder / "detector.json").read_bytes()
+    for quantile in ("1.5", "-0.1", "0"):
+        args = ["calibrate", str(folder), "--data-root", str(data_root), "--ssim-quantile", quantile]
+        assert main([*args, "--device", "cpu"]) == 2
+        assert "the SSIM quantile for tau must lie strictly between 0 and 1" in cli_error()
+    assert (folder / "detector.json").read_bytes() == before
+
+
+@pytest.mark.slow
 def test_calibrate_command_reuses_the_holdout(trained, tmp_path):
     data_root, checkpoints = trained
     folder = tmp_path / "synthetic" / "i3ad"
@@ -314,6 +355,11 @@ def test_evaluate_checks_every_category_model_and_the_output_before_computing(tr
     assert main([*common, "--out", str(tmp_path)]) == 2
     assert f"--out {tmp_path} is a folder" in cli_error()
     assert not (tmp_path / "r.csv").exists()
+    # A data root without the checkpoints' categories: the message says where "all" took them from.
+    (tmp_path / "other_data").mkdir()
+    common[2] = str(tmp_path / "other_data")
+    assert main([*common, "--out", str(tmp_path / "r.csv")]) == 2
+    assert "the default --category all takes every category of --checkpoints" in cli_error()
 
 
 @pytest.mark.slow
@@ -415,6 +461,10 @@ def test_synth_command(tmp_path, capsys):
     reference = make_synthetic_category(tmp_path / "ref", "tiny", size=32, channels=1)
     for path in sorted(reference.rglob("*.png"))[:20]:
         assert path.read_bytes() == (tmp_path / "tiny" / path.relative_to(reference)).read_bytes()
+    # Images too small for the reader are refused before any is written.
+    assert main(["synth", "--out", str(tmp_path / "small"), "--size", "4"]) == 2
+    assert "synthetic images must be at least 8 px a side" in capsys.readouterr().err
+    assert not (tmp_path / "small").exists()
 
 
 # --- errors ----------------------------------------------------------------------------------------------------------
@@ -453,6 +503,45 @@ def test_train_with_bad_settings(synthetic_root, tmp_path, cli_error):
     assert "steps" in cli_error()
     assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--grid-cell-sizes", "8", "0"]) == 2
     assert "grid cell sizes" in cli_error()
+    assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--batch-size", "0"]) == 2
+    assert "the batch size must be >= 1, got 0" in cli_error()
+    for quantile in ("1.5", "-0.01"):
+        assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--ssim-quantile", quantile]) == 2
+        assert f"the SSIM quantile for tau must lie strictly between 0 and 1, got {float(quantile)}" in cli_error()
+    assert not (tmp_path / "ck").exists()  # refused before training
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder nobody can write to")
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    assert main(_train(data_root, "synthetic", Path("/proc"))) == 2
+    assert "cannot write to /proc/synthetic" in cli_error()
+    common = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--device", "cpu"]
+    assert main([*common, "--out", "/proc/results.csv"]) == 2
+    assert "--out /proc/results.csv: cannot write to /proc" in cli_error()
+    image = next((data_root / "synthetic" / "test" / "good").iterdir())
+    args = ["detect", str(image), "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--out", "/proc/detections"]
+    assert main([*args, "--device", "cpu"]) == 2
+    assert "--out /proc/detections: cannot write to /proc/detections/heatmaps" in cli_error()
+
+
+def test_evaluate_and_bench_check_their_values_before_loading(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    common = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--device", "cpu"]
+    common += ["--out", str(tmp_path / "r.csv")]
+    assert main([*common, "--thresholds", "1.5"]) == 2
+    assert "the SSIM threshold tau must be a number from -1 to 1, got 1.5" in cli_error()
+    assert main([*common, "--cell-sizes", "0"]) == 2
+    assert "the step-0 cell size must be >= 1 px, got 0" in cli_error()
+    assert main([*common, "--sigmas", "-1"]) == 2
+    assert "the smoothing sigma must be >= 0, got -1.0" in cli_error()
+    bench = ["bench", "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--device", "cpu"]
+    assert main([*bench, "--batch-sizes", "0"]) == 2
+    assert "batch sizes must be >= 1, got [0]" in cli_error()
+    assert main([*bench, "--repeats", "0"]) == 2
+    assert "repeats must be >= 1, got 0" in cli_error()
+    assert main([*bench, "--iterations", "11"]) == 2
+    assert "iterations must lie between 0 and 10, got [11]" in cli_error()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -107,3 +107,8 @@ def test_report_refuses_a_table_that_evaluate_did_not_write(tmp_path, capsys):
     assert main(["report", "--results", str(by_defect)]) == 2
     err = capsys.readouterr().err
     assert "is not a results table of `python -m i3ad evaluate`" in err and "--by-defect" in err
+    # Not a CSV at all: the same kind of message, not the parser's traceback.
+    text = tmp_path / "notes.csv"
+    text.write_text('a,b\n1,2,3,4\n"unclosed\n')
+    assert main(["report", "--results", str(text)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {text} is not a results table of `python -m i3ad evaluate`")

@@ -373,7 +373,7 @@ def test_out_of_range_and_non_numeric_settings_get_a_clear_error(handlers, good,
 @pytest.mark.parametrize(("iterations", "tau", "expected"), [(2.0, None, 2), (np.int64(0), -1.0, 0), (10, 1, 10)])
 def test_whole_floats_numpy_numbers_and_the_range_ends_are_accepted(handlers, good, iterations, tau, expected):
     *_, summary, steps, _ = handlers.detect("rgb", "i3ad", upload(good["rgb.png"]), iterations, tau)
-    assert f"T = {expected} iterations" in summary and len(steps) == 3 * (expected + 1)
+    assert f"Iterations T = {expected}," in summary and len(steps) == 3 * (expected + 1)
 
 
 def test_a_name_with_a_trailing_newline_is_refused(handlers, good, checkpoints):
@@ -544,7 +544,7 @@ def test_cli_refuses_folders_without_images_and_an_output_path_that_is_a_file(ch
         assert f"{tmp_path / folder} holds no image files (.png, " in cli_error()
     (tmp_path / "taken").write_text("a file, not a folder")
     assert main(["detect", str(good["rgb.png"]), *checkpoint, "--out", str(tmp_path / "taken")]) == 2
-    assert f"--out {tmp_path / 'taken'}: cannot create the output folder" in cli_error()
+    assert f"--out {tmp_path / 'taken'}: cannot write to {tmp_path / 'taken' / 'heatmaps'}" in cli_error()
 
 
 # --- tensors into the library ----------------------------------------------------------------------------------------
