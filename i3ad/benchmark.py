@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from i3ad.detector import AnomalyDetector
+from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.evaluation import TestSet, sweep_inpainting
 from i3ad.models import InpaintingUNet
 from i3ad.scoring import detect_by_inpainting, network_autocast
@@ -86,8 +86,8 @@ def check_plan(batch_sizes: list[int], iterations: list[int], repeats: int) -> N
         raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if any(not 0 <= t <= SWEEP_MAX_ITERATIONS for t in iterations):
-        raise ValueError(f"iterations must lie between 0 and {SWEEP_MAX_ITERATIONS}, got {iterations}")
+    for t in iterations:
+        check_iterations(t)
 
 
 def run_benchmark(

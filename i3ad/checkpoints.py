@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from string import Template
@@ -24,6 +23,7 @@ from i3ad.calibration import Calibration
 from i3ad.detector import AnomalyDetector
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.normal_error import NormalError
+from i3ad.outputs import ensure_writable_folder
 from i3ad.preprocessing import Preprocessing
 from i3ad.recipes import data_license
 from i3ad.scoring import DetectionSettings
@@ -38,19 +38,6 @@ ARCHITECTURES = {"InpaintingUNet": InpaintingUNet, "ConvAutoencoder": ConvAutoen
 
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded; the message names the file and the problem."""
-
-
-def ensure_writable_folder(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and check that files can be written into it, so that a run that is going to save
-    there finds out before its work, not after. ValueError naming the folder otherwise."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise ValueError(f"cannot write to {folder} ({error.strerror or error})") from None
-    return folder
 
 
 def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

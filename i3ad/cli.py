@@ -14,12 +14,13 @@ import torch
 
 from i3ad.batching import unless_out_of_gpu_memory
 from i3ad.benchmark import COMPILE_MODES
-from i3ad.calibration import DEFAULT_SSIM_QUANTILE
-from i3ad.checkpoints import CheckpointError, ensure_writable_folder, list_checkpoints, load_checkpoint, save_record
+from i3ad.calibration import DEFAULT_SSIM_QUANTILE, check_ssim_quantile
+from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_record
 from i3ad.data import CategoryIndex, DatasetError, check_category_name, index_category, list_categories
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.evaluation import METRIC_COLUMNS, TestSet
 from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
+from i3ad.outputs import ensure_writable_folder
 from i3ad.pipeline import (
     evaluate_by_defect,
     evaluate_detector,
@@ -67,6 +68,11 @@ def _augmentations(value: str, category: str) -> tuple[str, ...]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.ssim_quantile != 0:
+        try:
+            check_ssim_quantile(args.ssim_quantile)
+        except ValueError as error:
+            raise ValueError(f"{error} (or 0 to keep --ssim-threshold)") from None
     device = resolve_device(args.device)
     command = _command_line()
     for category in _categories(args.data_root, args.category):
@@ -134,14 +140,18 @@ def _output_file(path: str) -> Path:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     _apply_tf32_choice(args)
-    out = _output_file(args.out)
-    # The grid's values are checked before anything is loaded or computed.
+    # The grid's values are checked before anything is written, loaded or computed (DetectionSettings holds the
+    # rules for T, cell sizes and sigmas).
     for threshold in args.thresholds:
         check_ssim_threshold(threshold)
     for cell_size in args.cell_sizes or []:
         DetectionSettings(step0_cell_size=cell_size)
     for sigma in args.sigmas or []:
         DetectionSettings(smoothing_sigma=sigma)
+    DetectionSettings(iterations=args.iterations)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out = _output_file(args.out)
     available = list_checkpoints(args.checkpoints)
     if not available:
         raise CheckpointError(f"no checkpoints under {args.checkpoints} (expected <category>/<model>/detector.json)")
@@ -221,24 +231,29 @@ def _best(table: pd.DataFrame) -> str:
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    # Every checkpoint is loaded and its folder checked for writing first, so that none is re-calibrated in vain.
-    detectors = [(folder, load_checkpoint(folder, device)) for folder in args.checkpoint]
-    for folder, _ in detectors:
+    check_ssim_quantile(args.ssim_quantile)
+    changes = {
+        k: v
+        for k, v in {
+            "iterations": args.iterations,
+            "step0_cell_size": args.cell_size,
+            "anomaly_measure": args.measure,
+            "smoothing_sigma": args.sigma,
+            "subtract_normal_error": args.normal_error,
+        }.items()
+        if v is not None
+    }
+    # Every checkpoint, its folder, its category's data and its new settings are checked first, so that a mistake
+    # in the last one does not come after the first ones were rewritten.
+    plans = []
+    for folder in args.checkpoint:
+        detector = load_checkpoint(folder, device)
         ensure_writable_folder(folder)
-    for folder, detector in detectors:
-        changes = {
-            k: v
-            for k, v in {
-                "iterations": args.iterations,
-                "step0_cell_size": args.cell_size,
-                "anomaly_measure": args.measure,
-                "smoothing_sigma": args.sigma,
-                "subtract_normal_error": args.normal_error,
-            }.items()
-            if v is not None
-        }
-        index = index_category(args.data_root, detector.category)
-        detector = recalibrate(detector, index, detector.settings.with_(**changes), ssim_quantile=args.ssim_quantile)
+        settings = detector.settings.with_(**changes)
+        check_iterations(settings.iterations)
+        plans.append((folder, detector, index_category(args.data_root, detector.category), settings))
+    for folder, detector, index, settings in plans:
+        detector = recalibrate(detector, index, settings, ssim_quantile=args.ssim_quantile)
         detector.info["calibrate_command"] = _command_line()
         save_record(detector, folder)
         iterations = detector.default_iterations
@@ -248,11 +263,11 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         )
 
 
-def _inputs(paths: list[str], out: Path) -> list[Path]:
-    """The image files named or found (recursively) in the folders named; what an earlier run wrote to ``out``
-    (heat-maps, masks) is left out, so that running the same command twice scores the same images."""
+def _inputs(paths: list[str], heatmaps: Path) -> list[Path]:
+    """The image files named or found (recursively) in the folders named; the heat-maps and masks an earlier run
+    wrote to ``heatmaps`` are left out, so that running the same command twice scores the same images."""
     files: list[Path] = []
-    written = out.resolve()
+    written = heatmaps.resolve()
     for item in map(Path, paths):
         if item.is_dir():
             found = sorted(
@@ -288,7 +303,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
         )
     ssim_threshold = check_ssim_threshold(args.ssim_threshold)
     out = Path(args.out)
-    inputs = _inputs(args.inputs, out)
+    inputs = _inputs(args.inputs, out / "heatmaps")
     try:
         ensure_writable_folder(out / "heatmaps")
     except ValueError as error:
@@ -450,8 +465,10 @@ def _add_tf32_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Run as `python -m i3ad` argv[0] is __main__.py; installed, it is the `i3ad` command.
+    command = Path(sys.argv[0]).name
     parser = argparse.ArgumentParser(
-        prog="python -m i3ad",
+        prog="python -m i3ad" if command == "__main__.py" else command,
         description="Anomaly detection by iterative SSIM-masked inpainting. Each command has its own --help.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

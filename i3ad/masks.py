@@ -34,9 +34,10 @@ def complementary_grid_masks(count: int, cell_size: int, height: int, width: int
 
 
 def check_cell_sizes(cell_sizes: tuple[int, ...]) -> None:
-    """Refuse an empty or non-positive list of training grid cell sizes."""
-    if not cell_sizes or any(not isinstance(c, int) or c < 1 for c in cell_sizes):
-        raise ValueError(f"grid cell sizes must be one or more whole numbers >= 1, got {cell_sizes!r}")
+    """Refuse an empty list of training grid cell sizes, or one with repeats or anything but whole numbers >= 1."""
+    whole = all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cell_sizes)
+    if not cell_sizes or not whole or len(set(cell_sizes)) != len(cell_sizes):
+        raise ValueError(f"grid cell sizes must be one or more distinct whole numbers >= 1, got {cell_sizes!r}")
 
 
 def _grid_masks(

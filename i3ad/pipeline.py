@@ -16,7 +16,7 @@ from i3ad.calibration import (
     calibrate_inpainting,
     check_ssim_quantile,
 )
-from i3ad.checkpoints import ensure_writable_folder, save_checkpoint
+from i3ad.checkpoints import save_checkpoint
 from i3ad.data import NORMAL, CategoryIndex, DatasetError, load_images, load_masks, load_regions
 from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.evaluation import (
@@ -28,6 +28,7 @@ from i3ad.evaluation import (
     sweep_inpainting,
 )
 from i3ad.models import ConvAutoencoder, InpaintingUNet
+from i3ad.outputs import ensure_writable_folder
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings, autocast_for
 from i3ad.training import TrainConfig, split_holdout, train

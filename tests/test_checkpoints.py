@@ -13,7 +13,6 @@ import torch
 from i3ad.calibration import Calibration
 from i3ad.checkpoints import (
     CheckpointError,
-    ensure_writable_folder,
     list_checkpoints,
     load_checkpoint,
     load_model,
@@ -24,6 +23,7 @@ from i3ad.checkpoints import (
 from i3ad.detector import AnomalyDetector
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
+from i3ad.outputs import ensure_writable_folder
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings
 

@@ -201,6 +201,13 @@ def test_detect_leaves_out_what_it_wrote_before_and_refuses_a_missing_path(train
         assert main(args) == 0
         with open(inputs / "detections" / "scores.csv", newline="") as handle:
             assert len(list(csv.DictReader(handle))) == count
+    # The output folder the input folder itself: the images are scored, the heat-maps left out.
+    shutil.rmtree(inputs / "detections")
+    same = [*args[:-3], "--out", str(inputs)]
+    for _ in range(2):
+        assert main(same) == 0
+        with open(inputs / "scores.csv", newline="") as handle:
+            assert len(list(csv.DictReader(handle))) == count
     missing = tmp_path / "missing.png"
     assert main([*args[:1], str(missing), *args[2:-3], "--out", str(tmp_path / "none")]) == 2
     assert f"{missing}: no such file or folder" in cli_error()
@@ -507,7 +514,8 @@ def test_train_with_bad_settings(synthetic_root, tmp_path, cli_error):
     assert "the batch size must be >= 1, got 0" in cli_error()
     for quantile in ("1.5", "-0.01"):
         assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--ssim-quantile", quantile]) == 2
-        assert f"the SSIM quantile for tau must lie strictly between 0 and 1, got {float(quantile)}" in cli_error()
+        message = f"strictly between 0 and 1, got {float(quantile)} (or 0 to keep --ssim-threshold)"
+        assert message in cli_error()
     assert not (tmp_path / "ck").exists()  # refused before training
 
 
@@ -525,23 +533,29 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(trained, tmp
     assert "--out /proc/detections: cannot write to /proc/detections/heatmaps" in cli_error()
 
 
-def test_evaluate_and_bench_check_their_values_before_loading(trained, tmp_path, cli_error):
-    data_root, checkpoints = trained
-    common = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--device", "cpu"]
-    common += ["--out", str(tmp_path / "r.csv")]
-    assert main([*common, "--thresholds", "1.5"]) == 2
-    assert "the SSIM threshold tau must be a number from -1 to 1, got 1.5" in cli_error()
-    assert main([*common, "--cell-sizes", "0"]) == 2
-    assert "the step-0 cell size must be >= 1 px, got 0" in cli_error()
-    assert main([*common, "--sigmas", "-1"]) == 2
-    assert "the smoothing sigma must be >= 0, got -1.0" in cli_error()
-    bench = ["bench", "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--device", "cpu"]
-    assert main([*bench, "--batch-sizes", "0"]) == 2
-    assert "batch sizes must be >= 1, got [0]" in cli_error()
-    assert main([*bench, "--repeats", "0"]) == 2
-    assert "repeats must be >= 1, got 0" in cli_error()
-    assert main([*bench, "--iterations", "11"]) == 2
-    assert "iterations must lie between 0 and 10, got [11]" in cli_error()
+def test_evaluate_and_bench_check_their_values_before_loading(tmp_path, cli_error):
+    # Nothing to load exists: a value checked late would be reported as the missing data or checkpoint instead.
+    out = tmp_path / "results" / "r.csv"
+    common = ["evaluate", "--data-root", str(tmp_path / "no_data"), "--checkpoints", str(tmp_path / "no_ck")]
+    common += ["--device", "cpu", "--out", str(out)]
+    for flag, value, message in [
+        ("--thresholds", "1.5", "the SSIM threshold tau must be a number from -1 to 1, got 1.5"),
+        ("--cell-sizes", "0", "the step-0 cell size must be >= 1 px, got 0"),
+        ("--sigmas", "-1", "the smoothing sigma must be >= 0, got -1.0"),
+        ("--iterations", "-1", "iterations must be a whole number between 0 and 100, got -1"),
+        ("--batch-size", "0", "--batch-size must be >= 1, got 0"),
+    ]:
+        assert main([*common, flag, value]) == 2
+        assert message in cli_error()
+    assert not out.parent.exists()
+    bench = ["bench", "--checkpoint", str(tmp_path / "no_ck"), "--device", "cpu"]
+    for flag, value, message in [
+        ("--batch-sizes", "0", "batch sizes must be >= 1, got [0]"),
+        ("--repeats", "0", "repeats must be >= 1, got 0"),
+        ("--iterations", "11", "iterations must be between 0 and 10 (the score thresholds are calibrated up to there)"),
+    ]:
+        assert main([*bench, flag, value]) == 2
+        assert message in cli_error()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -80,7 +80,7 @@ def test_training_grids_use_only_the_given_cell_sizes():
     assert not torch.equal(fine.amax(dim=(3, 5)), fine.amin(dim=(3, 5)))
 
 
-@pytest.mark.parametrize("cell_sizes", [(), (0,), (8, -1), (8.0,)])
+@pytest.mark.parametrize("cell_sizes", [(), (0,), (8, -1), (8.0,), (True,), (8, 8)])
 def test_training_masks_refuse_bad_cell_sizes(cell_sizes):
     with pytest.raises(ValueError, match="grid cell sizes"):
         random_training_masks(2, (16, 16), grid_cell_sizes=cell_sizes)
