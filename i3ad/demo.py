@@ -303,7 +303,8 @@ def save_report(report: DetectionReport, name: str, out_dir: str | Path) -> list
         {
             "model": report.variant,
             "iterations": t,
-            "ssim_threshold": "" if report.ssim_threshold is None else f"{report.ssim_threshold:.4f}",
+            # Step 0 paints the complementary grids and thresholds nothing: tau applies from T = 1 on.
+            "ssim_threshold": "" if report.ssim_threshold is None or t == 0 else f"{report.ssim_threshold:.4f}",
             "score": f"{score:.4f}",
             "score_threshold": f"{limit:.4f}",
             "verdict": verdict(score, limit),

@@ -150,6 +150,8 @@ def test_detect_returns_maps_score_gallery_and_files(handlers, spot_image):
     with open(next(f for f in files if f.endswith(".csv"))) as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["model"], r["iterations"]) for r in rows] == [("i3ad", "0"), ("i3ad", "1"), ("i3ad", "2"), ("ae", "0")]
+    # tau is used from T = 1 on, and never by the autoencoder.
+    assert [bool(r["ssim_threshold"]) for r in rows] == [False, True, True, False]
     final = rows[2]
     threshold = detector.calibration.score_threshold(2)
     assert float(final["score_threshold"]) == pytest.approx(threshold, abs=1e-4)
