@@ -125,15 +125,20 @@ def _apply_tf32_choice(args: argparse.Namespace) -> None:
         torch.backends.cudnn.allow_tf32 = False
 
 
+def _writable_out(folder: Path, out: Path) -> Path:
+    """``folder``, where ``--out out`` writes, created and checked for writing; the error names the flag."""
+    try:
+        return ensure_writable_folder(folder)
+    except ValueError as error:
+        raise ValueError(f"--out {out}: {error}") from None
+
+
 def _output_file(path: str) -> Path:
     """``--out`` as a file that can be written, checked before any work is done."""
     out = Path(path)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'results.csv'}")
-    try:
-        ensure_writable_folder(out.parent)
-    except ValueError as error:
-        raise ValueError(f"--out {out}: {error}") from None
+    _writable_out(out.parent, out)
     return out
 
 
@@ -304,10 +309,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
     ssim_threshold = check_ssim_threshold(args.ssim_threshold)
     out = Path(args.out)
     inputs = _inputs(args.inputs, out / "heatmaps")
-    try:
-        ensure_writable_folder(out / "heatmaps")
-    except ValueError as error:
-        raise ValueError(f"--out {out}: {error}") from None
+    _writable_out(out / "heatmaps", out)
     threshold = detector.calibration.score_threshold(iterations)
     rows, failures = [], 0
     for number, path in enumerate(inputs):
@@ -664,10 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     tf32, threads = torch.backends.cudnn.allow_tf32, torch.get_num_threads()
     try:
         args.run(args)
-    except (DatasetError, CheckpointError, ImageReadError, ValueError, FloatingPointError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # e.g. a full disk while writing results: a message, not a traceback
+    # OSError covers a missing file as well as a full disk while writing results: a message, not a traceback.
+    except (DatasetError, CheckpointError, ImageReadError, ValueError, FloatingPointError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError:

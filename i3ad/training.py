@@ -168,7 +168,7 @@ def train(
                 (size, size),
                 generator=generator,
                 device=device,
-                grid_cell_sizes=tuple(config.grid_cell_sizes),
+                grid_cell_sizes=config.grid_cell_sizes,
             )
             reconstructions = paint(network, batch, masks, autocast_dtype)
         else:
