@@ -27,7 +27,6 @@ except ImportError:
 
 
 import html
-import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from i3ad.calibration import MAX_CALIBRATED_ITERATIONS
 from i3ad.checkpoints import CheckpointError
 from i3ad.demo import (
     BASELINE_VARIANT,
+    OUTPUT_MAX_AGE_S,
     TAU_RANGE,
     TAU_STEP,
     ModelDefaults,
@@ -48,8 +48,10 @@ from i3ad.demo import (
     data_examples,
     default_variant,
     detect_image,
+    first_working_model,
     model_defaults,
     model_variants,
+    new_output_folder,
     synthetic_examples,
 )
 from i3ad.hub import CheckpointResolver
@@ -64,8 +66,6 @@ OUTPUT_HEIGHT = 300  # px of the result images on the page
 # Uploads above this size are refused by Gradio before they reach the disk; a 40-megapixel image (the most
 # i3ad.images reads) fits unless it is 16-bit or incompressible noise.
 MAX_UPLOAD_SIZE = "100mb"
-
-logger = logging.getLogger(__name__)
 
 INTRO = """# i3ad: anomaly detection by iterative inpainting
 Upload an image of a category (or pick an example). I3AD first repaints every pixel from its surroundings (four
@@ -145,7 +145,8 @@ class Handlers:
         self.store = ModelStore(config.resolver, resolve_device(config.device))
         # Set by build_app to Gradio's cache: the detect event then only reads files from there (see image_path).
         self.upload_folder: Path | None = None
-        # Example images and each detection's files; removed when the app's process ends.
+        # Example images and each detection's files (kept for OUTPUT_MAX_AGE_S, see new_output_folder); all removed
+        # when the app's process ends.
         self._workspace = tempfile.TemporaryDirectory(prefix="i3ad_app_")
         self.output_root = Path(self._workspace.name)
         self.synthetic = synthetic_examples(self.output_root / "examples")
@@ -205,7 +206,7 @@ class Handlers:
                     path,
                     iterations=iterations,
                     ssim_threshold=ssim_threshold,
-                    out_dir=Path(tempfile.mkdtemp(dir=self.output_root)),
+                    out_dir=new_output_folder(self.output_root),
                 )
             )
         except (CheckpointError, ImageReadError, ValueError) as error:
@@ -219,7 +220,7 @@ class Handlers:
             )
         baseline = report.baseline.heatmap if report.baseline else None
         if report.baseline is None and variant != BASELINE_VARIANT:
-            gr.Warning(f"No autoencoder baseline checkpoint for {category}: the AE heat-map is left empty.")
+            gr.Warning(f"No usable autoencoder baseline checkpoint for {category}: the AE heat-map is left empty.")
         return (
             report.heatmap,
             report.mask,
@@ -241,20 +242,6 @@ class Handlers:
         )
 
 
-def first_working_model(handlers: Handlers, categories: list[str]) -> tuple[str, ModelDefaults]:
-    """The first category whose default model loads, and that model's defaults: the page opens on it. A damaged
-    checkpoint is logged and passed over (choosing it later says what is wrong); CheckpointError when none loads."""
-    problems = []
-    for category in categories:
-        variant = default_variant(handlers.store.available()[category], handlers.store.device)
-        try:
-            return category, model_defaults(handlers.store.get(category, variant))
-        except CheckpointError as error:
-            logger.warning("%s/%s cannot be loaded: %s", category, variant, error)
-            problems.append(str(error))
-    raise CheckpointError(f"no checkpoint could be loaded: {'; '.join(problems)}")
-
-
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
     """The Blocks app, not launched. The default model of the first category that has a working one is loaded to
     fill in the controls, the others on first use; the synthetic example images are written to a temporary folder."""
@@ -267,7 +254,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         )
     # The first working category's controls are filled in here, so that the page and the API start with working
     # values.
-    category, defaults = first_working_model(handlers, categories)
+    category, defaults = first_working_model(handlers.store, categories)
     variants = handlers.store.available()[category]
     variant = default_variant(variants, handlers.store.device)
     iterations_settings, tau_settings = slider_settings(defaults)
@@ -276,7 +263,9 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
     def detect(category, variant, image, iterations, ssim_threshold, progress=gr.Progress()):  # noqa: B008
         return handlers.detect(category, variant, image, iterations, ssim_threshold, progress)
 
-    with gr.Blocks(title="i3ad anomaly detection", analytics_enabled=False) as app:
+    # Gradio's cache of uploads and returned files is cleared like the app's own outputs (OUTPUT_MAX_AGE_S).
+    cache_cleanup = (OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)
+    with gr.Blocks(title="i3ad anomaly detection", analytics_enabled=False, delete_cache=cache_cleanup) as app:
         gr.Markdown(INTRO)
         with gr.Tab("Detect"), gr.Row():
             with gr.Column(scale=1):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from i3ad.batching import map_batches
+from i3ad.checks import is_finite_number
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
 from i3ad.scoring import (
@@ -46,9 +46,9 @@ class Calibration:
 
     def __post_init__(self) -> None:
         thresholds = self.score_thresholds
-        if not isinstance(thresholds, (list, tuple)) or not thresholds or not all(map(_is_finite, thresholds)):
+        if not isinstance(thresholds, (list, tuple)) or not thresholds or not all(map(is_finite_number, thresholds)):
             raise ValueError(f"score_thresholds must be a non-empty list of finite numbers, got {thresholds!r}")
-        if self.ssim_threshold is not None and not _is_finite(self.ssim_threshold):
+        if self.ssim_threshold is not None and not is_finite_number(self.ssim_threshold):
             raise ValueError(f"ssim_threshold must be a finite number or None, got {self.ssim_threshold!r}")
 
     @property
@@ -68,13 +68,9 @@ class Calibration:
         }
 
 
-def _is_finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_ssim_quantile(value: float | None) -> None:
     """tau's quantile must lie strictly between 0 and 1 (None: keep a given tau). ValueError otherwise."""
-    if value is not None and not (_is_finite(value) and 0 < value < 1):
+    if value is not None and not (is_finite_number(value) and 0 < value < 1):
         raise ValueError(f"the SSIM quantile for tau must lie strictly between 0 and 1, got {value!r}")
 
 
@@ -99,8 +95,7 @@ def calibrate_inpainting(
     settings subtract it) and the score thresholds on preprocessed held-out normal images [N, C, S, S], ``batch_size``
     images at a time; ``regions`` [N, 1, S, S]: where each image lies in its frame (None: everywhere)."""
     check_ssim_quantile(ssim_quantile)
-    if len(holdout) == 0:
-        raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
+    _check_holdout(holdout)
     tau = settings.ssim_threshold
     if ssim_quantile is not None:
         step0_ssim = map_batches(
@@ -134,8 +129,7 @@ def calibrate_autoencoder(
 ) -> Calibration:
     """The autoencoder's normal error (if the settings subtract it) and score threshold on held-out normal images
     (``regions``: as for ``calibrate_inpainting``)."""
-    if len(holdout) == 0:
-        raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
+    _check_holdout(holdout)
     normal_error, step_scores = _normal_error_and_scores(
         lambda b: detect_by_autoencoder(model, b, settings, autocast_dtype=autocast_dtype).anomaly_maps,
         holdout,
@@ -143,7 +137,13 @@ def calibrate_autoencoder(
         batch_size=batch_size,
         regions=regions,
     )
-    return replace(calibrate_scores(step_scores[0]), normal_error=normal_error)
+    # No iterations: one score threshold, the highest held-out normal score.
+    return Calibration(None, None, [step_scores[0].max().item()], len(holdout), normal_error)
+
+
+def _check_holdout(holdout: Tensor) -> None:
+    if len(holdout) == 0:
+        raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
 
 
 def _normal_error_and_scores(
@@ -162,10 +162,3 @@ def _normal_error_and_scores(
     if normal_error is not None:
         maps = torch.stack([normal_error.subtract(step, t) for t, step in enumerate(maps)])
     return normal_error, torch.stack([image_scores(step, regions) for step in maps])
-
-
-def calibrate_scores(scores: Tensor) -> Calibration:
-    """Calibration of a model without iterations (the autoencoder) from held-out normal image scores [N]."""
-    if len(scores) == 0:
-        raise ValueError("calibration needs held-out normal images; use a holdout_fraction > 0")
-    return Calibration(None, None, [scores.max().item()], len(scores))

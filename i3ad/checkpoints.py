@@ -20,6 +20,7 @@ import torch
 
 from i3ad import __version__
 from i3ad.calibration import Calibration
+from i3ad.checks import error_summary
 from i3ad.detector import AnomalyDetector
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.normal_error import NormalError
@@ -123,7 +124,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        summary = str(error).splitlines()[0]
+        summary = error_summary(error)
         raise CheckpointError(f"{weights} does not match {folder / CONFIG_FILE}: {summary}") from None
     return for_device(model, device).eval()
 

@@ -6,6 +6,7 @@ import argparse
 import csv
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,10 +14,10 @@ import pandas as pd
 import torch
 
 from i3ad.batching import unless_out_of_gpu_memory
-from i3ad.benchmark import COMPILE_MODES
+from i3ad.benchmark import COMPILE_MODES, check_plan, run_benchmark
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE, check_ssim_quantile
 from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_record
-from i3ad.data import CategoryIndex, DatasetError, check_category_name, index_category, list_categories
+from i3ad.data import CategoryIndex, DatasetError, check_category_name, index_category, list_categories, load_images
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.evaluation import METRIC_COLUMNS, TestSet
 from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
@@ -162,13 +163,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise CheckpointError(f"no checkpoints under {args.checkpoints} (expected <category>/<model>/detector.json)")
     categories = sorted(available) if args.category == ["all"] else [check_category_name(c) for c in args.category]
     # Every category and model is looked up before anything is computed, so a typo does not cost a finished run.
-    jobs = []
     for category in categories:
         if category not in available:
             raise CheckpointError(
                 f"no checkpoint for category {category!r} under {args.checkpoints} "
                 f"(have: {', '.join(sorted(available))})"
             )
+    for name in args.model or []:
+        if not any(name in available[category] for category in categories):
+            raise CheckpointError(f"no checkpoint named {name!r} for {', '.join(categories)} under {args.checkpoints}")
+    jobs = []
+    for category in categories:
         names = [name for name in available[category] if not args.model or name in args.model]
         if not names:
             raise CheckpointError(
@@ -292,7 +297,7 @@ def _inputs(paths: list[str], heatmaps: Path) -> list[Path]:
 
 def cmd_detect(args: argparse.Namespace) -> None:
     # Imported here: plotly (for the colour map) is only needed for pictures, not to train or evaluate.
-    from i3ad.visualize import HEATMAP_RANGE, binary_mask_image, heatmap_overlay, output_name
+    from i3ad.visualize import heatmap_picture, mask_picture, output_name
 
     device = resolve_device(args.device)
     detector = load_checkpoint(args.checkpoint, device)
@@ -329,11 +334,9 @@ def cmd_detect(args: argparse.Namespace) -> None:
             # Numbered, so that equal names from different folders do not collide; cut to fit the file system.
             heatmap = out / "heatmaps" / f"{number:05d}_{output_name(path)}.png"
             anomaly_map = detector.crop(result.anomaly_map, image)[0].cpu()
-            heatmap_overlay(image, anomaly_map, vmax=HEATMAP_RANGE * threshold).save(heatmap)
+            heatmap_picture(image, anomaly_map, threshold).save(heatmap)
             if args.save_masks:
-                binary_mask_image(anomaly_map, threshold, image.shape[-2:]).save(
-                    heatmap.with_name(heatmap.stem + "_mask.png")
-                )
+                mask_picture(image, anomaly_map, threshold).save(heatmap.with_name(heatmap.stem + "_mask.png"))
             return {"score": f"{score:.4f}", "verdict": verdict(score, threshold), "heatmap": str(heatmap)}
 
         try:
@@ -359,12 +362,10 @@ def cmd_detect(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    import tempfile
-
-    from i3ad.benchmark import check_plan, run_benchmark
-    from i3ad.data import load_images
-
     check_plan(args.batch_sizes, args.iterations, args.repeats)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    out = _output_file(args.out) if args.out else None
     device = resolve_device(args.device)
     _apply_tf32_choice(args)
     if args.threads:
@@ -400,9 +401,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3g}".format):
         print(table.drop(columns=["date", "torch"]).to_string(index=False))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         if args.append and out.exists():  # rows written before a column existed get it empty
             table = pd.concat([pd.read_csv(out), table], ignore_index=True)
         table.to_csv(out, index=False, float_format="%.4g")
@@ -575,8 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--checkpoint", required=True, help="a checkpoint folder, e.g. checkpoints/bottle/i3ad")
     detect.add_argument("--iterations", type=int, help="T (default: the checkpoint's)")
     detect.add_argument("--ssim-threshold", type=float, help="tau (default: the calibrated one)")
-    detect.add_argument("--out", default="detections", help="folder for scores.csv and heatmaps/")
-    detect.add_argument("--save-masks", action="store_true", help="also save the binary anomaly masks")
+    detect.add_argument(
+        "--out",
+        default="detections",
+        help="folder for scores.csv and heatmaps/ (heat-maps at the input's size; very large inputs get smaller ones)",
+    )
+    detect.add_argument("--save-masks", action="store_true", help="also save the binary anomaly masks (same size)")
     detect.add_argument("--device", default="auto")
     detect.set_defaults(run=cmd_detect)
 

@@ -5,9 +5,13 @@ turns them into messages.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
+import shutil
+import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -26,7 +29,15 @@ from i3ad.hub import CheckpointResolver, check_name
 from i3ad.plots import auroc_bars, auroc_vs_iterations, headline, load_results
 from i3ad.scoring import DetectionResult, DetectionSettings
 from i3ad.synthetic import make_synthetic_category
-from i3ad.visualize import HEATMAP_RANGE, binary_mask_image, colorize, heatmap_overlay, output_name, to_pil
+from i3ad.visualize import (
+    HEATMAP_RANGE,
+    colorize,
+    display_image,
+    heatmap_picture,
+    mask_picture,
+    output_name,
+    to_pil,
+)
 
 # The variant name of the autoencoder baseline; every other variant of a category is an I3AD model.
 BASELINE_VARIANT = "ae"
@@ -39,9 +50,9 @@ TAU_STEP = 0.001
 # The tau slider spans the useful part of SSIM's range [-1, 1], widened for a checkpoint calibrated below it.
 TAU_RANGE = (0.0, 1.0)
 SYNTHETIC_SIZE = 256
-# The heat-map and mask are drawn at the input's size, but at most this many pixels a side: the maps themselves are at
-# the model's resolution, and a full-size overlay of a 40-megapixel photo would take gigabytes per request.
-DISPLAY_MAX_SIDE = 2048
+# A detection's files (heat-map, mask, scores CSV) are kept this long for the user to download, then removed.
+OUTPUT_MAX_AGE_S = 3600
+OUTPUT_PREFIX = "detection_"
 # The benchmark table's columns (the others are the same in every row at the default settings).
 TABLE_COLUMNS = (
     "category",
@@ -126,6 +137,20 @@ def model_defaults(detector: AnomalyDetector) -> ModelDefaults:
     return ModelDefaults(iterations, tau, description)
 
 
+def first_working_model(store: ModelStore, categories: list[str]) -> tuple[str, ModelDefaults]:
+    """The first category whose default model loads, and that model's defaults: the page opens on it. A damaged
+    checkpoint is logged and passed over (choosing it later says what is wrong); CheckpointError when none loads."""
+    problems = []
+    for category in categories:
+        variant = default_variant(store.available()[category], store.device)
+        try:
+            return category, model_defaults(store.get(category, variant))
+        except CheckpointError as error:
+            logger.warning("%s/%s cannot be loaded: %s", category, variant, error)
+            problems.append(str(error))
+    raise CheckpointError(f"no checkpoint could be loaded: {'; '.join(problems)}")
+
+
 @dataclass
 class BaselineView:
     """The autoencoder baseline's answer for the same image."""
@@ -137,7 +162,7 @@ class BaselineView:
 
 @dataclass
 class DetectionReport:
-    """One image's detection, ready to show: pictures at the input's size (at most DISPLAY_MAX_SIDE a side), step
+    """One image's detection, ready to show: pictures at the input's display size (``visualize.display_size``), step
     images, summary and files."""
 
     category: str
@@ -156,16 +181,12 @@ class DetectionReport:
     files: list[Path] = field(default_factory=list)
 
     @property
-    def anomalous(self) -> bool:
-        return self.score > self.threshold
-
-    @property
     def verdict(self) -> str:
         return verdict(self.score, self.threshold)
 
     def summary(self) -> str:
         """Markdown: the verdict, the score against the threshold used, and the settings."""
-        comparison = ">" if self.anomalous else "<="
+        comparison = ">" if self.verdict == "anomalous" else "<="
         lines = [
             f"## {self.verdict.upper()}",
             f"Anomaly score **{self.score:.4f}** {comparison} score threshold **{self.threshold:.4f}** "
@@ -216,16 +237,6 @@ def _effective_tau(calibrated: float | None, requested: float | None) -> float |
     return requested
 
 
-def display_image(image: Tensor) -> Tensor:
-    """The input [C, H, W] shrunk (keeping its aspect ratio) to at most DISPLAY_MAX_SIDE a side, for the pictures."""
-    height, width = image.shape[-2:]
-    scale = DISPLAY_MAX_SIDE / max(height, width)
-    if scale >= 1:
-        return image
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return F.interpolate(image[None], size=size, mode="area")[0]
-
-
 def detect_image(
     store: ModelStore,
     category: str,
@@ -266,30 +277,55 @@ def detect_image(
         calibrated_ssim_threshold=detector.calibration.ssim_threshold,
         score=result.scores[0].item(),
         threshold=threshold,
-        heatmap=heatmap_overlay(shown, anomaly_map, vmax=HEATMAP_RANGE * threshold),
-        mask=binary_mask_image(anomaly_map, threshold, tuple(shown.shape[-2:])),
+        heatmap=heatmap_picture(shown, anomaly_map, threshold),
+        mask=mask_picture(shown, anomaly_map, threshold),
         steps=_step_images(result, step_thresholds, lambda frames: detector.crop(frames, image)),
         step_scores=result.step_scores[:, 0].tolist(),
         step_thresholds=step_thresholds,
     )
-    if with_baseline and variant != BASELINE_VARIANT and BASELINE_VARIANT in store.available()[category]:
-        baseline = store.get(category, BASELINE_VARIANT)
+    baseline = _baseline(store, category) if with_baseline and variant != BASELINE_VARIANT else None
+    if baseline is not None:
         # The same decoded image when the channels agree: a large input is decoded once, not twice.
         same_channels = baseline.preprocessing.channels == detector.preprocessing.channels
         baseline_image = image if same_channels else baseline.read(image_path)
         baseline_result = baseline.detect(baseline_image)
         baseline_threshold = baseline.calibration.score_threshold(0)
         report.baseline = BaselineView(
-            heatmap=heatmap_overlay(
-                shown if same_channels else display_image(baseline_image),
+            heatmap=heatmap_picture(
+                shown if same_channels else baseline_image,
                 baseline.crop(baseline_result.anomaly_map, baseline_image)[0].cpu(),
-                vmax=HEATMAP_RANGE * baseline_threshold,
+                baseline_threshold,
             ),
             score=baseline_result.scores[0].item(),
             threshold=baseline_threshold,
         )
     report.files = save_report(report, output_name(image_path), out_dir)
     return report
+
+
+def _baseline(store: ModelStore, category: str) -> AnomalyDetector | None:
+    """The category's autoencoder baseline, or None when it has none or its checkpoint cannot be loaded (the chosen
+    model's result is shown all the same)."""
+    if BASELINE_VARIANT not in store.available()[category]:
+        return None
+    try:
+        return store.get(category, BASELINE_VARIANT)
+    except CheckpointError as error:
+        logger.warning("%s: the autoencoder baseline is left out: %s", category, error)
+        return None
+
+
+def new_output_folder(root: str | Path) -> Path:
+    """A fresh folder under ``root`` for one detection's files; those of earlier detections older than
+    OUTPUT_MAX_AGE_S are removed first, so that a long-running app does not fill its disk."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - OUTPUT_MAX_AGE_S
+    for old in root.glob(f"{OUTPUT_PREFIX}*"):
+        with contextlib.suppress(OSError):  # another request may be removing it too
+            if old.stat().st_mtime < cutoff:
+                shutil.rmtree(old)
+    return Path(tempfile.mkdtemp(prefix=OUTPUT_PREFIX, dir=root))
 
 
 def save_report(report: DetectionReport, name: str, out_dir: str | Path) -> list[Path]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import torch
 from torch import Tensor
 
 from i3ad.calibration import MAX_CALIBRATED_ITERATIONS, Calibration
+from i3ad.checks import is_number, is_whole_number, shown
 from i3ad.images import read_image
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.preprocessing import Preprocessing
@@ -109,33 +108,15 @@ def verdict(score: float, threshold: float) -> str:
     return "anomalous" if score > threshold else "normal"
 
 
-def _is_number(value: object) -> bool:
-    """A real number (numpy's too), but not a bool, a string or anything else a request may carry."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_whole(value: numbers.Real) -> bool:
-    # Integers are whole already, and math.isfinite cannot even take one with 400 digits.
-    return isinstance(value, numbers.Integral) or (math.isfinite(value) and value == int(value))
-
-
-def _shown(value: object, limit: int = 24) -> str:
-    """A request's value for an error message, cut short (a request may send anything, of any length)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
 def check_iterations(value: object) -> int:
     """An iteration count T asked for by a user: a whole number from 0 to MAX_CALIBRATED_ITERATIONS (the app's
     sliders send floats such as 2.0). ValueError naming the value otherwise."""
-    if not _is_number(value) or not _is_whole(value):
-        raise ValueError(
-            f"iterations must be a whole number from 0 to {MAX_CALIBRATED_ITERATIONS}, got {_shown(value)}"
-        )
+    if not is_whole_number(value):
+        raise ValueError(f"iterations must be a whole number from 0 to {MAX_CALIBRATED_ITERATIONS}, got {shown(value)}")
     if not 0 <= value <= MAX_CALIBRATED_ITERATIONS:
         raise ValueError(
             f"iterations must be between 0 and {MAX_CALIBRATED_ITERATIONS} (the score thresholds are calibrated "
-            f"up to there), got {_shown(value)}"
+            f"up to there), got {shown(value)}"
         )
     return int(value)
 
@@ -144,6 +125,6 @@ def check_ssim_threshold(value: object) -> float | None:
     """An SSIM threshold tau asked for by a user: None (the calibrated one) or a number in SSIM's range [-1, 1]."""
     if value is None:
         return None
-    if not _is_number(value) or not -1.0 <= value <= 1.0:  # NaN fails the comparison too
-        raise ValueError(f"the SSIM threshold tau must be a number from -1 to 1, got {_shown(value)}")
+    if not is_number(value) or not -1.0 <= value <= 1.0:  # NaN fails the comparison too
+        raise ValueError(f"the SSIM threshold tau must be a number from -1 to 1, got {shown(value)}")
     return float(value)

@@ -28,6 +28,7 @@ from i3ad.checkpoints import (
     list_checkpoints,
     load_checkpoint,
 )
+from i3ad.checks import error_summary
 from i3ad.data import DatasetError, check_category_name
 from i3ad.detector import AnomalyDetector
 
@@ -99,7 +100,7 @@ class CheckpointResolver:
             return Path(snapshot_download(self.repo_id, revision=self.revision, allow_patterns=patterns))
         except (HfHubHTTPError, LocalEntryNotFoundError) as error:
             # Not found, no network and nothing cached, offline mode with an incomplete cache, Hub errors.
-            summary = str(error).strip().splitlines()[0]
+            summary = error_summary(error)
             raise CheckpointError(f"could not get checkpoints from Hub repo {self.repo_id!r}: {summary}") from None
 
     def hub_checkpoints(self) -> dict[str, list[str]]:
@@ -170,32 +171,30 @@ def upload_checkpoints(
         check_name("category", category)
         if category not in found:
             raise CheckpointError(f"no checkpoint of category {category!r} under {root} (have: {_describe(found)})")
-    chosen = [
-        f"{category}/{variant}"
-        for category, names in found.items()
-        if not categories or category in categories
-        for variant in names
-        if not variants or variant in variants
-    ]
-    if not chosen:
-        raise CheckpointError(f"none of the checkpoints under {root} matches (have: {_describe(found)})")
+    searched = {c: names for c, names in found.items() if not categories or c in categories}
+    for variant in variants or []:
+        check_name("variant", variant)
+        if not any(variant in names for names in searched.values()):
+            raise CheckpointError(f"no checkpoint named {variant!r} under {root} (have: {_describe(searched)})")
+    chosen = [(c, v) for c, names in searched.items() for v in names if not variants or v in variants]
+    uploaded = [f"{c}/{v}" for c, v in chosen]
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(
             repo_id=repo_id,
             folder_path=root,
-            allow_patterns=[f"{name}/{file}" for name in chosen for file in CHECKPOINT_FOLDER_FILES],
-            commit_message=f"Upload i3ad checkpoints: {', '.join(chosen)}",
+            allow_patterns=[pattern for c, v in chosen for pattern in _hub_patterns(c, v)],
+            commit_message=f"Upload i3ad checkpoints: {', '.join(uploaded)}",
         )
     except HfHubHTTPError as error:
-        summary = str(error).strip().splitlines()[0]
+        summary = error_summary(error)
         raise CheckpointError(
             f"upload to Hub repo {repo_id!r} failed: {summary} (log in with `hf auth login` or set HF_TOKEN)"
         ) from None
     except Exception as error:  # offline mode, or a failed name lookup or connection (the HTTP client's own errors)
-        summary = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        summary = error_summary(error)
         raise CheckpointError(
             f"upload to Hub repo {repo_id!r} failed: {summary} (is the network up, and HF_HUB_OFFLINE unset?)"
         ) from None
-    return chosen
+    return uploaded

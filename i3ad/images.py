@@ -15,8 +15,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 8
 GREYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-# 32-bit integer and float images carry no bit depth: their values are divided by the first of these that holds
-# their maximum (1 for float images only: floats in [0, 1] are already intensities).
+# 32-bit integer images, and float images of whole numbers above 1, carry no bit depth: their values are divided by
+# the first of these that holds their maximum (float images in [0, 1] are intensities already).
 _VALUE_RANGES = (255.0, 65535.0)
 
 
@@ -147,11 +147,12 @@ def read_image(source: str | Path | bytes | Image.Image, channels: int) -> Tenso
     """Decode an image to a [channels, H, W] float32 tensor in [0, 1].
 
     Conversions: EXIF orientation is applied; the first frame of an animation or multi-page file is used; palette,
-    CMYK and 1-bit images become RGB or greyscale; alpha is dropped; 16-bit images are divided by 65535; 32-bit
-    integer and float images are divided by 255, or 65535 when their values exceed 255 (float images already in
-    [0, 1] are kept) and are refused beyond 65535; RGB becomes greyscale (ITU-R 601 luma) for 1-channel models and
-    greyscale is repeated for 3-channel ones. Raises ImageReadError for unreadable, truncated, tiny (< 8 px) or huge
-    (> 40 megapixel) images, the size being checked from the header, before any pixel is decoded.
+    CMYK and 1-bit images become RGB or greyscale; alpha is dropped; 16-bit images are divided by 65535; float
+    images in [0, 1] are kept; 32-bit integer images and float images of whole numbers are divided by 255, or by
+    65535 when their values exceed 255; RGB becomes greyscale (ITU-R 601 luma) for 1-channel models and greyscale is
+    repeated for 3-channel ones. Raises ImageReadError for unreadable, truncated, tiny (< 8 px) or huge (> 40
+    megapixel) images (the size checked from the header, before any pixel is decoded), and for values that have no
+    such scale: negative, NaN or infinite, fractions above 1, or beyond 65535.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")

@@ -16,7 +16,9 @@ from i3ad.similarity import gaussian_blur
 GRID_CELL_SIZES = (2, 4, 8, 16, 32)
 
 
-def complementary_grid_masks(count: int, cell_size: int, height: int, width: int, device=None) -> Tensor:
+def complementary_grid_masks(
+    count: int, cell_size: int, height: int, width: int, device: torch.device | str | None = None
+) -> Tensor:
     """``count`` disjoint grid masks that together hide every pixel exactly once.
 
     Cell (i, j) of a ``cell_size`` grid belongs to mask (i + s j) mod count, with s = 2 for count >= 3 (s = 1, a
@@ -40,9 +42,16 @@ def check_cell_sizes(cell_sizes: tuple[int, ...]) -> None:
         raise ValueError(f"grid cell sizes must be one or more distinct whole numbers >= 1, got {cell_sizes!r}")
 
 
-def _grid_masks(
-    batch: int, size: tuple[int, int], coverage: Tensor, cell_sizes: tuple[int, ...], generator, device
+def random_grid_masks(
+    batch: int,
+    size: tuple[int, int],
+    coverage: Tensor,
+    cell_sizes: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device,
 ) -> Tensor:
+    """RIAD-style cut-outs: each sample a grid of one of ``cell_sizes`` (drawn at random) whose cells are hidden with
+    the sample's probability ``coverage`` [batch]. Returns [batch, 1, H, W]."""
     height, width = size
     cells = torch.tensor(cell_sizes, device=device)
     cell = cells[torch.randint(len(cell_sizes), (batch,), generator=generator, device=device)]
@@ -54,7 +63,10 @@ def _grid_masks(
             continue
         low = torch.rand(int(pick.sum()), 1, -(-height // c), -(-width // c), generator=generator, device=device)
         cells_hidden = (low < coverage[pick].view(-1, 1, 1, 1)).float()
-        out[pick] = F.interpolate(cells_hidden, scale_factor=c, mode="nearest")[..., :height, :width]
+        # Each pixel reads its cell (no upsampling to whole cells: a cell larger than the image costs no memory).
+        rows = torch.arange(height, device=device) // c
+        cols = torch.arange(width, device=device) // c
+        out[pick] = cells_hidden[:, :, rows][:, :, :, cols]
     return out
 
 
@@ -119,7 +131,7 @@ def random_training_masks(
     coverage = min_coverage + (max_coverage - min_coverage) * torch.rand(batch, generator=generator, device=device)
     kinds = torch.stack(
         [
-            _grid_masks(batch, size, coverage, grid_cell_sizes, generator, device),
+            random_grid_masks(batch, size, coverage, grid_cell_sizes, generator, device),
             _blob_masks(batch, size, coverage, generator, device),
             _stroke_masks(batch, size, generator, device),
             _rectangle_masks(batch, size, generator, device),

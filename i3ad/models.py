@@ -20,6 +20,13 @@ def for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if torch.device(device).type == "cpu" else model
 
 
+def check_sizes(**sizes: object) -> None:
+    """Refuse a network size (a width, a block count) that is not a whole number >= 1; the error names it."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
 def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels), channels)
 
@@ -61,6 +68,10 @@ class InpaintingUNet(nn.Module):
         super().__init__()
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+        check_sizes(base_width=base_width, levels=len(width_multipliers))
+        check_sizes(**{f"width multiplier {i + 1}": m for i, m in enumerate(width_multipliers)})
+        if bottleneck_blocks != 0:
+            check_sizes(bottleneck_blocks=bottleneck_blocks)
         self.config = {
             "channels": channels,
             "base_width": base_width,
@@ -123,6 +134,7 @@ class ConvAutoencoder(nn.Module):
             raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
         if image_size < 32 or image_size & (image_size - 1):
             raise ValueError(f"image_size must be a power of two >= 32, got {image_size}")
+        check_sizes(base_width=base_width, latent_dim=latent_dim)
         self.config = {
             "channels": channels,
             "image_size": image_size,

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# The templates are stored at 1/4 of the map's side: the maps are smoothed with sigma 8, so nothing is lost that
-# bilinear upsampling does not restore (and a checkpoint's template file stays around 100 kB).
+# The templates are stored at 1/4 of the map's side (a checkpoint's template file stays around 100 kB): the maps are
+# smoothed (sigma 8 by default), so little is lost that bilinear upsampling does not restore. With little or no
+# smoothing the template is a blurred mean, which still marks where normal images keep their error.
 STORED_SCALE = 4
 
 

@@ -31,7 +31,7 @@ from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.outputs import ensure_writable_folder
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings, autocast_for
-from i3ad.training import TrainConfig, split_holdout, train
+from i3ad.training import TrainConfig, build_model, split_holdout, train
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -80,6 +80,7 @@ def train_category(
     preprocessing = Preprocessing(
         image_size=image_size, channels=1 if index.greyscale else 3, normalization=normalization, geometry=geometry
     )
+    build_model(config, preprocessing.channels, image_size)  # its sizes are checked before any image is loaded
     train_ids, holdout_ids = split_holdout(len(index.train), config.holdout_fraction, config.seed)
     if not holdout_ids:
         raise ValueError(

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
+from i3ad.checks import error_summary
 from i3ad.evaluation import RESULT_COLUMNS
 from i3ad.scoring import DetectionSettings
 
@@ -31,7 +32,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        summary = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        summary = error_summary(error)
         raise ValueError(f"{path} is not a results table of `python -m i3ad evaluate` ({summary})") from None
     if "normal_error_subtracted" not in table.columns:  # tables written before the normal error existed
         table["normal_error_subtracted"] = False

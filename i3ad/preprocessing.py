@@ -14,6 +14,9 @@ NORMALIZATIONS = ("none", "standardize")
 GEOMETRIES = ("stretch", "fit")
 # "fit" leaves this share of the frame's side on every side for mirrored context.
 _FIT_MARGIN = 1 / 16
+# The frame's side: at least twice the smallest readable image, and at most 16 times the benchmark's 256 px (a batch
+# of larger frames would not fit a GPU's memory).
+MIN_FRAME_SIDE, MAX_FRAME_SIDE = 2 * MIN_SIDE, 4096
 # Standardised images get this mean and standard deviation, so that +-4 std still fits into [0, 1].
 _TARGET_MEAN, _TARGET_STD = 0.5, 0.125
 
@@ -38,8 +41,11 @@ class Preprocessing:
     geometry: str = "stretch"
 
     def __post_init__(self) -> None:
-        if self.image_size < 16:
-            raise ValueError(f"image_size must be at least 16, got {self.image_size}")
+        if not MIN_FRAME_SIDE <= self.image_size <= MAX_FRAME_SIDE:
+            raise ValueError(
+                f"the image size (frame side) must lie between {MIN_FRAME_SIDE} and {MAX_FRAME_SIDE} px, "
+                f"got {self.image_size}"
+            )
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.normalization not in NORMALIZATIONS:

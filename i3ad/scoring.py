@@ -12,12 +12,15 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor
 
+from i3ad.checks import is_finite_number
 from i3ad.masks import complementary_grid_masks
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
 from i3ad.similarity import dilate, gaussian_blur, gradient_magnitude_similarity, ssim_map
 
 ANOMALY_MEASURES = ("ssim", "ssim+gms")
+# A guard against runaway loops; the masks settle long before (score thresholds are calibrated up to T = 10).
+MAX_ITERATIONS = 100
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,11 @@ class DetectionSettings:
     subtract_normal_error: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or not 0 <= self.iterations <= 100:
-            raise ValueError(f"iterations must be a whole number between 0 and 100, got {self.iterations!r}")
-        if not -1.0 <= self.ssim_threshold <= 1.0:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int):
+            raise ValueError(f"iterations must be a whole number, got {self.iterations!r}")
+        if not 0 <= self.iterations <= MAX_ITERATIONS:
+            raise ValueError(f"iterations must lie between 0 and {MAX_ITERATIONS}, got {self.iterations}")
+        if not is_finite_number(self.ssim_threshold) or not -1.0 <= self.ssim_threshold <= 1.0:
             raise ValueError(f"ssim_threshold must lie in [-1, 1] (SSIM's range), got {self.ssim_threshold}")
         if self.step0_masks < 2:
             raise ValueError(f"step0_masks must be >= 2 so that no pixel sees itself, got {self.step0_masks}")
@@ -57,15 +62,15 @@ class DetectionSettings:
             raise ValueError(f"the step-0 cell size must be >= 1 px, got {self.step0_cell_size}")
         if self.mask_dilation < 0:
             raise ValueError(f"the mask dilation must be >= 0 px, got {self.mask_dilation}")
-        if self.smoothing_sigma < 0:
-            raise ValueError(f"the smoothing sigma must be >= 0, got {self.smoothing_sigma}")
+        if not is_finite_number(self.smoothing_sigma) or self.smoothing_sigma < 0:
+            raise ValueError(f"the smoothing sigma must be a finite number >= 0, got {self.smoothing_sigma}")
         if self.anomaly_measure not in ANOMALY_MEASURES:
             raise ValueError(f"anomaly_measure must be one of {ANOMALY_MEASURES}, got {self.anomaly_measure!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def with_(self, **changes) -> DetectionSettings:
+    def with_(self, **changes: object) -> DetectionSettings:
         return replace(self, **changes)
 
 

@@ -7,6 +7,8 @@ window and constants but reflect padding; its mean over the valid region equals 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,10 +16,15 @@ from torch import Tensor
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
+def gaussian_window_size(sigma: float) -> int:
+    """The odd window that holds a Gaussian's +-3 sigma."""
+    return 2 * math.ceil(3.0 * sigma) + 1
+
+
 def gaussian_kernel_1d(sigma: float, size: int | None = None, device: torch.device | None = None) -> Tensor:
-    """A normalised 1-D Gaussian of odd ``size`` (default: 2 * ceil(3 sigma) + 1)."""
+    """A normalised 1-D Gaussian of odd ``size`` (default: ``gaussian_window_size``)."""
     if size is None:
-        size = 2 * int(torch.tensor(3.0 * sigma).ceil().item()) + 1
+        size = gaussian_window_size(sigma)
     coords = torch.arange(size, dtype=torch.float32, device=device) - size // 2
     kernel = torch.exp(-(coords**2) / (2.0 * sigma**2))
     return kernel / kernel.sum()
@@ -30,6 +37,10 @@ def gaussian_blur(images: Tensor, sigma: float, size: int | None = None) -> Tens
     """
     if sigma <= 0:
         return images
+    # Only the middle of a window wider than the image is ever used (the padding below is clamped to the image), so
+    # it is not built: a huge sigma costs no memory.
+    widest = 2 * max(images.shape[-2:]) - 1
+    size = min(gaussian_window_size(sigma) if size is None else size, widest)
     kernel = gaussian_kernel_1d(sigma, size, images.device).to(images.dtype)
     pad = kernel.numel() // 2
     channels = images.shape[1]

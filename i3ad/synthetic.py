@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from i3ad.data import check_category_name
 from i3ad.images import MIN_SIDE
 
 DEFECTS = ("spot", "scratch")
+# Synthetic images are for tests and demos: larger ones would only cost seconds and memory per image.
+MAX_SYNTHETIC_SIZE = 2048
 
 
 def _texture(rng: np.random.Generator, size: int, channels: int) -> np.ndarray:
@@ -58,8 +61,9 @@ def make_synthetic_category(
 
     Defects: "spot" (a dark ellipse) and "scratch" (a bright line), each with a mask under ground_truth/.
     """
-    if size < MIN_SIDE:
-        raise ValueError(f"synthetic images must be at least {MIN_SIDE} px a side (as images read), got {size}")
+    if not MIN_SIDE <= size <= MAX_SYNTHETIC_SIZE:
+        raise ValueError(f"synthetic images must be {MIN_SIDE} to {MAX_SYNTHETIC_SIZE} px a side, got {size}")
+    check_category_name(category)
     rng = np.random.default_rng(seed)
     root = Path(data_root) / category
     for i in range(train):

@@ -13,6 +13,9 @@ from torch import Tensor
 # Heat-maps are coloured from 0 to this multiple of the score threshold, so the threshold sits mid-scale: normal images
 # stay dark, anomalies glow.
 HEATMAP_RANGE = 2.0
+# The heat-map and mask are drawn at the input's size, but at most this many pixels a side: the maps themselves are at
+# the model's resolution, and a full-size overlay of a 40-megapixel photo would take gigabytes.
+DISPLAY_MAX_SIDE = 2048
 # Output files are named after the input; longer names are cut so that "<name>_heatmap.png" fits the file system.
 MAX_NAME_LENGTH = 100
 
@@ -53,3 +56,28 @@ def binary_mask_image(anomaly_map: Tensor, threshold: float, size: tuple[int, in
 def output_name(image_path: str | Path) -> str:
     """The stem the output files of an image are named after, cut to MAX_NAME_LENGTH characters."""
     return Path(image_path).stem[:MAX_NAME_LENGTH] or "image"
+
+
+def display_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) shrunk, keeping the aspect ratio, to at most DISPLAY_MAX_SIDE a side."""
+    scale = DISPLAY_MAX_SIDE / max(height, width)
+    if scale >= 1:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def display_image(image: Tensor) -> Tensor:
+    """The input [C, H, W] at its ``display_size``."""
+    size = display_size(*image.shape[-2:])
+    return image if size == tuple(image.shape[-2:]) else F.interpolate(image[None], size=size, mode="area")[0]
+
+
+def heatmap_picture(image: Tensor, anomaly_map: Tensor, threshold: float) -> Image.Image:
+    """The anomaly map [1, h, w] over the input [C, H, W] at its display size, coloured from 0 to HEATMAP_RANGE
+    times the score ``threshold``."""
+    return heatmap_overlay(display_image(image), anomaly_map, vmax=HEATMAP_RANGE * threshold)
+
+
+def mask_picture(image: Tensor, anomaly_map: Tensor, threshold: float) -> Image.Image:
+    """White where the anomaly map exceeds the score ``threshold``, at the input's display size."""
+    return binary_mask_image(anomaly_map, threshold, display_size(*image.shape[-2:]))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 import socket
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,7 +25,7 @@ from PIL import Image
 import app
 from i3ad.checkpoints import load_checkpoint, save_checkpoint
 from i3ad.data import load_images
-from i3ad.demo import default_variant
+from i3ad.demo import OUTPUT_MAX_AGE_S, default_variant, new_output_folder
 from i3ad.detector import AnomalyDetector
 from i3ad.evaluation import RESULT_COLUMNS
 from i3ad.hub import CheckpointResolver
@@ -157,6 +159,9 @@ def test_detect_returns_maps_score_gallery_and_files(handlers, spot_image):
     assert float(final["score_threshold"]) == pytest.approx(threshold, abs=1e-4)
     verdict = "ANOMALOUS" if float(final["score"]) > threshold else "NORMAL"
     assert f"## {verdict}" in summary and final["score"] in summary
+    # The library's verdict on the same image agrees.
+    result = detector.detect(detector.read(spot_image), iterations=2, ssim_threshold=tau)
+    assert detector.is_anomalous(result.scores, 2).tolist() == [verdict == "ANOMALOUS"]
     # The slider's rounded tau is taken as the calibrated one: no "indicative only" warning.
     assert "only indicative" not in summary
 
@@ -213,7 +218,7 @@ def test_examples_are_synthetic_plus_the_categorys_test_images(handlers, app_fil
 
 def test_model_without_baseline_warns_and_leaves_ae_empty(handlers, app_files):
     image = str(app_files.data / "other" / "test" / "good" / "000.png")
-    with pytest.warns(UserWarning, match="No autoencoder baseline"):
+    with pytest.warns(UserWarning, match="No usable autoencoder baseline checkpoint for other"):
         _, _, baseline, summary, _, files = handlers.detect("other", "i3ad", image, 0, 0.5)
     assert baseline is None and "Autoencoder" not in summary
     assert len(files) == 3
@@ -322,3 +327,14 @@ def test_committed_fit_checkpoint_shows_a_wide_image_in_its_own_shape(tmp_path):
     _, _, height, width = detector.preprocessing.content_box(120, 360)
     assert all(picture.size == (width, height) for picture, _ in report.steps)
     assert math.isfinite(report.score) and math.isfinite(report.baseline.score)
+
+
+def test_output_folders_older_than_their_age_are_removed(tmp_path):
+    old, recent = new_output_folder(tmp_path), new_output_folder(tmp_path)
+    (old / "heatmap.png").write_bytes(b"x")
+    stale = time.time() - OUTPUT_MAX_AGE_S - 60
+    os.utime(old, (stale, stale))
+    (tmp_path / "examples").mkdir()  # not a detection's folder: kept whatever its age
+    os.utime(tmp_path / "examples", (stale, stale))
+    fresh = new_output_folder(tmp_path)
+    assert not old.exists() and recent.is_dir() and fresh.is_dir() and (tmp_path / "examples").is_dir()

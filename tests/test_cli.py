@@ -358,7 +358,10 @@ def test_evaluate_checks_every_category_model_and_the_output_before_computing(tr
     data_root, checkpoints = trained
     common = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--device", "cpu"]
     assert main([*common, "--model", "i3ad_small", "--out", str(tmp_path / "r.csv")]) == 2
-    assert "no checkpoint named i3ad_small for category 'synthetic' (have: ae, i3ad)" in cli_error()
+    assert f"no checkpoint named 'i3ad_small' for synthetic under {checkpoints}" in cli_error()
+    # A typo next to a valid name is refused too, not silently left out.
+    assert main([*common, "--model", "i3ad", "ea", "--out", str(tmp_path / "r.csv")]) == 2
+    assert f"no checkpoint named 'ea' for synthetic under {checkpoints}" in cli_error()
     assert main([*common, "--out", str(tmp_path)]) == 2
     assert f"--out {tmp_path} is a folder" in cli_error()
     assert not (tmp_path / "r.csv").exists()
@@ -470,8 +473,14 @@ def test_synth_command(tmp_path, capsys):
         assert path.read_bytes() == (tmp_path / "tiny" / path.relative_to(reference)).read_bytes()
     # Images too small for the reader are refused before any is written.
     assert main(["synth", "--out", str(tmp_path / "small"), "--size", "4"]) == 2
-    assert "synthetic images must be at least 8 px a side" in capsys.readouterr().err
-    assert not (tmp_path / "small").exists()
+    assert "synthetic images must be 8 to 2048 px a side, got 4" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path / "huge"), "--size", "100000"]) == 2
+    assert "synthetic images must be 8 to 2048 px a side, got 100000" in capsys.readouterr().err
+    for category in ("../escaped", ""):
+        assert main(["synth", "--out", str(tmp_path / "named"), "--category", category]) == 2
+        assert "is not a valid name" in capsys.readouterr().err
+    assert not (tmp_path / "small").exists() and not (tmp_path / "huge").exists()
+    assert not (tmp_path / "named").exists() and not (tmp_path / "escaped").exists()
 
 
 # --- errors ----------------------------------------------------------------------------------------------------------
@@ -512,6 +521,17 @@ def test_train_with_bad_settings(synthetic_root, tmp_path, cli_error):
     assert "grid cell sizes" in cli_error()
     assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--batch-size", "0"]) == 2
     assert "the batch size must be >= 1, got 0" in cli_error()
+    for flag, value, message in [
+        ("--base-width", "0", "base_width must be a whole number >= 1, got 0"),
+        ("--image-size", "100000", "the image size (frame side) must lie between 16 and 4096 px, got 100000"),
+    ]:
+        assert main([*_train(data_root, "synthetic", tmp_path / "ck"), flag, value]) == 2
+        assert message in cli_error()
+    ae = [*_train(data_root, "synthetic", tmp_path / "ck"), "--model", "ae"]
+    assert main([*ae, "--latent-dim", "0"]) == 2
+    assert "latent_dim must be a whole number >= 1, got 0" in cli_error()
+    assert main([*ae, "--image-size", "48"]) == 2
+    assert "image_size must be a power of two >= 32, got 48" in cli_error()
     for quantile in ("1.5", "-0.01"):
         assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--ssim-quantile", quantile]) == 2
         message = f"strictly between 0 and 1, got {float(quantile)} (or 0 to keep --ssim-threshold)"
@@ -541,8 +561,10 @@ def test_evaluate_and_bench_check_their_values_before_loading(tmp_path, cli_erro
     for flag, value, message in [
         ("--thresholds", "1.5", "the SSIM threshold tau must be a number from -1 to 1, got 1.5"),
         ("--cell-sizes", "0", "the step-0 cell size must be >= 1 px, got 0"),
-        ("--sigmas", "-1", "the smoothing sigma must be >= 0, got -1.0"),
-        ("--iterations", "-1", "iterations must be a whole number between 0 and 100, got -1"),
+        ("--sigmas", "-1", "the smoothing sigma must be a finite number >= 0, got -1.0"),
+        ("--sigmas", "inf", "the smoothing sigma must be a finite number >= 0, got inf"),
+        ("--sigmas", "nan", "the smoothing sigma must be a finite number >= 0, got nan"),
+        ("--iterations", "-1", "iterations must lie between 0 and 100, got -1"),
         ("--batch-size", "0", "--batch-size must be >= 1, got 0"),
     ]:
         assert main([*common, flag, value]) == 2
@@ -553,6 +575,8 @@ def test_evaluate_and_bench_check_their_values_before_loading(tmp_path, cli_erro
         ("--batch-sizes", "0", "batch sizes must be >= 1, got [0]"),
         ("--repeats", "0", "repeats must be >= 1, got 0"),
         ("--iterations", "11", "iterations must be between 0 and 10 (the score thresholds are calibrated up to there)"),
+        ("--threads", "-2", "--threads must be >= 1, got -2"),
+        ("--out", str(tmp_path), f"--out {tmp_path} is a folder"),
     ]:
         assert main([*bench, flag, value]) == 2
         assert message in cli_error()

@@ -288,6 +288,9 @@ def test_upload_command_refuses_bad_arguments_before_any_network(tmp_path, capsy
     assert "not a valid Hugging Face Hub repo id" in capsys.readouterr().err
     assert main(["upload", "--checkpoints", root, "--repo-id", REPO_ID, "--category", "pill"]) == 2
     assert "no checkpoint of category 'pill'" in capsys.readouterr().err
+    # A variant that does not exist is refused, also next to one that does (not silently left out).
+    assert main(["upload", "--checkpoints", root, "--repo-id", REPO_ID, "--model", "i3ad", "i3ad-smal"]) == 2
+    assert f"no checkpoint named 'i3ad-smal' under {root} (have: synth/i3ad)" in capsys.readouterr().err
     assert main(["upload", "--checkpoints", str(tmp_path / "empty"), "--repo-id", REPO_ID]) == 2
     assert "no checkpoints under" in capsys.readouterr().err
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from i3ad import masks as masks_module
-from i3ad.masks import complementary_grid_masks, random_training_masks
+from i3ad.masks import complementary_grid_masks, random_grid_masks, random_training_masks
 
 
 @pytest.mark.parametrize("count", [2, 3, 4, 5])
@@ -68,13 +67,13 @@ def test_random_training_masks_are_binary_non_empty_and_reproducible():
 
 def test_training_grids_use_only_the_given_cell_sizes():
     # With one cell size of 16, every grid mask is constant over each aligned 16 x 16 block.
-    masks = masks_module._grid_masks(
+    masks = random_grid_masks(
         8, (64, 64), torch.full((8,), 0.5), (16,), torch.Generator().manual_seed(0), torch.device("cpu")
     )
     blocks = masks.view(8, 1, 4, 16, 4, 16)
     assert torch.equal(blocks.amax(dim=(3, 5)), blocks.amin(dim=(3, 5)))
     # Finer cells do not have that property.
-    fine = masks_module._grid_masks(
+    fine = random_grid_masks(
         8, (64, 64), torch.full((8,), 0.5), (2,), torch.Generator().manual_seed(0), torch.device("cpu")
     ).view(8, 1, 4, 16, 4, 16)
     assert not torch.equal(fine.amax(dim=(3, 5)), fine.amin(dim=(3, 5)))
@@ -84,3 +83,14 @@ def test_training_grids_use_only_the_given_cell_sizes():
 def test_training_masks_refuse_bad_cell_sizes(cell_sizes):
     with pytest.raises(ValueError, match="grid cell sizes"):
         random_training_masks(2, (16, 16), grid_cell_sizes=cell_sizes)
+
+
+def test_grid_cells_larger_than_the_image_hide_all_or_nothing():
+    # Each pixel reads its cell: a cell far larger than the image costs no memory and covers the whole image.
+    masks = random_grid_masks(
+        16, (24, 40), torch.full((16,), 0.5), (100_000,), torch.Generator().manual_seed(0), torch.device("cpu")
+    )
+    assert masks.shape == (16, 1, 24, 40)
+    per_image = masks.flatten(1)
+    assert torch.equal(per_image.amax(dim=1), per_image.amin(dim=1))
+    assert 0 < per_image[:, 0].sum() < 16  # some images hidden whole, some not at all

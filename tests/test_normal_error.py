@@ -85,6 +85,11 @@ def test_autoencoder_sweep_rows_match_the_detector_with_and_without_the_normal_e
     calibration = calibrate_autoencoder(autoencoder, holdout, settings)
     assert calibration.normal_error.steps == 1 and len(calibration.score_thresholds) == 1
     detector = AnomalyDetector(autoencoder, Preprocessing(32, 3), settings, calibration, "widget", "ae")
+    # Its one score threshold is the highest held-out normal score, as the detector scores them.
+    assert calibration.score_thresholds[0] == pytest.approx(detector.run(holdout).scores.max().item())
+    assert calibration.ssim_threshold is None and calibration.holdout_images == len(holdout)
+    with pytest.raises(ValueError, match="held-out"):
+        calibrate_autoencoder(autoencoder, holdout[:0], settings)
     test = _test_set()
     table = evaluate_detector(detector, test, holdout=holdout)
     assert sorted(table["normal_error_subtracted"]) == [False, True]

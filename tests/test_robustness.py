@@ -398,7 +398,7 @@ def test_long_file_names_are_cut_for_the_output_files(handlers, checkpoints, goo
 
 
 def test_large_inputs_are_drawn_at_most_display_max_side(handlers, good, library_scores, monkeypatch):
-    monkeypatch.setattr("i3ad.demo.DISPLAY_MAX_SIDE", 26)
+    monkeypatch.setattr("i3ad.visualize.DISPLAY_MAX_SIDE", 26)
     heatmap, mask, baseline, summary, *_ = handlers.detect("rgb", "i3ad", upload(good["rgb.png"]), 1, None)
     assert heatmap.size == mask.size == baseline.size == (26, 20)  # 52 x 40 halved, the aspect ratio kept
     assert summary_score(summary) == library_scores["rgb", "rgb.png"]  # the pictures only: not the detection
@@ -488,6 +488,18 @@ def test_a_damaged_checkpoint_gets_a_clear_error_from_the_app_and_the_cli(damage
     args = ["detect", str(good["rgb.png"]), "--checkpoint", str(damaged / "rgb" / "i3ad"), "--out", str(tmp_path)]
     assert main(args) == 2
     assert re.search(message, cli_error())
+
+
+def test_a_damaged_baseline_leaves_out_only_the_baseline(damaged, good, tmp_path, library_scores):
+    _truncate(damaged / "rgb" / "ae" / "model.safetensors")
+    handlers = app.Handlers(app.AppConfig(CheckpointResolver(damaged), tmp_path / "none.csv", device="cpu"))
+    with pytest.warns(UserWarning, match="No usable autoencoder baseline checkpoint for rgb"):
+        heatmap, _, baseline, summary, _, _ = handlers.detect("rgb", "i3ad", upload(good["rgb.png"]), 1, None)
+    assert heatmap is not None and baseline is None
+    assert summary_score(summary) == library_scores["rgb", "rgb.png"]
+    # Chosen itself, the damaged baseline says what is wrong.
+    with pytest.raises(gr.Error, match=r"model\.safetensors is damaged"):
+        handlers.detect("rgb", "ae", upload(good["rgb.png"]), 0, None)
 
 
 def test_the_app_opens_on_a_working_model_when_the_first_is_damaged(damaged, tmp_path):

@@ -158,23 +158,19 @@ def test_step0_never_lets_a_pixel_see_itself(unet, count, cell_size, size):
         assert not torch.equal(seen, unseen)
 
 
-def test_step0_stitches_the_k_paintings(unet, images32):
+@pytest.mark.parametrize("channels", [3, 1])
+def test_step0_stitches_the_k_paintings(unet, unet_grey, channels):
+    model = unet if channels == 3 else unet_grey
+    images = torch.rand(2, channels, 32, 32, generator=torch.Generator().manual_seed(4))
     settings = DetectionSettings(step0_masks=3, step0_cell_size=4)
-    step0 = inpaint_step0(unet, images32, settings)
+    step0 = inpaint_step0(model, images, settings)
     grids = complementary_grid_masks(3, 4, 32, 32)
-    expected = torch.zeros_like(images32)
+    expected = torch.zeros_like(images)
     with torch.no_grad():
         for k in range(3):
             mask = grids[k : k + 1].expand(2, 1, 32, 32)
-            expected = torch.where(mask > 0.5, unet(images32, mask), expected)
+            expected = torch.where(mask > 0.5, model(images, mask), expected)
     torch.testing.assert_close(step0, expected, atol=1e-6, rtol=0)
-
-
-def test_step0_with_greyscale_model(unet_grey):
-    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(4))
-    step0 = inpaint_step0(unet_grey, images, DetectionSettings())
-    assert step0.shape == images.shape
-    assert ((step0 >= 0) & (step0 <= 1)).all()
 
 
 # --- skipping of repeated and empty masks ------------------------------------------------------------------------
@@ -256,6 +252,11 @@ def test_detect_rejects_bad_inputs(unet):
         {"step0_cell_size": 0},
         {"mask_dilation": -1},
         {"smoothing_sigma": -0.5},
+        {"smoothing_sigma": float("inf")},
+        {"smoothing_sigma": float("nan")},
+        {"ssim_threshold": float("nan")},
+        {"iterations": 101},
+        {"iterations": 2.0},
         {"anomaly_measure": "mse"},
     ],
 )

@@ -101,6 +101,10 @@ def test_gaussian_blur_keeps_size_and_constants_and_matches_valid_convolution():
     # sigma so large that the kernel is clamped to the image: still a normalised blur.
     torch.testing.assert_close(gaussian_blur(constant, 8.0), constant)
     images = torch.rand(1, 2, 30, 30, generator=torch.Generator().manual_seed(3))
+    # A window wider than the image is built only as wide as the image can use: the same blur, no huge kernel.
+    torch.testing.assert_close(gaussian_blur(images, 40.0, 241), gaussian_blur(images, 40.0), atol=1e-6, rtol=0)
+    flat = gaussian_blur(images, 1e9)  # a box filter, in no more memory than the image's
+    torch.testing.assert_close(flat, images.mean(dim=(2, 3), keepdim=True).expand_as(images), atol=1e-2, rtol=0)
     assert gaussian_blur(images, 0.0) is images
     blurred = gaussian_blur(images, 1.5, 11)
     assert blurred.shape == images.shape

@@ -12,7 +12,6 @@ from i3ad.calibration import (
     MAX_CALIBRATED_ITERATIONS,
     Calibration,
     calibrate_inpainting,
-    calibrate_scores,
     quantile,
 )
 from i3ad.models import ConvAutoencoder, InpaintingUNet
@@ -253,12 +252,7 @@ def test_calibrate_inpainting_can_keep_tau(unet, images32):
         calibrate_inpainting(unet, images32[:0], DetectionSettings())
 
 
-def test_calibrate_scores_and_score_threshold():
-    calibration = calibrate_scores(torch.tensor([0.2, 0.9, 0.4]))
-    assert calibration.score_thresholds == [pytest.approx(0.9)] and calibration.holdout_images == 3
-    assert calibration.ssim_threshold is None and calibration.ssim_quantile is None
-    with pytest.raises(ValueError):
-        calibrate_scores(torch.tensor([]))
+def test_score_threshold_per_iteration_count():
     steps = Calibration(0.5, 0.01, [0.1, 0.2, 0.3], 4)
     assert steps.score_threshold(0) == 0.1
     assert steps.score_threshold(2) == 0.3

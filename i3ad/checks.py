@@ -1,0 +1,38 @@
+"""Tests of values that come from outside (command line, app requests, checkpoint files): numbers that are really
+numbers; and short excerpts of a bad value or of a library's error, for i3ad's own error messages."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+# Longest excerpt of a bad value an error message shows (a request may send anything, of any length).
+SHOWN_LENGTH = 24
+
+
+def is_number(value: object) -> bool:
+    """A real number (numpy's too), but not a bool, a string or anything else a request may carry."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> bool:
+    """A real number that is neither infinite nor NaN."""
+    return is_number(value) and math.isfinite(value)
+
+
+def is_whole_number(value: object) -> bool:
+    """A number without a fractional part (2 and 2.0, not 2.5, NaN or True)."""
+    # Integers are whole already, and math.isfinite cannot even take one with 400 digits.
+    return is_number(value) and (isinstance(value, numbers.Integral) or (math.isfinite(value) and value == int(value)))
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, cut to SHOWN_LENGTH characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_LENGTH else f"{text[: SHOWN_LENGTH - 3]}..."
+
+
+def error_summary(error: BaseException) -> str:
+    """The first line of an error's message (a library's may run to pages), or its type when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
