@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 
@@ -61,7 +61,7 @@ def forward_flops(model: InpaintingUNet, image_size: int) -> int:
 
 
 @contextmanager
-def counting_forwards(model: InpaintingUNet):
+def counting_forwards(model: InpaintingUNet) -> Iterator[list[int]]:
     """Counts the images the network paints while the context is open: yields a one-element list."""
     count = [0]
     handle = model.register_forward_pre_hook(lambda _module, inputs: count.__setitem__(0, count[0] + len(inputs[0])))
@@ -78,6 +78,34 @@ def _is_channels_last(model: torch.nn.Module) -> bool:
 
 def _peak_memory_mb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+
+
+def _timed_row(
+    task: str,
+    precision: str,
+    batch: int,
+    iterations: int | None,
+    seconds: float,
+    forwards_per_image: float,
+    flops: int,
+    device: torch.device,
+) -> dict:
+    """One table row of a timed run of ``batch`` images that made ``forwards_per_image`` network forwards each (bare
+    forwards: their share of the time is all of it)."""
+    return {
+        "task": task,
+        "precision": precision,
+        "batch": batch,
+        "iterations": iterations,
+        "images_per_s": batch / seconds,
+        "latency_ms": 1000 * seconds,
+        "forwards_per_image": forwards_per_image,
+        "gflop_per_image": forwards_per_image * flops / 1e9,
+        "tflops": forwards_per_image * flops * batch / seconds / 1e12,
+        "network_share": 1.0,
+        "vs_bare_forwards": 1.0,
+        "peak_memory_mb": _peak_memory_mb(device),
+    }
 
 
 def check_plan(batch_sizes: list[int], iterations: list[int], repeats: int) -> None:
@@ -145,24 +173,8 @@ def run_benchmark(
                 ):
                     model(batch, masks)
 
-            seconds = median_seconds(forward, device, repeats)
-            per_image = seconds / batch_size
-            rows.append(
-                {
-                    "task": "network forward",
-                    "precision": precision,
-                    "batch": batch_size,
-                    "iterations": None,
-                    "images_per_s": batch_size / seconds,
-                    "latency_ms": 1000 * seconds,
-                    "forwards_per_image": 1.0,
-                    "gflop_per_image": flops / 1e9,
-                    "tflops": flops * batch_size / seconds / 1e12,
-                    "network_share": 1.0,
-                    "vs_bare_forwards": 1.0,
-                    "peak_memory_mb": _peak_memory_mb(device),
-                }
-            )
+            forward_seconds = median_seconds(forward, device, repeats)
+            rows.append(_timed_row("network forward", precision, batch_size, None, forward_seconds, 1.0, flops, device))
             for t in iterations:
                 run = settings.with_(iterations=t)
                 if device.type == "cuda":
@@ -174,24 +186,10 @@ def run_benchmark(
                 seconds = median_seconds(detect, device, repeats)
                 with counting_forwards(model) as painted:
                     detect()
-                forwards = painted[0] / batch_size
-                bare = forwards * per_image * batch_size  # the same forwards at this batch size's bare speed
-                rows.append(
-                    {
-                        "task": "detection",
-                        "precision": precision,
-                        "batch": batch_size,
-                        "iterations": t,
-                        "images_per_s": batch_size / seconds,
-                        "latency_ms": 1000 * seconds,
-                        "forwards_per_image": forwards,
-                        "gflop_per_image": forwards * flops / 1e9,
-                        "tflops": forwards * flops * batch_size / seconds / 1e12,
-                        "network_share": bare / seconds,
-                        "vs_bare_forwards": seconds / bare,
-                        "peak_memory_mb": _peak_memory_mb(device),
-                    }
-                )
+                row = _timed_row("detection", precision, batch_size, t, seconds, painted[0] / batch_size, flops, device)
+                # The same number of forwards at this batch size's bare speed, against the whole detection.
+                bare = row["forwards_per_image"] * forward_seconds
+                rows.append({**row, "network_share": bare / seconds, "vs_bare_forwards": seconds / bare})
     if sweep_images > 0:
         subset = images[torch.arange(sweep_images) % len(images)]
         test = TestSet(subset, torch.arange(sweep_images, device=device) % 2, None)

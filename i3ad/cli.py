@@ -33,6 +33,7 @@ from i3ad.pipeline import (
 )
 from i3ad.preprocessing import GEOMETRIES, NORMALIZATIONS
 from i3ad.recipes import data_license, data_source, default_augmentations
+from i3ad.results import compare_runs, headline, load_results, markdown_table, summary_tables
 from i3ad.scoring import ANOMALY_MEASURES, DetectionSettings
 from i3ad.synthetic import make_synthetic_category
 from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
@@ -409,8 +410,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from i3ad.plots import compare_runs, headline, load_results, markdown_table, summary_tables
-
     results = load_results(args.results)
     if args.compare:
         print(f"Largest change from {args.results} to {args.compare} over the settings both hold:\n")

@@ -26,7 +26,8 @@ from i3ad.checkpoints import CheckpointError
 from i3ad.data import NORMAL, DatasetError, index_category
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.hub import CheckpointResolver, check_name
-from i3ad.plots import auroc_bars, auroc_vs_iterations, headline, load_results
+from i3ad.plots import auroc_bars, auroc_vs_iterations
+from i3ad.results import headline, load_results
 from i3ad.scoring import DetectionResult, DetectionSettings
 from i3ad.synthetic import make_synthetic_category
 from i3ad.visualize import (
@@ -86,7 +87,7 @@ class ModelStore:
     def __init__(self, resolver: CheckpointResolver, device: torch.device | str = "cpu") -> None:
         self.resolver = resolver
         self.device = torch.device(device)
-        self._loaded: dict[tuple[str, str, str], AnomalyDetector] = {}
+        self._loaded: dict[tuple[str, str], AnomalyDetector] = {}
         self._lock = threading.Lock()
         self._available: dict[str, list[str]] | None = None
 
@@ -107,7 +108,7 @@ class ModelStore:
             raise CheckpointError(
                 f"category {category!r} has no model {variant!r} (have: {', '.join(available[category])})"
             )
-        key = (category, variant, str(self.device))
+        key = (category, variant)
         with self._lock:  # two first requests for one model load it once
             if key not in self._loaded:
                 self._loaded[key] = self.resolver.load(category, variant, self.device)
@@ -406,11 +407,11 @@ def benchmark_view(results: str | Path) -> BenchmarkView:
     try:
         table = load_results(results)
         rows = headline(table)
-    except (FileNotFoundError, ValueError, KeyError) as error:
+    except (FileNotFoundError, ValueError) as error:
         return BenchmarkView(f"**No benchmark results to show.** {error}")
     if rows.empty:
         return BenchmarkView(f"**No benchmark results to show.** {results} has no rows at the default settings.")
-    has_pixel = "pixel_auroc" in rows and rows["pixel_auroc"].notna().any()
+    has_pixel = rows["pixel_auroc"].notna().any()
     settings = DetectionSettings()
     message = (
         f"From `{results}` ({len(table)} rows), at the default settings: anomaly measure `{settings.anomaly_measure}`, "
@@ -419,7 +420,7 @@ def benchmark_view(results: str | Path) -> BenchmarkView:
     )
     return BenchmarkView(
         message=message,
-        table=rows[[c for c in TABLE_COLUMNS if c in rows]],
+        table=rows[list(TABLE_COLUMNS)],
         image_auroc=auroc_bars(table, "image_auroc"),
         pixel_auroc=auroc_bars(table, "pixel_auroc") if has_pixel else None,
         auroc_vs_iterations=auroc_vs_iterations(table, "image_auroc"),

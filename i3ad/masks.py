@@ -14,6 +14,12 @@ from i3ad.similarity import gaussian_blur
 # Cell sizes of the training grids; the largest bounds how big a square hole the network learns to fill from
 # context (step 0 hides 8-px cells by default).
 GRID_CELL_SIZES = (2, 4, 8, 16, 32)
+# The other kinds of training mask, made to look like what detection hides after step 0: thresholded smooth noise at
+# three scales (like SSIM maps of small to large defects), up to STROKES thin segments (scratches, cracks) and up to
+# RECTANGLES boxes (large defects).
+BLOB_SIGMAS = (1.0, 2.5, 6.0)
+STROKES = 6
+RECTANGLES = 3
 
 
 def complementary_grid_masks(
@@ -72,20 +78,22 @@ def random_grid_masks(
 
 def _blob_masks(batch: int, size: tuple[int, int], coverage: Tensor, generator, device) -> Tensor:
     height, width = size
+    # Smoothed noise at a quarter of the resolution, thresholded at the sample's coverage.
     noise = torch.rand(batch, 1, height // 4, width // 4, generator=generator, device=device)
-    # Three blob scales; each sample picks one (like thresholded SSIM maps of small to large defects).
-    fields = torch.stack([gaussian_blur(noise, sigma) for sigma in (1.0, 2.5, 6.0)])
-    scale = torch.randint(3, (batch,), generator=generator, device=device)
+    fields = torch.stack([gaussian_blur(noise, sigma) for sigma in BLOB_SIGMAS])
+    scale = torch.randint(len(BLOB_SIGMAS), (batch,), generator=generator, device=device)
     field = F.interpolate(fields[scale, torch.arange(batch, device=device)], size=size, mode="bilinear")
     ordered = field.flatten(1).sort(dim=1).values
     rank = ((1.0 - coverage) * (ordered.shape[1] - 1)).long().unsqueeze(1)
     return (field > ordered.gather(1, rank).view(-1, 1, 1, 1)).float()
 
 
-def _stroke_masks(batch: int, size: tuple[int, int], generator, device, strokes: int = 6) -> Tensor:
+def _stroke_masks(batch: int, size: tuple[int, int], generator, device) -> Tensor:
     height, width = size
+    strokes = STROKES
     ys = torch.linspace(0, 1, height, device=device).view(1, 1, height, 1)
     xs = torch.linspace(0, 1, width, device=device).view(1, 1, 1, width)
+    # Segments up to 0.2 of the side long in each direction, 0.5-3.5 % of it thick; each drawn with probability 0.7.
     start = torch.rand(batch, strokes, 2, generator=generator, device=device)
     end = (start + 0.4 * (torch.rand(batch, strokes, 2, generator=generator, device=device) - 0.5)).clamp(0, 1)
     thickness = 0.005 + 0.03 * torch.rand(batch, strokes, 1, 1, generator=generator, device=device)
@@ -99,12 +107,13 @@ def _stroke_masks(batch: int, size: tuple[int, int], generator, device, strokes:
     return ((distance < thickness) & used).any(dim=1, keepdim=True).float()
 
 
-def _rectangle_masks(batch: int, size: tuple[int, int], generator, device, boxes: int = 3) -> Tensor:
+def _rectangle_masks(batch: int, size: tuple[int, int], generator, device) -> Tensor:
     height, width = size
+    boxes = RECTANGLES
     ys = torch.arange(height, device=device).view(1, 1, height, 1) / height
     xs = torch.arange(width, device=device).view(1, 1, 1, width) / width
     centre = torch.rand(batch, boxes, 2, 1, 1, generator=generator, device=device)
-    half = 0.02 + 0.2 * torch.rand(batch, boxes, 2, 1, 1, generator=generator, device=device)
+    half = 0.02 + 0.2 * torch.rand(batch, boxes, 2, 1, 1, generator=generator, device=device)  # 4-44 % of a side
     inside = ((ys - centre[:, :, 0]).abs() < half[:, :, 0]) & ((xs - centre[:, :, 1]).abs() < half[:, :, 1])
     return inside.any(dim=1, keepdim=True).float()
 

@@ -1,10 +1,10 @@
-"""Plotly figures of benchmark results (results/benchmark.csv), shared by the app and the notebooks."""
+"""Plotly figures of benchmark results (results/benchmark.csv) and of detection steps, shared by the app and the
+notebooks."""
 
 from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
@@ -12,161 +12,8 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from i3ad.checks import error_summary
-from i3ad.evaluation import RESULT_COLUMNS
+from i3ad.results import METRIC_LABELS, at_settings, headline
 from i3ad.scoring import DetectionSettings
-
-METRIC_LABELS = {
-    "image_auroc": "image AUROC",
-    "pixel_auroc": "pixel AUROC",
-    "aupro": "AUPRO",
-    "image_f1_max": "image F1-max",
-}
-
-
-def load_results(path: str | Path) -> pd.DataFrame:
-    """Read a results CSV written by ``python -m i3ad evaluate``; a clear error when it is missing or not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; create it with `python -m i3ad evaluate ... --out {path}`")
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        summary = error_summary(error)
-        raise ValueError(f"{path} is not a results table of `python -m i3ad evaluate` ({summary})") from None
-    if "normal_error_subtracted" not in table.columns:  # tables written before the normal error existed
-        table["normal_error_subtracted"] = False
-    missing = set(RESULT_COLUMNS) - set(table.columns)
-    if missing:
-        raise ValueError(
-            f"{path} is not a results table of `python -m i3ad evaluate` (missing columns {sorted(missing)}); "
-            "per-defect tables (--by-defect) are not summarised"
-        )
-    return table
-
-
-def _same_scoring(table: pd.DataFrame, settings: DetectionSettings) -> pd.Series:
-    return (
-        (table["anomaly_measure"] == settings.anomaly_measure)
-        & (table["smoothing_sigma"] == settings.smoothing_sigma)
-        & (table["normal_error_subtracted"].astype(bool) == settings.subtract_normal_error)
-    )
-
-
-def _at_settings(table: pd.DataFrame, settings: DetectionSettings) -> pd.DataFrame:
-    """Rows scored like ``settings`` (measure, smoothing, normal error; step-0 cell size and calibrated tau for
-    I3AD)."""
-    same_scoring = _same_scoring(table, settings)
-    is_autoencoder = table["ssim_threshold"].isna()
-    inpainting = table["calibrated_threshold"].astype(bool) & (table["step0_cell_size"] == settings.step0_cell_size)
-    return table[same_scoring & (is_autoencoder | inpainting)]
-
-
-def headline(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
-    """One row per category x model at the shipped defaults: I3AD at T = settings.iterations with its calibrated
-    tau, the autoencoder with the same anomaly measure and smoothing."""
-    rows = _at_settings(table, settings)
-    rows = rows[rows["ssim_threshold"].isna() | (rows["iterations"] == settings.iterations)]
-    return rows.sort_values(["category", "model"]).reset_index(drop=True)
-
-
-def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
-    """A pandas table as GitHub markdown (numbers rounded; NaN shown as "-")."""
-
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "-" if pd.isna(value) else f"{value:.{digits}f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def summary_tables(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> dict[str, pd.DataFrame]:
-    """The README's tables: metrics per category and model at the defaults, and I3AD's image AUROC against T."""
-    rows = headline(table, settings)
-    metrics = ["image_auroc", "pixel_auroc", "aupro", "image_f1_max"]
-    per_category = rows.pivot_table(index="category", columns="model", values=metrics, dropna=False)
-    per_category = per_category[[(m, model) for m in metrics for model in sorted(rows["model"].unique())]]
-    per_category.columns = [f"{model} {METRIC_LABELS[metric]}" for metric, model in per_category.columns]
-    per_category = per_category.reset_index()
-    mean = per_category.drop(columns="category").mean(numeric_only=True).to_frame().T.assign(category="mean")
-    per_category = pd.concat([per_category, mean[per_category.columns]], ignore_index=True)
-    curves = _at_settings(table, settings)
-    curves = curves[~curves["ssim_threshold"].isna()]
-    by_iterations = curves.pivot_table(index="model", columns="iterations", values="image_auroc", aggfunc="mean")
-    by_iterations.columns = [f"T={t}" for t in by_iterations.columns]
-    return {
-        "per_category": per_category,
-        "mean_by_iterations": by_iterations.reset_index(),
-        "scoring_variants": scoring_variants(table),
-        "thresholds": threshold_table(table, settings),
-        "normal_error": normal_error_table(table, settings),
-    }
-
-
-def normal_error_table(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
-    """Mean image AUROC over categories of every model with raw maps and with the normal error subtracted (otherwise
-    scored like ``settings``), for each T."""
-    rows = pd.concat([_at_settings(table, settings.with_(subtract_normal_error=flag)) for flag in (False, True)])
-    means = rows.pivot_table(
-        index=["model", "normal_error_subtracted"], columns="iterations", values="image_auroc", aggfunc="mean"
-    )
-    means.columns = [f"T={t}" for t in means.columns]
-    return means.reset_index()
-
-
-def threshold_table(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
-    """Mean image AUROC over categories of each inpainting model at each fixed tau and at the calibrated one
-    (scored like ``settings``), for each T."""
-    same_scoring = _same_scoring(table, settings) & (table["step0_cell_size"] == settings.step0_cell_size)
-    rows = table[same_scoring & table["ssim_threshold"].notna()]
-    tau = rows["ssim_threshold"].round(2).astype(str).where(~rows["calibrated_threshold"].astype(bool), "calibrated")
-    means = rows.assign(tau=tau).pivot_table(index=["model", "tau"], columns="iterations", values="image_auroc")
-    means.columns = [f"T={t}" for t in means.columns]
-    return means.reset_index()
-
-
-def compare_runs(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
-    """Per category and model, the largest change of image and pixel AUROC from ``reference`` to ``other`` over the
-    rows both tables hold (the same settings, e.g. a float32 and a bfloat16 evaluation), and the row count."""
-    keys = [
-        "category",
-        "model",
-        "iterations",
-        "calibrated_threshold",
-        "step0_cell_size",
-        "anomaly_measure",
-        "smoothing_sigma",
-        "normal_error_subtracted",
-        "ssim_threshold",
-    ]
-
-    def keyed(table: pd.DataFrame) -> pd.DataFrame:
-        # Calibrated thresholds are written with 4 decimals; rounding makes both tables' values compare equal.
-        return table.assign(ssim_threshold=table["ssim_threshold"].round(4))
-
-    both = keyed(reference).merge(keyed(other), on=keys, suffixes=("_reference", "_other"))
-    if both.empty:
-        raise ValueError("the two results tables share no settings; evaluate both with the same options")
-    for metric in ("image_auroc", "pixel_auroc"):
-        both[f"largest change of {METRIC_LABELS[metric]}"] = (
-            both[f"{metric}_other"] - both[f"{metric}_reference"]
-        ).abs()
-    changes = both.groupby(["category", "model"])[[c for c in both.columns if c.startswith("largest change")]].max()
-    return changes.assign(rows=both.groupby(["category", "model"]).size()).reset_index()
-
-
-def scoring_variants(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean image AUROC over categories of every inpainting model x step-0 cell size x measure x smoothing, at the
-    calibrated tau, for each T (the ablation behind the defaults)."""
-    rows = table[table["calibrated_threshold"].astype(bool)]
-    keys = ["model", "step0_cell_size", "anomaly_measure", "smoothing_sigma", "normal_error_subtracted"]
-    means = rows.pivot_table(index=keys, columns="iterations", values="image_auroc", aggfunc="mean")
-    means.columns = [f"T={t}" for t in means.columns]
-    means = means.reset_index().astype({"step0_cell_size": int})
-    return means.assign(smoothing_sigma=means["smoothing_sigma"].map("{:g}".format))
 
 
 def auroc_bars(
@@ -194,7 +41,7 @@ def auroc_vs_iterations(
     settings: DetectionSettings = DetectionSettings(),
 ) -> go.Figure:
     """Lines: ``metric`` against the iteration count T per category (calibrated tau), with the mean over categories."""
-    rows = _at_settings(table, settings)
+    rows = at_settings(table, settings)
     rows = rows[rows["model"] == model].dropna(subset=[metric])
     curves = rows.groupby(["category", "iterations"], as_index=False)[metric].mean()
     mean = curves.groupby("iterations", as_index=False)[metric].mean().assign(category="mean")

@@ -143,7 +143,7 @@ def autocast_for(device: torch.device, bf16: bool) -> torch.dtype | None:
 
 def network_autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """The context a network runs in: autocast to ``dtype`` on ``device``, or plain float32 for None."""
-    if dtype is None or dtype == torch.float32:
+    if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -79,6 +79,9 @@ def gradient_magnitude_similarity(
 ) -> Tensor:
     """Multi-scale gradient magnitude similarity (MSGMS, as used by RIAD): mean over ``scales`` halvings.
 
+    ``constant`` stabilises flat regions; 0.0026 is the GMSD paper's c = 170 for 8-bit values, rescaled to [0, 1]
+    (170 / 255**2).
+
     Returns [B, 1, H, W]; 1 means identical gradients.
     """
     x = images.float().mean(dim=1, keepdim=True)

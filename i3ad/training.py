@@ -18,6 +18,8 @@ from i3ad.scoring import autocast_for, network_autocast, paint
 
 MODEL_KINDS = ("i3ad", "ae")
 AUGMENTATIONS = ("hflip", "vflip", "rot90")
+# Gradients are clipped to this norm: the first steps on a fresh network (and an AE's SSIM loss) can spike.
+MAX_GRADIENT_NORM = 1.0
 
 
 @dataclass
@@ -178,7 +180,7 @@ def train(
         loss = reconstruction_loss(reconstructions, batch, config.l2_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRADIENT_NORM)
         optimizer.step()
         step += 1
         bar.update(1)

@@ -9,7 +9,7 @@ import pytest
 
 from i3ad.cli import main
 from i3ad.evaluation import RESULT_COLUMNS
-from i3ad.plots import compare_runs, headline, summary_tables
+from i3ad.results import compare_runs, headline, summary_tables
 from i3ad.scoring import DetectionSettings
 
 
