@@ -163,11 +163,12 @@ class Handlers:
         except CheckpointError as error:
             raise gr.Error(str(error), print_exception=False) from None
 
-    def model_controls(self, category: str, variant: str) -> tuple[dict, dict, str]:
-        """Iteration slider, tau slider and the model's description, for the chosen model."""
+    def model_controls(self, category: str, variant: str) -> tuple:
+        """Iteration slider, tau slider and the model's description, for the chosen model; the values a detection
+        runs with go back to None (the model's own, see build_app)."""
         defaults = self.defaults(category, variant)
         iterations, tau = slider_settings(defaults)
-        return gr.update(**iterations), gr.update(**tau), defaults.description
+        return gr.update(**iterations), gr.update(**tau), defaults.description, None, None
 
     def on_category(self, category: str) -> tuple:
         """A new category: its model menu, the default model's slider settings, its example images."""
@@ -184,7 +185,7 @@ class Handlers:
         category: str,
         variant: str,
         image: str | dict | None,
-        iterations: float,
+        iterations: float | None,
         ssim_threshold: float | None,
         progress: gr.Progress | None = None,
     ) -> tuple:
@@ -192,7 +193,8 @@ class Handlers:
 
         image: a file path, or Gradio's file payload (the detect event skips Gradio's preprocessing, whose image
         decoding would turn a non-image upload into a bare "Error"; read_image says what is wrong instead).
-        iterations and ssim_threshold are checked by detect_image: a request may carry anything.
+        iterations / ssim_threshold: None for the model's default T / calibrated tau; checked by detect_image (a
+        request may carry anything).
         """
         path, name = image_path(image, self.upload_folder)
         if progress is not None:
@@ -254,9 +256,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         )
     # The first working category's controls are filled in here, so that the page and the API start with working
     # values.
-    category, defaults = first_working_model(handlers.store, categories)
+    category, variant, defaults = first_working_model(handlers.store, categories)
     variants = handlers.store.available()[category]
-    variant = default_variant(variants, handlers.store.device)
     iterations_settings, tau_settings = slider_settings(defaults)
 
     @gpu
@@ -294,6 +295,11 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                     **iterations_settings,
                 )
                 tau = gr.Slider(maximum=TAU_RANGE[1], step=TAU_STEP, elem_id="tau", **tau_settings)
+                # What a detection runs with: None (the chosen model's default T and calibrated tau) until the user
+                # moves a slider. So an API call that leaves T or tau out gets the model's own values, not the
+                # sliders' starting values (which are the first category's).
+                iterations_value = gr.Number(None, visible=False, elem_id="iterations-value")
+                tau_value = gr.Number(None, visible=False, elem_id="tau-value")
                 model_info = gr.Markdown(defaults.description)
                 run = gr.Button("Detect anomalies", variant="primary", elem_id="run")
             with gr.Column(scale=2):
@@ -325,7 +331,10 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             iterations_plot = gr.Plot(label="image AUROC against T")
             table = gr.Dataframe(label="results at the default settings", interactive=False, elem_id="benchmark-table")
 
-        model_controls = [iterations, tau, model_info]
+        model_controls = [iterations, tau, model_info, iterations_value, tau_value]
+        # Copied in the browser, so that the value is in place before a click on "Detect" is sent.
+        iterations.input(None, iterations, iterations_value, js="(value) => value", api_visibility="private")
+        tau.input(None, tau, tau_value, js="(value) => value", api_visibility="private")
         category_menu.change(
             handlers.on_category,
             category_menu,
@@ -337,7 +346,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         )
         run.click(
             detect,
-            [category_menu, variant_menu, image, iterations, tau],
+            [category_menu, variant_menu, image, iterations_value, tau_value],
             [heatmap, mask, baseline, summary, steps, files],
             api_name="detect",
             preprocess=False,  # uploads are still checked to be in Gradio's cache; see Handlers.detect

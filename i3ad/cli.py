@@ -15,9 +15,17 @@ import torch
 
 from i3ad.batching import unless_out_of_gpu_memory
 from i3ad.benchmark import COMPILE_MODES, check_plan, run_benchmark
-from i3ad.calibration import DEFAULT_SSIM_QUANTILE, check_ssim_quantile
+from i3ad.calibration import DEFAULT_SSIM_QUANTILE, MAX_CALIBRATED_ITERATIONS, check_ssim_quantile
 from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_record
-from i3ad.data import CategoryIndex, DatasetError, check_category_name, index_category, list_categories, load_images
+from i3ad.data import (
+    CategoryIndex,
+    DatasetError,
+    check_category_name,
+    check_name,
+    index_category,
+    list_categories,
+    load_images,
+)
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.evaluation import METRIC_COLUMNS, TestSet
 from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
@@ -39,6 +47,8 @@ from i3ad.synthetic import make_synthetic_category
 from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
 
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# The columns of detect's scores.csv, one row per input image (an error instead of a score when it failed).
+DETECT_COLUMNS = ("file", "score", "threshold", "verdict", "heatmap", "error")
 
 
 def _command_line() -> str:
@@ -75,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             check_ssim_quantile(args.ssim_quantile)
         except ValueError as error:
             raise ValueError(f"{error} (or 0 to keep --ssim-threshold)") from None
+    name = check_name("model name (--name)", args.name or args.model)
     device = resolve_device(args.device)
     command = _command_line()
     for category in _categories(args.data_root, args.category):
@@ -94,7 +105,6 @@ def cmd_train(args: argparse.Namespace) -> None:
             compile=args.compile,
             max_minutes=args.max_minutes,
         )
-        name = args.name or args.model
         out = Path(args.out) / category / name
         started = time.perf_counter()
         detector = train_category(
@@ -144,6 +154,14 @@ def _output_file(path: str) -> Path:
     return out
 
 
+def _checkpoints_under(root: str) -> dict[str, list[str]]:
+    """{category: [model, ...]} of the checkpoints under ``root``; an error when there are none."""
+    found = list_checkpoints(root)
+    if not found:
+        raise CheckpointError(f"no checkpoints under {root} (expected <category>/<model>/detector.json)")
+    return found
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     _apply_tf32_choice(args)
@@ -159,10 +177,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = _output_file(args.out)
-    available = list_checkpoints(args.checkpoints)
-    if not available:
-        raise CheckpointError(f"no checkpoints under {args.checkpoints} (expected <category>/<model>/detector.json)")
-    categories = sorted(available) if args.category == ["all"] else [check_category_name(c) for c in args.category]
+    available = _checkpoints_under(args.checkpoints)
+    # Each category once, in the order given.
+    requested = list(dict.fromkeys(map(check_category_name, args.category)))
+    categories = sorted(available) if args.category == ["all"] else requested
     # Every category and model is looked up before anything is computed, so a typo does not cost a finished run.
     for category in categories:
         if category not in available:
@@ -260,6 +278,8 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     for folder in args.checkpoint:
         detector = load_checkpoint(folder, device)
         ensure_writable_folder(folder)
+        if detector.kind != "i3ad" and {"iterations", "step0_cell_size"} & set(changes):
+            raise ValueError(f"{folder} is an autoencoder: it has no iterations or step-0 cells to set")
         settings = detector.settings.with_(**changes)
         check_iterations(settings.iterations)
         plans.append((folder, detector, index_category(args.data_root, detector.category), settings))
@@ -317,48 +337,45 @@ def cmd_detect(args: argparse.Namespace) -> None:
     inputs = _inputs(args.inputs, out / "heatmaps")
     _writable_out(out / "heatmaps", out)
     threshold = detector.calibration.score_threshold(iterations)
-    rows, failures = [], 0
-    for number, path in enumerate(inputs):
-        row = {
-            "file": str(path),
-            "score": "",
-            "threshold": f"{threshold:.4f}",
-            "verdict": "",
-            "heatmap": "",
-            "error": "",
-        }
-
-        def score_image(number: int = number, path: Path = path) -> dict[str, str]:
-            image = detector.read(path)
-            result = detector.detect(image, iterations=iterations, ssim_threshold=ssim_threshold)
-            score = result.scores[0].item()
-            # Numbered, so that equal names from different folders do not collide; cut to fit the file system.
-            heatmap = out / "heatmaps" / f"{number:05d}_{output_name(path)}.png"
-            anomaly_map = detector.crop(result.anomaly_map, image)[0].cpu()
-            heatmap_picture(image, anomaly_map, threshold).save(heatmap)
-            if args.save_masks:
-                mask_picture(image, anomaly_map, threshold).save(heatmap.with_name(heatmap.stem + "_mask.png"))
-            return {"score": f"{score:.4f}", "verdict": verdict(score, threshold), "heatmap": str(heatmap)}
-
-        try:
-            scored = unless_out_of_gpu_memory(score_image)
-            row.update(scored or {"error": "the GPU ran out of memory on this image; try --device cpu"})
-        except (ImageReadError, ValueError) as error:
-            row["error"] = str(error)
-        if row["error"]:
-            failures += 1
-            # Errors about reading a file already start with its path.
-            reason = row["error"] if row["error"].startswith(str(path)) else f"{path}: {row['error']}"
-            print(f"skipped {reason}", file=sys.stderr)
-        else:
-            print(f"{path}: score {row['score']} -> {row['verdict']}")
-        rows.append(row)
+    scored = failures = 0
+    # Each row is written as soon as its image is done, so that an interrupted run keeps what it finished.
     with open(out / "scores.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(DETECT_COLUMNS))
         writer.writeheader()
-        writer.writerows(rows)
-    print(f"scored {len(rows) - failures} of {len(rows)} images; wrote {out / 'scores.csv'}")
-    if failures == len(rows):
+        for number, path in enumerate(inputs):
+            row = {"file": str(path), "score": "", "threshold": f"{threshold:.4f}", "verdict": "", "heatmap": ""}
+
+            def score_image(number: int = number, path: Path = path) -> dict[str, str]:
+                image = detector.read(path)
+                result = detector.detect(image, iterations=iterations, ssim_threshold=ssim_threshold)
+                score = result.scores[0].item()
+                # Numbered, so that equal names from different folders do not collide; cut to fit the file system.
+                heatmap = out / "heatmaps" / f"{number:05d}_{output_name(path)}.png"
+                anomaly_map = detector.crop(result.anomaly_map, image)[0].cpu()
+                heatmap_picture(image, anomaly_map, threshold).save(heatmap)
+                if args.save_masks:
+                    mask_picture(image, anomaly_map, threshold).save(heatmap.with_name(heatmap.stem + "_mask.png"))
+                return {"score": f"{score:.4f}", "verdict": verdict(score, threshold), "heatmap": str(heatmap)}
+
+            try:
+                row.update(
+                    unless_out_of_gpu_memory(score_image)
+                    or {"error": "the GPU ran out of memory on this image; try --device cpu"}
+                )
+            except (ImageReadError, ValueError) as error:
+                row["error"] = str(error)
+            if row.get("error"):
+                failures += 1
+                # Errors about reading a file already start with its path.
+                reason = row["error"] if row["error"].startswith(str(path)) else f"{path}: {row['error']}"
+                print(f"skipped {reason}", file=sys.stderr)
+            else:
+                scored += 1
+                print(f"{path}: score {row['score']} -> {row['verdict']}")
+            writer.writerow(row)
+            handle.flush()
+    print(f"scored {scored} of {len(inputs)} images; wrote {out / 'scores.csv'}")
+    if failures == len(inputs):
         raise SystemExit(1)
 
 
@@ -416,7 +433,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(markdown_table(compare_runs(results, load_results(args.compare)), digits=4))
         return
     if args.update_cards:
-        for category, names in list_checkpoints(args.update_cards).items():
+        for category, names in _checkpoints_under(args.update_cards).items():
             for name in names:
                 folder = Path(args.update_cards) / category / name
                 detector = load_checkpoint(folder)
@@ -516,7 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SSIM_QUANTILE,
         help="tau = this quantile of held-out normal SSIM (0: keep --ssim-threshold)",
     )
-    train.add_argument("--ssim-threshold", type=float, default=DetectionSettings.ssim_threshold)
+    train.add_argument(
+        "--ssim-threshold",
+        type=float,
+        default=DetectionSettings.ssim_threshold,
+        help="tau stored with the checkpoint when --ssim-quantile is 0 (default: %(default)s)",
+    )
     train.add_argument(
         "--iterations", type=int, default=DetectionSettings.iterations, help="default T stored with the checkpoint"
     )
@@ -534,19 +556,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="metrics of checkpoints on test sets, for T = 0..N and several tau, to CSV"
     )
-    evaluate.add_argument("--data-root", required=True, help="folder holding the categories' test images")
+    evaluate.add_argument(
+        "--data-root",
+        required=True,
+        help="folder holding the categories (test images, and train/good for the held-out normal images)",
+    )
     evaluate.add_argument("--checkpoints", default="checkpoints", help="checkpoints root: <category>/<model>/")
     evaluate.add_argument(
         "--category", nargs="+", default=["all"], help="categories (default: every one under --checkpoints)"
     )
     evaluate.add_argument("--model", nargs="+", help="checkpoint variants to evaluate (default: all)")
-    evaluate.add_argument("--iterations", type=int, default=10, help="evaluate T = 0..this")
+    evaluate.add_argument(
+        "--iterations", type=int, default=MAX_CALIBRATED_ITERATIONS, help="evaluate T = 0..this (default: %(default)s)"
+    )
     evaluate.add_argument(
         "--thresholds",
         type=float,
         nargs="+",
         default=list(DEFAULT_THRESHOLDS),
-        help="tau values (the calibrated one is added)",
+        help="tau values (the calibrated one is added; default: %(default)s)",
     )
     evaluate.add_argument(
         "--cell-sizes", type=int, nargs="+", help="step-0 grid cell sizes (default: the checkpoint's)"
@@ -555,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--measures", nargs="+", choices=ANOMALY_MEASURES, help="anomaly measures (default: the checkpoint's)"
     )
     evaluate.add_argument("--sigmas", type=float, nargs="+", help="map smoothing sigmas (default: the checkpoint's)")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
     evaluate.add_argument("--compile", action="store_true", help="run the networks through torch.compile")
@@ -563,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--by-defect",
         action="store_true",
-        help="instead of the sweep: each checkpoint at its default settings, one row per defect type",
+        help="instead of the sweep: each checkpoint at its default settings, one row per defect type (the sweep's "
+        "--iterations, --thresholds, --cell-sizes, --measures and --sigmas do not apply)",
     )
     evaluate.add_argument("--out", default="results/evaluation.csv", help="the results CSV to write")
     evaluate.set_defaults(run=cmd_evaluate)
@@ -576,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument(
         "--out",
         default="detections",
-        help="folder for scores.csv and heatmaps/ (heat-maps at the input's size; very large inputs get smaller ones)",
+        help="folder for scores.csv and heatmaps/ (default: %(default)s); heat-maps at the input's size, smaller for "
+        "very large inputs",
     )
     detect.add_argument("--save-masks", action="store_true", help="also save the binary anomaly masks (same size)")
     detect.add_argument("--device", default="auto")
@@ -605,7 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.set_defaults(run=cmd_calibrate)
 
     bench = commands.add_parser("bench", help="speed benchmark: forwards, detection at several T, evaluation sweep")
-    bench.add_argument("--checkpoint", default="checkpoints/bottle/i3ad", help="an I3AD checkpoint folder")
+    bench.add_argument(
+        "--checkpoint", default="checkpoints/bottle/i3ad", help="an I3AD checkpoint folder (default: %(default)s)"
+    )
     bench.add_argument(
         "--data-root", help="take test images of the checkpoint's category from here (default: synthetic)"
     )
@@ -625,7 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--static-shapes", action="store_true", help="with --compile: one graph per input shape (dynamic=False)"
     )
-    bench.add_argument("--channels-last", action="store_true", help="channels-last memory for the network")
+    bench.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last memory for the network on a GPU (on a CPU the network always runs channels-last)",
+    )
     _add_tf32_flag(bench)
     bench.add_argument("--device", default="auto")
     bench.add_argument("--out", help="write (or with --append, add to) a CSV")
@@ -675,6 +711,10 @@ def main(argv: list[str] | None = None) -> int:
     except torch.cuda.OutOfMemoryError:
         print("error: the GPU ran out of memory; use a smaller --batch-size", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # What was finished is on disk: evaluate's rows up to the last model, detect's up to the last image.
+        print("\ninterrupted: what was finished before is kept", file=sys.stderr)
+        return 130
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
         torch.set_num_threads(threads)

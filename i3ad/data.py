@@ -62,13 +62,17 @@ class CategoryIndex:
         return all(height == width for height, width in map(read_size, self.train))
 
 
+def check_name(kind: str, name: str) -> str:
+    """A category or model name that is safe as one folder name (not ``..``, no ``/``, a plain identifier);
+    DatasetError naming the ``kind`` of name otherwise."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise DatasetError(f"{kind} {name!r} is not a valid name: use letters, digits, '_', '-' and '.', e.g. 'bottle'")
+    return name
+
+
 def check_category_name(category: str) -> str:
-    """Refuse names that could escape a folder (``..``, ``/``) or are not plain identifiers."""
-    if not isinstance(category, str) or not _SAFE_NAME.fullmatch(category) or ".." in category:
-        raise DatasetError(
-            f"category {category!r} is not a valid name: use letters, digits, '_', '-' and '.', e.g. 'bottle'"
-        )
-    return category
+    """``check_name`` for a category."""
+    return check_name("category", category)
 
 
 def _images_in(folder: Path) -> list[Path]:

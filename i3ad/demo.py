@@ -138,17 +138,20 @@ def model_defaults(detector: AnomalyDetector) -> ModelDefaults:
     return ModelDefaults(iterations, tau, description)
 
 
-def first_working_model(store: ModelStore, categories: list[str]) -> tuple[str, ModelDefaults]:
-    """The first category whose default model loads, and that model's defaults: the page opens on it. A damaged
-    checkpoint is logged and passed over (choosing it later says what is wrong); CheckpointError when none loads."""
+def first_working_model(store: ModelStore, categories: list[str]) -> tuple[str, str, ModelDefaults]:
+    """(category, variant, defaults) of the first model that loads, trying each category's menu in turn with its
+    default variant first: the page opens on it. A damaged checkpoint is logged and passed over (choosing it later
+    says what is wrong); CheckpointError when none loads."""
     problems = []
     for category in categories:
-        variant = default_variant(store.available()[category], store.device)
-        try:
-            return category, model_defaults(store.get(category, variant))
-        except CheckpointError as error:
-            logger.warning("%s/%s cannot be loaded: %s", category, variant, error)
-            problems.append(str(error))
+        variants = model_variants(store.available()[category])
+        preferred = default_variant(variants, store.device)
+        for variant in [preferred, *(v for v in variants if v != preferred)]:
+            try:
+                return category, variant, model_defaults(store.get(category, variant))
+            except CheckpointError as error:
+                logger.warning("%s/%s cannot be loaded: %s", category, variant, error)
+                problems.append(str(error))
     raise CheckpointError(f"no checkpoint could be loaded: {'; '.join(problems)}")
 
 
@@ -193,7 +196,9 @@ class DetectionReport:
             f"Anomaly score **{self.score:.4f}** {comparison} score threshold **{self.threshold:.4f}** "
             f"(calibrated for {self.category} / {self.variant} at T = {self.iterations}).",
         ]
-        if self.ssim_threshold is not None:
+        if self.ssim_threshold is not None and self.iterations == 0:
+            lines.append("Iterations T = 0: step 0 alone, which thresholds nothing (tau is not used).")
+        elif self.ssim_threshold is not None:
             lines.append(f"Iterations T = {self.iterations}, SSIM threshold tau = {self.ssim_threshold:.4f}.")
             if self.ssim_threshold != self.calibrated_ssim_threshold:
                 lines.append(

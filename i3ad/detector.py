@@ -70,7 +70,7 @@ class AnomalyDetector:
         """
         settings = self.settings
         if iterations is not None:
-            settings = settings.with_(iterations=iterations)
+            settings = settings.with_(iterations=check_iterations(iterations))
         if ssim_threshold is not None:
             settings = settings.with_(ssim_threshold=ssim_threshold)
         region = self.preprocessing.region(*images.shape[-2:], device=self.device)
@@ -100,7 +100,7 @@ class AnomalyDetector:
 
     def is_anomalous(self, scores: Tensor, iterations: int) -> Tensor:
         """Verdicts [B] (True = anomalous) at the score threshold calibrated for this iteration count."""
-        return scores > self.calibration.score_threshold(iterations)
+        return scores > self.calibration.score_threshold(check_iterations(iterations))
 
 
 def verdict(score: float, threshold: float) -> str:

@@ -20,6 +20,7 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
+from i3ad import data
 from i3ad.checkpoints import (
     CHECKPOINT_FILES,
     CHECKPOINT_FOLDER_FILES,
@@ -29,7 +30,6 @@ from i3ad.checkpoints import (
     load_checkpoint,
 )
 from i3ad.checks import error_summary
-from i3ad.data import DatasetError, check_category_name
 from i3ad.detector import AnomalyDetector
 
 ENV_CHECKPOINTS, ENV_HUB_REPO, ENV_HUB_REVISION = "I3AD_CHECKPOINTS", "I3AD_HUB_REPO", "I3AD_HUB_REVISION"
@@ -52,11 +52,9 @@ def check_repo_id(repo_id: str) -> str:
 def check_name(kind: str, name: str) -> str:
     """A category or variant name that is safe as one path component (no '..', no '/'); CheckpointError otherwise."""
     try:
-        return check_category_name(name)
-    except DatasetError:
-        raise CheckpointError(
-            f"{kind} {name!r} is not a valid name: use letters, digits, '_', '-' and '.', e.g. 'bottle'"
-        ) from None
+        return data.check_name(kind, name)
+    except data.DatasetError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def _hub_patterns(category: str, variant: str) -> list[str]:

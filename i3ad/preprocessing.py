@@ -101,6 +101,12 @@ class Preprocessing:
         batch = batch.float()
         if not torch.isfinite(batch).all():
             raise ValueError("the image tensor holds NaN or infinite values")
+        if batch.numel() and (batch.min() < 0 or batch.max() > 1):
+            # Most often 0-255 values in a float tensor: the network would see a washed-out image and score it wrong.
+            raise ValueError(
+                f"float images must lie in [0, 1], got values from {batch.min().item():g} to {batch.max().item():g} "
+                "(divide 8-bit values by 255, or pass a uint8 tensor)"
+            )
         top, left, height, width = self.content_box(*batch.shape[-2:])
         if batch.shape[-2:] != (height, width):
             batch = F.interpolate(batch, size=(height, width), mode="bilinear", antialias=True, align_corners=False)

@@ -172,10 +172,14 @@ def test_detect_at_another_tau_says_the_verdict_is_indicative(handlers, spot_ima
     captions = [caption for _, caption in steps]
     assert captions[3] == "step 1: reconstruction" and re.fullmatch(r"step 1: mask \(\d+% hidden\)", captions[4])
     assert captions[5].startswith("step 1: anomaly map, score ")
+    # At T = 0 no tau is used, so none is named and the verdict is not called indicative.
+    *_, summary, _, _ = handlers.detect("synth", "i3ad", spot_image, 0, 0.9)
+    assert "tau is not used" in summary and "0.9000" not in summary and "only indicative" not in summary
 
 
 def test_category_change_updates_model_menu_and_threshold_slider(handlers):
-    menu, iterations, tau, description, examples = handlers.on_category("other")
+    menu, iterations, tau, description, iterations_value, tau_value, examples = handlers.on_category("other")
+    assert iterations_value is None and tau_value is None  # a detection now runs at this model's own T and tau
     calibrated = load_checkpoint(handlers.store.resolver.root / "other" / "i3ad").calibration.ssim_threshold
     assert tau["value"] == round(calibrated, 3)
     assert tau["minimum"] <= tau["value"] <= 1  # untrained models calibrate below 0: the slider still reaches it
@@ -184,10 +188,10 @@ def test_category_change_updates_model_menu_and_threshold_slider(handlers):
     assert menu["choices"] == ["i3ad"] and menu["visible"] is False  # one I3AD model: no menu
     assert isinstance(examples, gr.Dataset)
 
-    menu, _, tau_synth, _, _ = handlers.on_category("synth")
+    menu, _, tau_synth, *_ = handlers.on_category("synth")
     assert menu["choices"] == ["i3ad", "i3ad-small"] and menu["visible"] is True
     assert tau_synth["value"] != tau["value"]
-    _, tau_small, _ = handlers.model_controls("synth", "i3ad-small")
+    _, tau_small, *_ = handlers.model_controls("synth", "i3ad-small")
     small = load_checkpoint(handlers.store.resolver.root / "synth" / "i3ad-small").calibration.ssim_threshold
     assert tau_small["value"] == round(small, 3)
 
@@ -286,6 +290,11 @@ def test_launched_app_answers_gradio_client(app_files, monkeypatch, tmp_path):
         downloaded = {Path(f).name: Path(f) for f in files}
         assert set(downloaded) == {"000_heatmap.png", "000_mask.png", "000_scores.csv"}
         assert "score" in downloaded["000_scores.csv"].read_text().splitlines()[0]
+        # T and tau None: the chosen model's own (the page opened on another category, with other values).
+        detector = load_checkpoint(checkpoints / "synth" / "i3ad")
+        *_, summary, steps, _ = client.predict("synth", "i3ad", handle_file(str(image)), None, None, api_name="/detect")
+        assert f"T = {detector.default_iterations}, SSIM threshold tau = {detector.calibration.tau_text}" in summary
+        assert "only indicative" not in summary and len(steps) == 3 * (detector.default_iterations + 1)
 
         not_image = tmp_path / "fake.png"
         not_image.write_text("hello")

@@ -18,6 +18,7 @@ from i3ad.benchmark import run_benchmark
 from i3ad.checkpoints import load_checkpoint
 from i3ad.cli import main
 from i3ad.data import index_category
+from i3ad.detector import AnomalyDetector
 from i3ad.synthetic import make_synthetic_category
 
 # Small enough for two CPU cores (about 15 s uncontended), large enough for a real detector on the synthetic data.
@@ -177,6 +178,29 @@ def test_detect_folder_with_a_corrupt_file(trained, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_an_interrupted_detect_keeps_the_rows_it_finished(trained, tmp_path, monkeypatch, capsys):
+    data_root, checkpoints = trained
+    images = sorted((data_root / "synthetic" / "test" / "good").iterdir())[:3]
+    detect = AnomalyDetector.detect
+    calls = []
+
+    def interrupted_on_the_third(self, *args, **kwargs):  # Ctrl-C while the third image is being scored
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return detect(self, *args, **kwargs)
+
+    monkeypatch.setattr(AnomalyDetector, "detect", interrupted_on_the_third)
+    args = ["detect", *map(str, images), "--checkpoint", str(checkpoints / "synthetic" / "i3ad")]
+    assert main([*args, "--out", str(tmp_path), "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: what was finished before is kept" in err and "Traceback" not in err
+    with open(tmp_path / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["file"] for row in rows] == list(map(str, images[:2])) and all(row["score"] for row in rows)
+
+
+@pytest.mark.slow
 def test_detect_fails_when_no_image_is_readable(trained, tmp_path):
     _, checkpoints = trained
     broken = tmp_path / "broken.png"
@@ -234,6 +258,12 @@ def test_calibrate_refuses_a_quantile_outside_0_1_and_keeps_the_checkpoint(train
         assert main([*args, "--device", "cpu"]) == 2
         assert "the SSIM quantile for tau must lie strictly between 0 and 1" in cli_error()
     assert (folder / "detector.json").read_bytes() == before
+    # An autoencoder has no iterations or step-0 cells: setting them is refused, not written into its card.
+    ae = tmp_path / "synthetic" / "ae"
+    shutil.copytree(checkpoints / "synthetic" / "ae", ae)
+    for flag in ("--iterations", "--cell-size"):
+        assert main(["calibrate", str(ae), "--data-root", str(data_root), flag, "3", "--device", "cpu"]) == 2
+        assert f"{ae} is an autoencoder: it has no iterations or step-0 cells to set" in cli_error()
 
 
 @pytest.mark.slow
@@ -527,6 +557,12 @@ def test_train_with_bad_settings(synthetic_root, tmp_path, cli_error):
     ]:
         assert main([*_train(data_root, "synthetic", tmp_path / "ck"), flag, value]) == 2
         assert message in cli_error()
+    for name in ("../evil", "a/b", "."):  # the checkpoint would land outside <category>/<name>/
+        assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--name", name]) == 2
+        assert f"model name (--name) {name!r} is not a valid name" in cli_error()
+    for minutes in ("0", "-1"):
+        assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--max-minutes", minutes]) == 2
+        assert f"the time budget must be more than 0 minutes, got {float(minutes)}" in cli_error()
     ae = [*_train(data_root, "synthetic", tmp_path / "ck"), "--model", "ae"]
     assert main([*ae, "--latent-dim", "0"]) == 2
     assert "latent_dim must be a whole number >= 1, got 0" in cli_error()

@@ -31,11 +31,14 @@ def test_right_size_passes_unchanged_and_resizing_keeps_the_mean():
     torch.testing.assert_close(preprocessing(constant), torch.full((1, 3, 16, 16), 0.3))
 
 
-def test_out_of_range_values_are_clamped():
+def test_out_of_range_values_are_refused_and_resizing_overshoot_is_clamped():
     preprocessing = Preprocessing(image_size=16, channels=1)
-    image = torch.linspace(-1, 2, 256).view(1, 1, 16, 16)
-    out = preprocessing(image)
-    assert out.min() == 0.0 and out.max() == 1.0
+    with pytest.raises(ValueError, match=r"float images must lie in \[0, 1\], got values from -1 to 2"):
+        preprocessing(torch.linspace(-1, 2, 256).view(1, 1, 16, 16))
+    # A hard black-white edge rings when shrunk with antialiasing: the frame still stays in [0, 1].
+    edges = (torch.arange(64) % 2).float().view(1, 1, 1, 64).expand(1, 1, 48, 64)
+    out = preprocessing(edges)
+    assert out.min() >= 0.0 and out.max() <= 1.0
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -112,3 +112,9 @@ def test_report_refuses_a_table_that_evaluate_did_not_write(tmp_path, capsys):
     text.write_text('a,b\n1,2,3,4\n"unclosed\n')
     assert main(["report", "--results", str(text)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {text} is not a results table of `python -m i3ad evaluate`")
+
+
+def test_updating_cards_without_checkpoints_is_an_error(results, tmp_path, capsys):
+    results.to_csv(tmp_path / "results.csv", index=False)
+    assert main(["report", "--results", str(tmp_path / "results.csv"), "--update-cards", str(tmp_path / "none")]) == 2
+    assert f"no checkpoints under {tmp_path / 'none'}" in capsys.readouterr().err

@@ -373,7 +373,7 @@ def test_out_of_range_and_non_numeric_settings_get_a_clear_error(handlers, good,
 @pytest.mark.parametrize(("iterations", "tau", "expected"), [(2.0, None, 2), (np.int64(0), -1.0, 0), (10, 1, 10)])
 def test_whole_floats_numpy_numbers_and_the_range_ends_are_accepted(handlers, good, iterations, tau, expected):
     *_, summary, steps, _ = handlers.detect("rgb", "i3ad", upload(good["rgb.png"]), iterations, tau)
-    assert f"Iterations T = {expected}," in summary and len(steps) == 3 * (expected + 1)
+    assert f"Iterations T = {expected}" in summary and len(steps) == 3 * (expected + 1)
 
 
 def test_a_name_with_a_trailing_newline_is_refused(handlers, good, checkpoints):
@@ -502,6 +502,16 @@ def test_a_damaged_baseline_leaves_out_only_the_baseline(damaged, good, tmp_path
         handlers.detect("rgb", "ae", upload(good["rgb.png"]), 0, None)
 
 
+def test_the_app_opens_on_another_model_of_a_category_whose_default_is_damaged(checkpoints, tmp_path):
+    root = tmp_path / "checkpoints"
+    shutil.copytree(checkpoints / "rgb", root / "rgb")
+    shutil.copytree(root / "rgb" / "i3ad", root / "rgb" / "i3ad-small")  # the default on a CPU ...
+    _truncate(root / "rgb" / "i3ad-small" / "model.safetensors")  # ... is damaged
+    demo = app.build_app(app.AppConfig(CheckpointResolver(root), tmp_path / "none.csv", device="cpu"))
+    menu = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "variant")
+    assert menu.value == "i3ad"
+
+
 def test_the_app_opens_on_a_working_model_when_the_first_is_damaged(damaged, tmp_path):
     config = app.AppConfig(CheckpointResolver(damaged), tmp_path / "none.csv", device="cpu")
     _truncate(damaged / "grey" / "i3ad" / "model.safetensors")  # "grey" comes first
@@ -594,6 +604,11 @@ def test_an_8_bit_tensor_is_scaled_and_other_integers_refused(detectors):
     )
     with pytest.raises(ValueError, match="dtype"):
         detectors["rgb"].detect(image.to(torch.int32))
+    # 0-255 values in a float tensor are the common mistake: refused, not clamped into a white image.
+    with pytest.raises(ValueError, match=r"float images must lie in \[0, 1\], got values from 0 to 25\d"):
+        detectors["rgb"].detect(image.float())
+    with pytest.raises(ValueError, match="float images must lie in"):
+        detectors["rgb"].detect(image.float() / 255 - 0.5)
 
 
 def test_a_numpy_array_is_a_clear_error(detectors):
@@ -601,6 +616,10 @@ def test_a_numpy_array_is_a_clear_error(detectors):
         detectors["rgb"].detect(np.random.rand(3, 40, 40).astype(np.float32))
 
 
-def test_fractional_iterations_are_a_value_error(detectors):
-    with pytest.raises(ValueError):
-        detectors["rgb"].detect(torch.rand(3, 40, 40), iterations=2.5)
+def test_iteration_counts_outside_the_calibrated_range_are_a_value_error(detectors):
+    detector = detectors["rgb"]
+    for iterations in (2.5, -1, 11, 50):
+        with pytest.raises(ValueError, match="iterations must be"):
+            detector.detect(torch.rand(3, 40, 40), iterations=iterations)
+        with pytest.raises(ValueError, match="iterations must be"):
+            detector.is_anomalous(torch.zeros(2), iterations)  # -1 would pick the last threshold by index
