@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -192,6 +193,14 @@ def sweep_inpainting(
     return pd.concat(tables, ignore_index=True)
 
 
+class _ScoredBatch(NamedTuple):
+    """One batch of a sweep: the share of hidden pixels per step ([T + 1] tensors [B]), and the anomaly maps per
+    step and scoring variant ([T + 1][variants] tensors [B, 1, H, W])."""
+
+    hidden_share: list[Tensor]
+    maps: list[list[Tensor]]
+
+
 def _sweep_thresholds(
     model: InpaintingUNet,
     test: TestSet,
@@ -220,19 +229,19 @@ def _sweep_thresholds(
     for threshold in thresholds:
         run = settings.with_(iterations=max_iterations, ssim_threshold=threshold)
 
-        def score_steps(images: Tensor, reconstruction0: Tensor, run=run) -> tuple[list[Tensor], list[list[Tensor]]]:
-            """Share of hidden pixels per step [T + 1] x [B], and the maps per step and variant."""
+        def score_steps(images: Tensor, reconstruction0: Tensor, run=run) -> _ScoredBatch:
             result = detect_by_inpainting(model, images, run, autocast_dtype=autocast_dtype, step0=reconstruction0)
             per_step = zip(result.reconstructions, result.ssim_maps, strict=True)
             # Half precision keeps a whole test set's maps of every step in memory; the ranking is unchanged.
             maps = [[anomaly_map(images, r, variant, ssim).half() for variant in variants] for r, ssim in per_step]
-            return [m.flatten(1).mean(1) for m in result.masks], maps
+            return _ScoredBatch([m.flatten(1).mean(1) for m in result.masks], maps)
 
-        def maps_of(batches) -> dict[tuple[int, int], Tensor]:
-            return {(v, t): torch.cat([b[1][t][v] for b in batches]) for t in steps for v in range(len(variants))}
+        def maps_of(batches: list[_ScoredBatch]) -> dict[tuple[int, int], Tensor]:
+            """{(variant, step): the maps of every image}."""
+            return {(v, t): torch.cat([b.maps[t][v] for b in batches]) for t in steps for v in range(len(variants))}
 
         batches = map_batches(score_steps, test.images, step0, batch_size=batch_size)
-        hidden = {t: torch.cat([b[0][t] for b in batches]) for t in steps}
+        hidden = {t: torch.cat([b.hidden_share[t] for b in batches]) for t in steps}
         maps = maps_of(batches)
         normal_errors = {}
         if holdout is not None:
