@@ -26,6 +26,11 @@ def is_whole_number(value: object) -> bool:
     return is_number(value) and (isinstance(value, numbers.Integral) or (math.isfinite(value) and value == int(value)))
 
 
+def is_count(value: object) -> bool:
+    """A Python int >= 1 (a size, a width, a number of items; stored in JSON as it is): not 2.0, not True."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def shown(value: object) -> str:
     """``repr(value)`` for an error message, cut to SHOWN_LENGTH characters."""
     text = repr(value)

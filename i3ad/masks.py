@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from i3ad.checks import is_count
 from i3ad.similarity import gaussian_blur
 
 # Cell sizes of the training grids; the largest bounds how big a square hole the network learns to fill from
@@ -43,8 +44,7 @@ def complementary_grid_masks(
 
 def check_cell_sizes(cell_sizes: tuple[int, ...]) -> None:
     """Refuse an empty list of training grid cell sizes, or one with repeats or anything but whole numbers >= 1."""
-    whole = all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cell_sizes)
-    if not cell_sizes or not whole or len(set(cell_sizes)) != len(cell_sizes):
+    if not cell_sizes or not all(map(is_count, cell_sizes)) or len(set(cell_sizes)) != len(cell_sizes):
         raise ValueError(f"grid cell sizes must be one or more distinct whole numbers >= 1, got {cell_sizes!r}")
 
 
@@ -90,17 +90,16 @@ def _blob_masks(batch: int, size: tuple[int, int], coverage: Tensor, generator, 
 
 def _stroke_masks(batch: int, size: tuple[int, int], generator, device) -> Tensor:
     height, width = size
-    strokes = STROKES
     ys = torch.linspace(0, 1, height, device=device).view(1, 1, height, 1)
     xs = torch.linspace(0, 1, width, device=device).view(1, 1, 1, width)
     # Segments up to 0.2 of the side long in each direction, 0.5-3.5 % of it thick; each drawn with probability 0.7.
-    start = torch.rand(batch, strokes, 2, generator=generator, device=device)
-    end = (start + 0.4 * (torch.rand(batch, strokes, 2, generator=generator, device=device) - 0.5)).clamp(0, 1)
-    thickness = 0.005 + 0.03 * torch.rand(batch, strokes, 1, 1, generator=generator, device=device)
-    used = torch.rand(batch, strokes, 1, 1, generator=generator, device=device) < 0.7
+    start = torch.rand(batch, STROKES, 2, generator=generator, device=device)
+    end = (start + 0.4 * (torch.rand(batch, STROKES, 2, generator=generator, device=device) - 0.5)).clamp(0, 1)
+    thickness = 0.005 + 0.03 * torch.rand(batch, STROKES, 1, 1, generator=generator, device=device)
+    used = torch.rand(batch, STROKES, 1, 1, generator=generator, device=device) < 0.7
     # Distance of every pixel to each segment start->end.
     (y0, x0), (y1, x1) = start.unbind(-1), end.unbind(-1)
-    y0, x0, y1, x1 = (v.view(batch, strokes, 1, 1) for v in (y0, x0, y1, x1))
+    y0, x0, y1, x1 = (v.view(batch, STROKES, 1, 1) for v in (y0, x0, y1, x1))
     dy, dx = y1 - y0, x1 - x0
     t = (((ys - y0) * dy + (xs - x0) * dx) / (dy**2 + dx**2 + 1e-8)).clamp(0, 1)
     distance = ((ys - y0 - t * dy) ** 2 + (xs - x0 - t * dx) ** 2).sqrt()
@@ -109,11 +108,10 @@ def _stroke_masks(batch: int, size: tuple[int, int], generator, device) -> Tenso
 
 def _rectangle_masks(batch: int, size: tuple[int, int], generator, device) -> Tensor:
     height, width = size
-    boxes = RECTANGLES
     ys = torch.arange(height, device=device).view(1, 1, height, 1) / height
     xs = torch.arange(width, device=device).view(1, 1, 1, width) / width
-    centre = torch.rand(batch, boxes, 2, 1, 1, generator=generator, device=device)
-    half = 0.02 + 0.2 * torch.rand(batch, boxes, 2, 1, 1, generator=generator, device=device)  # 4-44 % of a side
+    centre = torch.rand(batch, RECTANGLES, 2, 1, 1, generator=generator, device=device)
+    half = 0.02 + 0.2 * torch.rand(batch, RECTANGLES, 2, 1, 1, generator=generator, device=device)  # 4-44 % of a side
     inside = ((ys - centre[:, :, 0]).abs() < half[:, :, 0]) & ((xs - centre[:, :, 1]).abs() < half[:, :, 1])
     return inside.any(dim=1, keepdim=True).float()
 

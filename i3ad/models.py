@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from i3ad.checks import is_count
+
 
 def for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
     """Move a model to ``device``; on the CPU also to channels-last memory, where oneDNN's convolutions ran 1.2-1.4x
@@ -23,7 +25,7 @@ def for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
 def check_sizes(**sizes: object) -> None:
     """Refuse a network size (a width, a block count) that is not a whole number >= 1; the error names it."""
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_count(value):
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 

@@ -101,10 +101,11 @@ class Preprocessing:
         batch = batch.float()
         if not torch.isfinite(batch).all():
             raise ValueError("the image tensor holds NaN or infinite values")
-        if batch.numel() and (batch.min() < 0 or batch.max() > 1):
+        low, high = (v.item() for v in torch.aminmax(batch)) if batch.numel() else (0.0, 1.0)
+        if low < 0 or high > 1:
             # Most often 0-255 values in a float tensor: the network would see a washed-out image and score it wrong.
             raise ValueError(
-                f"float images must lie in [0, 1], got values from {batch.min().item():g} to {batch.max().item():g} "
+                f"float images must lie in [0, 1], got values from {low:g} to {high:g} "
                 "(divide 8-bit values by 255, or pass a uint8 tensor)"
             )
         top, left, height, width = self.content_box(*batch.shape[-2:])

@@ -373,7 +373,8 @@ def test_out_of_range_and_non_numeric_settings_get_a_clear_error(handlers, good,
 @pytest.mark.parametrize(("iterations", "tau", "expected"), [(2.0, None, 2), (np.int64(0), -1.0, 0), (10, 1, 10)])
 def test_whole_floats_numpy_numbers_and_the_range_ends_are_accepted(handlers, good, iterations, tau, expected):
     *_, summary, steps, _ = handlers.detect("rgb", "i3ad", upload(good["rgb.png"]), iterations, tau)
-    assert f"Iterations T = {expected}" in summary and len(steps) == 3 * (expected + 1)
+    shown = "Iterations T = 0: step 0 alone" if expected == 0 else f"Iterations T = {expected}, SSIM threshold tau"
+    assert shown in summary and len(steps) == 3 * (expected + 1)
 
 
 def test_a_name_with_a_trailing_newline_is_refused(handlers, good, checkpoints):
