@@ -266,6 +266,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         for k, v in {
             "iterations": args.iterations,
             "step0_cell_size": args.cell_size,
+            "step0_hidden_groups": args.hidden_groups,
             "anomaly_measure": args.measure,
             "smoothing_sigma": args.sigma,
             "subtract_normal_error": args.normal_error,
@@ -278,8 +279,8 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     for folder in args.checkpoint:
         detector = load_checkpoint(folder, device)
         ensure_writable_folder(folder)
-        if detector.kind != "i3ad" and {"iterations", "step0_cell_size"} & set(changes):
-            raise ValueError(f"{folder} is an autoencoder: it has no iterations or step-0 cells to set")
+        if detector.kind != "i3ad" and {"iterations", "step0_cell_size", "step0_hidden_groups"} & set(changes):
+            raise ValueError(f"{folder} is an autoencoder: it has no iterations or step-0 masks to set")
         settings = detector.settings.with_(**changes)
         check_iterations(settings.iterations)
         plans.append((folder, detector, index_category(args.data_root, detector.category), settings))
@@ -446,8 +447,16 @@ def cmd_report(args: argparse.Namespace) -> None:
                 save_record(detector, folder)
                 print(f"{folder}: model card metrics updated")
         return
-    tables = summary_tables(results)
-    print("Metrics at the default settings (I3AD: calibrated tau, T as shipped):\n")
+    defaults = DetectionSettings()
+    settings = defaults.with_(
+        iterations=defaults.iterations if args.iterations is None else check_iterations(args.iterations),
+        step0_hidden_groups=defaults.step0_hidden_groups if args.hidden_groups is None else args.hidden_groups,
+    )
+    tables = summary_tables(results, settings)
+    print(
+        f"Metrics at T = {settings.iterations}, each step-0 mask hiding {settings.step0_hidden_groups} of "
+        f"{settings.step0_masks} grid groups (I3AD: calibrated tau):\n"
+    )
     print(markdown_table(tables["per_category"]))
     print("\nI3AD image AUROC, mean over categories, against the number of iterations T (calibrated tau):\n")
     print(markdown_table(tables["mean_by_iterations"]))
@@ -621,6 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--iterations", type=int, help="new default T")
     calibrate.add_argument("--cell-size", type=int, help="new step-0 grid cell size")
+    calibrate.add_argument(
+        "--hidden-groups",
+        type=int,
+        help="new number of the step-0 grid's groups each step-0 mask hides (1 to K - 1, K = 4: every pixel is "
+        "painted that many times and the paintings averaged)",
+    )
     calibrate.add_argument("--measure", choices=ANOMALY_MEASURES, help="new anomaly measure")
     calibrate.add_argument("--sigma", type=float, help="new map smoothing sigma")
     calibrate.add_argument(
@@ -675,6 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "--compare", metavar="CSV", help="print how far another results table (e.g. --bf16) moves the metrics"
+    )
+    report.add_argument("--iterations", type=int, help="the T of the per-category table (default: the shipped one)")
+    report.add_argument(
+        "--hidden-groups",
+        type=int,
+        help="summarise the I3AD rows whose step-0 masks hide this many grid groups (default: the shipped one)",
     )
     report.set_defaults(run=cmd_report)
 

@@ -33,6 +33,7 @@ RESULT_COLUMNS = (
     "ssim_threshold",
     "calibrated_threshold",
     "step0_cell_size",
+    "step0_hidden_groups",
     "anomaly_measure",
     "smoothing_sigma",
     "normal_error_subtracted",
@@ -189,7 +190,7 @@ def sweep_inpainting(
             autocast_dtype=autocast_dtype,
             holdout=holdout,
         )
-        tables.append(table.assign(step0_cell_size=cell_size))
+        tables.append(table.assign(step0_cell_size=cell_size, step0_hidden_groups=settings.step0_hidden_groups))
     return pd.concat(tables, ignore_index=True)
 
 
@@ -304,6 +305,7 @@ def sweep_autoencoder(
                     "iterations": 0,
                     "ssim_threshold": math.nan,
                     "step0_cell_size": math.nan,
+                    "step0_hidden_groups": math.nan,
                     "anomaly_measure": variant.anomaly_measure,
                     "smoothing_sigma": variant.smoothing_sigma,
                     "normal_error_subtracted": subtracted,

@@ -42,6 +42,18 @@ def complementary_grid_masks(
     return (group[None] == torch.arange(count, device=device)[:, None, None]).float().unsqueeze(1)
 
 
+def step0_grid_masks(
+    count: int, hidden_groups: int, cell_size: int, height: int, width: int, device: torch.device | str | None = None
+) -> Tensor:
+    """The ``count`` masks of detection step 0: mask k hides the groups k, k + 1, ..., k + hidden_groups - 1 (mod
+    count) of ``complementary_grid_masks``, so that every pixel is hidden in exactly ``hidden_groups`` of them and
+    seen in the others. Returns [count, 1, H, W]."""
+    if not 1 <= hidden_groups < count:
+        raise ValueError(f"a step-0 mask hides 1 to {count - 1} of the {count} groups, got {hidden_groups}")
+    groups = complementary_grid_masks(count, cell_size, height, width, device)
+    return sum(groups.roll(-shift, dims=0) for shift in range(hidden_groups))
+
+
 def check_cell_sizes(cell_sizes: tuple[int, ...]) -> None:
     """Refuse an empty list of training grid cell sizes, or one with repeats or anything but whole numbers >= 1."""
     if not cell_sizes or not all(map(is_count, cell_sizes)) or len(set(cell_sizes)) != len(cell_sizes):

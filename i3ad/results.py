@@ -29,6 +29,9 @@ def load_results(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         summary = error_summary(error)
         raise ValueError(f"{path} is not a results table of `python -m i3ad evaluate` ({summary})") from None
+    if "step0_hidden_groups" not in table.columns and "ssim_threshold" in table.columns:
+        # Written before the setting existed, when each step-0 mask hid one group (autoencoder rows: none).
+        table["step0_hidden_groups"] = pd.Series(1.0, index=table.index).where(table["ssim_threshold"].notna())
     missing = set(RESULT_COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(
@@ -46,12 +49,18 @@ def _same_scoring(table: pd.DataFrame, settings: DetectionSettings) -> pd.Series
     )
 
 
+def _same_step0(table: pd.DataFrame, settings: DetectionSettings) -> pd.Series:
+    return (table["step0_cell_size"] == settings.step0_cell_size) & (
+        table["step0_hidden_groups"] == settings.step0_hidden_groups
+    )
+
+
 def at_settings(table: pd.DataFrame, settings: DetectionSettings) -> pd.DataFrame:
-    """Rows scored like ``settings`` (measure, smoothing, normal error; step-0 cell size and calibrated tau for
+    """Rows scored like ``settings`` (measure, smoothing, normal error; step-0 masks and calibrated tau for
     I3AD)."""
     same_scoring = _same_scoring(table, settings)
     is_autoencoder = table["ssim_threshold"].isna()
-    inpainting = table["calibrated_threshold"].astype(bool) & (table["step0_cell_size"] == settings.step0_cell_size)
+    inpainting = table["calibrated_threshold"].astype(bool) & _same_step0(table, settings)
     return table[same_scoring & (is_autoencoder | inpainting)]
 
 
@@ -113,7 +122,7 @@ def normal_error_table(table: pd.DataFrame, settings: DetectionSettings = Detect
 def threshold_table(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
     """Mean image AUROC over categories of each inpainting model at each fixed tau and at the calibrated one
     (scored like ``settings``), for each T."""
-    same_scoring = _same_scoring(table, settings) & (table["step0_cell_size"] == settings.step0_cell_size)
+    same_scoring = _same_scoring(table, settings) & _same_step0(table, settings)
     rows = table[same_scoring & table["ssim_threshold"].notna()]
     tau = rows["ssim_threshold"].round(2).astype(str).where(~rows["calibrated_threshold"].astype(bool), "calibrated")
     means = rows.assign(tau=tau).pivot_table(index=["model", "tau"], columns="iterations", values="image_auroc")
@@ -130,6 +139,7 @@ def compare_runs(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
         "iterations",
         "calibrated_threshold",
         "step0_cell_size",
+        "step0_hidden_groups",
         "anomaly_measure",
         "smoothing_sigma",
         "normal_error_subtracted",
@@ -152,11 +162,18 @@ def compare_runs(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
 
 
 def scoring_variants(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean image AUROC over categories of every inpainting model x step-0 cell size x measure x smoothing, at the
-    calibrated tau, for each T (the ablation behind the defaults)."""
+    """Mean image AUROC over categories of every inpainting model x step-0 masks (cell size, hidden groups) x measure
+    x smoothing, at the calibrated tau, for each T (the ablation behind the defaults)."""
     rows = table[table["calibrated_threshold"].astype(bool)]
-    keys = ["model", "step0_cell_size", "anomaly_measure", "smoothing_sigma", "normal_error_subtracted"]
+    keys = [
+        "model",
+        "step0_cell_size",
+        "step0_hidden_groups",
+        "anomaly_measure",
+        "smoothing_sigma",
+        "normal_error_subtracted",
+    ]
     means = rows.pivot_table(index=keys, columns="iterations", values="image_auroc", aggfunc="mean")
     means.columns = [f"T={t}" for t in means.columns]
-    means = means.reset_index().astype({"step0_cell_size": int})
+    means = means.reset_index().astype({"step0_cell_size": int, "step0_hidden_groups": int})
     return means.assign(smoothing_sigma=means["smoothing_sigma"].map("{:g}".format))

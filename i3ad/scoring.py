@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor
 
-from i3ad.checks import is_finite_number
-from i3ad.masks import complementary_grid_masks
+from i3ad.checks import is_count, is_finite_number
+from i3ad.masks import step0_grid_masks
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
 from i3ad.similarity import dilate, gaussian_blur, gradient_magnitude_similarity, ssim_map
@@ -29,7 +29,10 @@ class DetectionSettings:
 
     iterations: T, the number of SSIM-masked inpainting steps after step 0.
     ssim_threshold: tau; pixels whose SSIM is below it are hidden and re-painted in the next step.
-    step0_masks: K complementary grid masks of step 0 (each pixel hidden in exactly one of them).
+    step0_masks: K, the number of step-0 masks; the step-0 grid's cells fall into K groups.
+    step0_hidden_groups: how many of the K groups each step-0 mask hides (1 to K - 1): every pixel is hidden in that
+        many masks and its paintings are averaged. 1 re-paints each pixel once from 3/4 of the image (K = 4); K - 1
+        paints each from a quarter of it (results/README.md, "step-0 density").
     step0_cell_size: grid cell side of the step-0 masks, in pixels.
     mask_dilation: the SSIM mask is dilated by this many pixels so that a defect's rim is re-painted too.
     smoothing_sigma: Gaussian smoothing of the anomaly map (0 = none); the image score is the map's maximum.
@@ -43,6 +46,7 @@ class DetectionSettings:
     iterations: int = 1
     ssim_threshold: float = 0.5
     step0_masks: int = 4
+    step0_hidden_groups: int = 1
     step0_cell_size: int = 8
     mask_dilation: int = 3
     smoothing_sigma: float = 8.0
@@ -58,6 +62,11 @@ class DetectionSettings:
             raise ValueError(f"ssim_threshold must lie in [-1, 1] (SSIM's range), got {self.ssim_threshold}")
         if self.step0_masks < 2:
             raise ValueError(f"step0_masks must be >= 2 so that no pixel sees itself, got {self.step0_masks}")
+        if not is_count(self.step0_hidden_groups) or self.step0_hidden_groups >= self.step0_masks:
+            raise ValueError(
+                f"each step-0 mask hides 1 to {self.step0_masks - 1} of the {self.step0_masks} grid groups (one "
+                f"must stay visible so that no pixel sees itself), got {self.step0_hidden_groups!r}"
+            )
         if self.step0_cell_size < 1:
             raise ValueError(f"the step-0 cell size must be >= 1 px, got {self.step0_cell_size}")
         if self.mask_dilation < 0:
@@ -166,15 +175,18 @@ def paint(model: InpaintingUNet, images: Tensor, masks: Tensor, autocast_dtype: 
 def inpaint_step0(
     model: InpaintingUNet, images: Tensor, settings: DetectionSettings, *, autocast_dtype: torch.dtype | None = None
 ) -> Tensor:
-    """Hide K complementary grid masks in turn and stitch the K paintings: a reconstruction [B, C, H, W] in which
-    every pixel was painted without seeing itself."""
+    """Paint K grid masks in turn and stitch the paintings: a reconstruction [B, C, H, W] in which every pixel was
+    painted without seeing itself (the mean of its paintings when each mask hides several grid groups)."""
     _check_images(images, model.config["channels"])
     batch, _, height, width = images.shape
-    grids = complementary_grid_masks(settings.step0_masks, settings.step0_cell_size, height, width, images.device)
-    count = grids.shape[0]
-    stacked_masks = grids.repeat_interleave(batch, dim=0)  # [K * B, 1, H, W]: mask k for every image, in one forward
+    masks = step0_grid_masks(
+        settings.step0_masks, settings.step0_hidden_groups, settings.step0_cell_size, height, width, images.device
+    )
+    count = masks.shape[0]
+    stacked_masks = masks.repeat_interleave(batch, dim=0)  # [K * B, 1, H, W]: mask k for every image, in one forward
     paintings = paint(model, images.float().repeat(count, 1, 1, 1), stacked_masks, autocast_dtype)
-    return (paintings * stacked_masks).view(count, batch, *images.shape[1:]).sum(dim=0)
+    painted = (paintings * stacked_masks).view(count, batch, *images.shape[1:]).sum(dim=0)
+    return painted / settings.step0_hidden_groups
 
 
 @torch.inference_mode()

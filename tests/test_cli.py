@@ -261,9 +261,9 @@ def test_calibrate_refuses_a_quantile_outside_0_1_and_keeps_the_checkpoint(train
     # An autoencoder has no iterations or step-0 cells: setting them is refused, not written into its card.
     ae = tmp_path / "synthetic" / "ae"
     shutil.copytree(checkpoints / "synthetic" / "ae", ae)
-    for flag in ("--iterations", "--cell-size"):
+    for flag in ("--iterations", "--cell-size", "--hidden-groups"):
         assert main(["calibrate", str(ae), "--data-root", str(data_root), flag, "3", "--device", "cpu"]) == 2
-        assert f"{ae} is an autoencoder: it has no iterations or step-0 cells to set" in cli_error()
+        assert f"{ae} is an autoencoder: it has no iterations or step-0 masks to set" in cli_error()
 
 
 @pytest.mark.slow
@@ -281,6 +281,26 @@ def test_calibrate_command_reuses_the_holdout(trained, tmp_path):
     assert (folder / "model.safetensors").read_bytes() == (
         checkpoints / "synthetic" / "i3ad" / "model.safetensors"
     ).read_bytes()
+
+
+@pytest.mark.slow
+def test_calibrate_sets_the_step0_density_and_recalibrates_tau(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    folder = tmp_path / "synthetic" / "i3ad"
+    shutil.copytree(checkpoints / "synthetic" / "i3ad", folder)
+    before = load_checkpoint(folder)
+    args = ["calibrate", str(folder), "--data-root", str(data_root), "--device", "cpu", "--hidden-groups"]
+    assert main([*args, "4"]) == 2  # of K = 4 groups one must stay visible
+    assert "each step-0 mask hides 1 to 3 of the 4 grid groups" in cli_error()
+    assert main([*args, "3", "--ssim-quantile", "0.01"]) == 0
+    after = load_checkpoint(folder)
+    assert after.settings.step0_hidden_groups == 3
+    # A denser step 0 paints differently, so the held-out SSIM quantile gives another tau.
+    assert after.settings.ssim_threshold != before.settings.ssim_threshold
+    out = tmp_path / "dense.csv"
+    evaluate = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(tmp_path), "--model", "i3ad"]
+    assert main([*evaluate, "--iterations", "1", "--thresholds", "0.5", "--device", "cpu", "--out", str(out)]) == 0
+    assert (pd.read_csv(out)["step0_hidden_groups"] == 3).all()
 
 
 @pytest.mark.slow

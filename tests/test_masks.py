@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from i3ad.masks import complementary_grid_masks, random_grid_masks, random_training_masks
+from i3ad.masks import complementary_grid_masks, random_grid_masks, random_training_masks, step0_grid_masks
 
 
 @pytest.mark.parametrize("count", [2, 3, 4, 5])
@@ -50,6 +50,22 @@ def test_grid_masks_reject_bad_arguments():
         complementary_grid_masks(1, 4, 16, 16)
     with pytest.raises(ValueError, match="cell_size"):
         complementary_grid_masks(4, 0, 16, 16)
+
+
+@pytest.mark.parametrize(("count", "hidden"), [(2, 1), (3, 2), (4, 1), (4, 2), (4, 3)])
+def test_step0_masks_hide_every_pixel_as_often_as_asked(count, hidden):
+    masks = step0_grid_masks(count, hidden, 4, 24, 20)
+    assert masks.shape == (count, 1, 24, 20)
+    assert set(masks.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(masks.sum(dim=0), torch.full((1, 24, 20), float(hidden)))
+    if hidden == 1:
+        assert torch.equal(masks, complementary_grid_masks(count, 4, 24, 20))
+
+
+@pytest.mark.parametrize("hidden", [0, 4])
+def test_step0_masks_keep_some_pixels_visible(hidden):
+    with pytest.raises(ValueError, match="hides 1 to 3 of the 4 groups"):
+        step0_grid_masks(4, hidden, 8, 16, 16)
 
 
 def test_random_training_masks_are_binary_non_empty_and_reproducible():

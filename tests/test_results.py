@@ -9,7 +9,7 @@ import pytest
 
 from i3ad.cli import main
 from i3ad.evaluation import RESULT_COLUMNS
-from i3ad.results import compare_runs, headline, summary_tables
+from i3ad.results import compare_runs, headline, load_results, summary_tables
 from i3ad.scoring import DetectionSettings
 
 
@@ -22,6 +22,7 @@ def _row(category, model, iterations, tau, image_auroc, pixel_auroc=math.nan, ca
         "ssim_threshold": tau if inpainting else math.nan,
         "calibrated_threshold": calibrated,
         "step0_cell_size": 8 if inpainting else math.nan,
+        "step0_hidden_groups": 1 if inpainting else math.nan,
         "anomaly_measure": "ssim+gms",
         "smoothing_sigma": 8.0,
         "normal_error_subtracted": subtracted,
@@ -52,6 +53,27 @@ def test_headline_takes_the_calibrated_rows_at_the_default_iterations(results):
     i3ad = rows[rows["model"] == "i3ad"].set_index("category")["image_auroc"]
     assert i3ad.to_dict() == pytest.approx({"a": 0.82, "b": 0.62})
     assert len(rows[rows["model"] == "ae"]) == 2
+
+
+def test_rows_of_another_step0_density_are_not_the_defaults(results):
+    denser = results[results["model"] == "i3ad"].assign(step0_hidden_groups=3, image_auroc=0.0)
+    rows = headline(pd.concat([results, denser]), DetectionSettings(iterations=2))
+    assert (rows["image_auroc"] > 0).all()
+    rows = headline(pd.concat([results, denser]), DetectionSettings(iterations=2, step0_hidden_groups=3))
+    assert (rows.loc[rows["model"] == "i3ad", "image_auroc"] == 0).all()
+    variants = summary_tables(pd.concat([results, denser]))["scoring_variants"]
+    assert sorted(variants["step0_hidden_groups"].unique()) == [1, 3]
+
+
+def test_tables_written_before_the_step0_density_existed_still_load(results, tmp_path):
+    path = tmp_path / "old.csv"
+    results.drop(columns="step0_hidden_groups").to_csv(path, index=False)
+    table = load_results(path)
+    inpainting = table["ssim_threshold"].notna()
+    assert (table.loc[inpainting, "step0_hidden_groups"] == 1).all()
+    assert table.loc[~inpainting, "step0_hidden_groups"].isna().all()
+    defaults = DetectionSettings(iterations=2)
+    assert len(headline(table, defaults)) == len(headline(results, defaults))
 
 
 def test_summary_tables_mean_over_categories(results):
@@ -97,6 +119,19 @@ def test_report_command_prints_the_tables_and_the_comparison(results, tmp_path, 
     assert "| mean |" in printed and "T=2" in printed
     assert main(["report", "--results", str(path), "--compare", str(path)]) == 0
     assert "| a | i3ad | 0.0000 |" in capsys.readouterr().out
+
+
+def test_report_summarises_another_step0_density_and_t(results, tmp_path, capsys):
+    path = tmp_path / "dense.csv"
+    results.assign(step0_hidden_groups=results["step0_hidden_groups"] * 3).to_csv(path, index=False)
+    assert main(["report", "--results", str(path), "--hidden-groups", "3", "--iterations", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "Metrics at T = 2, each step-0 mask hiding 3 of 4 grid groups" in printed
+    assert "| a | 0.700 | 0.820 |" in printed  # the AE, then I3AD at T = 2
+    assert main(["report", "--results", str(path), "--hidden-groups", "4"]) == 2
+    assert "each step-0 mask hides 1 to 3 of the 4 grid groups" in capsys.readouterr().err
+    assert main(["report", "--results", str(path), "--iterations", "11"]) == 2
+    assert "iterations must be between 0 and 10" in capsys.readouterr().err
 
 
 def test_report_refuses_a_table_that_evaluate_did_not_write(tmp_path, capsys):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from i3ad.masks import complementary_grid_masks
+from i3ad.masks import complementary_grid_masks, step0_grid_masks
 from i3ad.scoring import (
     DetectionSettings,
     anomaly_map,
@@ -133,11 +133,11 @@ def test_step_scores_are_the_maxima_of_each_steps_map(unet, images32):
 # --- step 0 ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("count", "cell_size"), [(2, 1), (3, 4), (4, 8)])
+@pytest.mark.parametrize(("count", "cell_size", "hidden"), [(2, 1, 1), (3, 4, 1), (4, 8, 1), (4, 8, 3)])
 @pytest.mark.parametrize("size", [32, 40])
-def test_step0_never_lets_a_pixel_see_itself(unet, count, cell_size, size):
+def test_step0_never_lets_a_pixel_see_itself(unet, count, cell_size, hidden, size):
     model = unet
-    settings = DetectionSettings(step0_masks=count, step0_cell_size=cell_size)
+    settings = DetectionSettings(step0_masks=count, step0_cell_size=cell_size, step0_hidden_groups=hidden)
     images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3))
     before = inpaint_step0(model, images, settings)
     for y, x in [(0, 0), (13, size - 7)]:
@@ -150,7 +150,7 @@ def test_step0_never_lets_a_pixel_see_itself(unet, count, cell_size, size):
         # ... while the pixels that do see p (in their own passes) change: the test is sensitive.
         assert not torch.equal(after, before)
         # And the network does react to p where p is visible: a pass hiding p's neighbour but not p.
-        grids = complementary_grid_masks(count, cell_size, size, size)
+        grids = step0_grid_masks(count, hidden, cell_size, size, size)
         visible_pass = next(k for k in range(count) if grids[k, 0, y, x] == 0)
         with torch.no_grad():
             seen = model(changed, grids[visible_pass].expand(2, 1, size, size))
@@ -171,6 +171,18 @@ def test_step0_stitches_the_k_paintings(unet, unet_grey, channels):
             mask = grids[k : k + 1].expand(2, 1, 32, 32)
             expected = torch.where(mask > 0.5, model(images, mask), expected)
     torch.testing.assert_close(step0, expected, atol=1e-6, rtol=0)
+
+
+def test_a_denser_step0_averages_each_pixels_paintings(unet):
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    step0 = inpaint_step0(unet, images, DetectionSettings(step0_masks=4, step0_hidden_groups=2, step0_cell_size=4))
+    masks = step0_grid_masks(4, 2, 4, 32, 32)
+    total = torch.zeros_like(images)
+    with torch.no_grad():
+        for k in range(4):
+            mask = masks[k : k + 1].expand(2, 1, 32, 32)
+            total += mask * unet(images, mask)
+    torch.testing.assert_close(step0, total / 2, atol=1e-6, rtol=0)
 
 
 # --- skipping of repeated and empty masks ------------------------------------------------------------------------
@@ -249,6 +261,10 @@ def test_detect_rejects_bad_inputs(unet):
         {"ssim_threshold": 1.5},
         {"ssim_threshold": -1.01},
         {"step0_masks": 1},
+        {"step0_hidden_groups": 0},
+        {"step0_hidden_groups": 4},
+        {"step0_hidden_groups": 1.5},
+        {"step0_masks": 2, "step0_hidden_groups": 2},
         {"step0_cell_size": 0},
         {"mask_dilation": -1},
         {"smoothing_sigma": -0.5},
