@@ -41,7 +41,7 @@ from i3ad.pipeline import (
 )
 from i3ad.preprocessing import GEOMETRIES, NORMALIZATIONS
 from i3ad.recipes import data_license, data_source, default_augmentations
-from i3ad.results import compare_runs, headline, load_results, markdown_table, summary_tables
+from i3ad.results import at_settings, compare_runs, headline, load_results, markdown_table, summary_tables
 from i3ad.scoring import ANOMALY_MEASURES, DetectionSettings
 from i3ad.synthetic import make_synthetic_category
 from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
@@ -258,6 +258,10 @@ def _best(table: pd.DataFrame) -> str:
     return f"; best image AUROC {best['image_auroc']:.3f} (T={best['iterations']}{tau})"
 
 
+def _step0_changes(old: DetectionSettings, new: DetectionSettings) -> bool:
+    return (old.step0_cell_size, old.step0_hidden_groups) != (new.step0_cell_size, new.step0_hidden_groups)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     check_ssim_quantile(args.ssim_quantile)
@@ -285,7 +289,11 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         check_iterations(settings.iterations)
         plans.append((folder, detector, index_category(args.data_root, detector.category), settings))
     for folder, detector, index, settings in plans:
-        detector = recalibrate(detector, index, settings, ssim_quantile=args.ssim_quantile)
+        quantile = args.ssim_quantile
+        if quantile is None and _step0_changes(detector.settings, settings):
+            # tau is a quantile of the held-out images' step-0 SSIM: another step 0 needs it found again.
+            quantile = detector.calibration.ssim_quantile
+        detector = recalibrate(detector, index, settings, ssim_quantile=quantile)
         detector.info["calibrate_command"] = _command_line()
         save_record(detector, folder)
         iterations = detector.default_iterations
@@ -453,6 +461,10 @@ def cmd_report(args: argparse.Namespace) -> None:
         step0_hidden_groups=defaults.step0_hidden_groups if args.hidden_groups is None else args.hidden_groups,
     )
     tables = summary_tables(results, settings)
+    inpainting = results[results["ssim_threshold"].notna()]
+    if not inpainting.empty and at_settings(inpainting, settings).empty:
+        held = ", ".join(f"{g:g}" for g in sorted(inpainting["step0_hidden_groups"].unique()))
+        print(f"note: no I3AD rows at these settings; the table's step-0 masks hide {held} group(s) (--hidden-groups)")
     print(
         f"Metrics at T = {settings.iterations}, each step-0 mask hiding {settings.step0_hidden_groups} of "
         f"{settings.step0_masks} grid groups (I3AD: calibrated tau):\n"
@@ -644,7 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="subtract the held-out images' mean map per step (default: keep the checkpoint's choice)",
     )
     calibrate.add_argument(
-        "--ssim-quantile", type=float, help="re-calibrate tau at this quantile (default: keep the checkpoint's tau)"
+        "--ssim-quantile",
+        type=float,
+        help="re-calibrate tau at this quantile (default: keep the checkpoint's tau, or re-calibrate it at the "
+        "checkpoint's quantile when --cell-size or --hidden-groups changes step 0)",
     )
     calibrate.add_argument("--device", default="auto")
     calibrate.set_defaults(run=cmd_calibrate)

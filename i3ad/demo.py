@@ -214,16 +214,18 @@ class DetectionReport:
 
 
 def _step_images(
-    result: DetectionResult, thresholds: list[float], crop: Callable[[Tensor], Tensor]
+    result: DetectionResult, thresholds: list[float], crop: Callable[[Tensor], Tensor], step0_paintings: int
 ) -> list[tuple[Image.Image, str]]:
     """Per step t: the reconstruction, the mask of hidden pixels and the anomaly map (coloured like the heat-map,
-    against the score threshold of T = t), each with a caption; ``crop`` cuts the image's part out of a frame."""
+    against the score threshold of T = t), each with a caption; ``crop`` cuts the image's part out of a frame;
+    ``step0_paintings``: how often step 0 paints each pixel (its settings' ``step0_hidden_groups``)."""
+    step0 = "every pixel once" if step0_paintings == 1 else f"every pixel {step0_paintings} times, averaged"
     items = []
     for t, (reconstruction, mask, amap, score) in enumerate(
         zip(result.reconstructions, result.masks, result.anomaly_maps, result.step_scores[:, 0], strict=True)
     ):
         reconstruction, mask, amap = crop(reconstruction), crop(mask), crop(amap)
-        hidden = "every pixel once, by grid masks" if t == 0 else f"{mask[0].float().mean().item():.0%} hidden"
+        hidden = f"{step0}, by grid masks" if t == 0 else f"{mask[0].float().mean().item():.0%} hidden"
         items += [
             (to_pil(reconstruction[0]), f"step {t}: reconstruction"),
             (to_pil(mask[0]), f"step {t}: mask ({hidden})"),
@@ -285,7 +287,12 @@ def detect_image(
         threshold=threshold,
         heatmap=heatmap_picture(shown, anomaly_map, threshold),
         mask=mask_picture(shown, anomaly_map, threshold),
-        steps=_step_images(result, step_thresholds, lambda frames: detector.crop(frames, image)),
+        steps=_step_images(
+            result,
+            step_thresholds,
+            lambda frames: detector.crop(frames, image),
+            detector.settings.step0_hidden_groups,
+        ),
         step_scores=result.step_scores[:, 0].tolist(),
         step_thresholds=step_thresholds,
     )

@@ -51,7 +51,7 @@ def step0_grid_masks(
     if not 1 <= hidden_groups < count:
         raise ValueError(f"a step-0 mask hides 1 to {count - 1} of the {count} groups, got {hidden_groups}")
     groups = complementary_grid_masks(count, cell_size, height, width, device)
-    return sum(groups.roll(-shift, dims=0) for shift in range(hidden_groups))
+    return torch.stack([groups.roll(-shift, dims=0) for shift in range(hidden_groups)]).sum(dim=0)
 
 
 def check_cell_sizes(cell_sizes: tuple[int, ...]) -> None:

@@ -30,9 +30,9 @@ class DetectionSettings:
     iterations: T, the number of SSIM-masked inpainting steps after step 0.
     ssim_threshold: tau; pixels whose SSIM is below it are hidden and re-painted in the next step.
     step0_masks: K, the number of step-0 masks; the step-0 grid's cells fall into K groups.
-    step0_hidden_groups: how many of the K groups each step-0 mask hides (1 to K - 1): every pixel is hidden in that
-        many masks and its paintings are averaged. 1 re-paints each pixel once from 3/4 of the image (K = 4); K - 1
-        paints each from a quarter of it (results/README.md, "step-0 density").
+    step0_hidden_groups: h, how many of the K groups each step-0 mask hides (1 to K - 1): every pixel is painted h
+        times, each time from the (K - h) / K of the image left visible, and its paintings are averaged
+        (results/README.md, "A denser step 0").
     step0_cell_size: grid cell side of the step-0 masks, in pixels.
     mask_dilation: the SSIM mask is dilated by this many pixels so that a defect's rim is re-painted too.
     smoothing_sigma: Gaussian smoothing of the anomaly map (0 = none); the image score is the map's maximum.

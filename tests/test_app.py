@@ -148,6 +148,7 @@ def test_detect_returns_maps_score_gallery_and_files(handlers, spot_image):
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
     assert len(steps) == 9  # reconstruction, mask and anomaly map of steps 0, 1, 2
     assert all(isinstance(picture, Image.Image) and "step" in caption for picture, caption in steps)
+    assert steps[1][1] == "step 0: mask (every pixel once, by grid masks)"
     names = sorted(Path(f).name for f in files)
     assert names == ["000_heatmap.png", "000_mask.png", "000_scores.csv"]
     assert Image.open(next(f for f in files if f.endswith("_heatmap.png"))).format == "PNG"

@@ -292,10 +292,11 @@ def test_calibrate_sets_the_step0_density_and_recalibrates_tau(trained, tmp_path
     args = ["calibrate", str(folder), "--data-root", str(data_root), "--device", "cpu", "--hidden-groups"]
     assert main([*args, "4"]) == 2  # of K = 4 groups one must stay visible
     assert "each step-0 mask hides 1 to 3 of the 4 grid groups" in cli_error()
-    assert main([*args, "3", "--ssim-quantile", "0.01"]) == 0
+    assert main([*args, "3"]) == 0
     after = load_checkpoint(folder)
     assert after.settings.step0_hidden_groups == 3
-    # A denser step 0 paints differently, so the held-out SSIM quantile gives another tau.
+    # tau is found again at the checkpoint's own quantile: a denser step 0 paints differently.
+    assert after.calibration.ssim_quantile == before.calibration.ssim_quantile
     assert after.settings.ssim_threshold != before.settings.ssim_threshold
     out = tmp_path / "dense.csv"
     evaluate = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(tmp_path), "--model", "i3ad"]

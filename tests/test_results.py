@@ -128,6 +128,8 @@ def test_report_summarises_another_step0_density_and_t(results, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "Metrics at T = 2, each step-0 mask hiding 3 of 4 grid groups" in printed
     assert "| a | 0.700 | 0.820 |" in printed  # the AE, then I3AD at T = 2
+    assert main(["report", "--results", str(path)]) == 0  # at the shipped step 0: a hint, not empty tables alone
+    assert "note: no I3AD rows at these settings; the table's step-0 masks hide 3 group(s)" in capsys.readouterr().out
     assert main(["report", "--results", str(path), "--hidden-groups", "4"]) == 2
     assert "each step-0 mask hides 1 to 3 of the 4 grid groups" in capsys.readouterr().err
     assert main(["report", "--results", str(path), "--iterations", "11"]) == 2
