@@ -25,8 +25,8 @@ from i3ad.scoring import (
 )
 
 METRIC_COLUMNS = ("image_auroc", "image_f1_max", "pixel_auroc", "aupro")
-# Column order of every results table (``python -m i3ad evaluate`` writes exactly these).
-RESULT_COLUMNS = (
+# The columns that name what a results row measured: one row per combination.
+SETTING_COLUMNS = (
     "category",
     "model",
     "iterations",
@@ -37,9 +37,9 @@ RESULT_COLUMNS = (
     "anomaly_measure",
     "smoothing_sigma",
     "normal_error_subtracted",
-    "mean_mask_share",
-    *METRIC_COLUMNS,
 )
+# Column order of every results table (``python -m i3ad evaluate`` writes exactly these).
+RESULT_COLUMNS = (*SETTING_COLUMNS, "mean_mask_share", *METRIC_COLUMNS)
 
 
 # Columns of the per-defect table (``python -m i3ad evaluate --by-defect``).

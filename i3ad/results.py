@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from i3ad.checks import error_summary
-from i3ad.evaluation import RESULT_COLUMNS
+from i3ad.evaluation import RESULT_COLUMNS, SETTING_COLUMNS
 from i3ad.scoring import DetectionSettings
 
 METRIC_LABELS = {
@@ -133,24 +133,12 @@ def threshold_table(table: pd.DataFrame, settings: DetectionSettings = Detection
 def compare_runs(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     """Per category and model, the largest change of image and pixel AUROC from ``reference`` to ``other`` over the
     rows both tables hold (the same settings, e.g. a float32 and a bfloat16 evaluation), and the row count."""
-    keys = [
-        "category",
-        "model",
-        "iterations",
-        "calibrated_threshold",
-        "step0_cell_size",
-        "step0_hidden_groups",
-        "anomaly_measure",
-        "smoothing_sigma",
-        "normal_error_subtracted",
-        "ssim_threshold",
-    ]
 
     def keyed(table: pd.DataFrame) -> pd.DataFrame:
         # Calibrated thresholds are written with 4 decimals; rounding makes both tables' values compare equal.
         return table.assign(ssim_threshold=table["ssim_threshold"].round(4))
 
-    both = keyed(reference).merge(keyed(other), on=keys, suffixes=("_reference", "_other"))
+    both = keyed(reference).merge(keyed(other), on=list(SETTING_COLUMNS), suffixes=("_reference", "_other"))
     if both.empty:
         raise ValueError("the two results tables share no settings; evaluate both with the same options")
     for metric in ("image_auroc", "pixel_auroc"):
