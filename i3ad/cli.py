@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import os
 import shlex
 import sys
 import tempfile
@@ -734,12 +736,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _discard_further_output() -> None:
+    """Point stdout at the null device, so that Python's own flush at exit does not fail on the broken pipe again."""
+    # When stdout is no file descriptor (captured output), nothing is flushed to a pipe at exit either.
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # --no-tf32 and --threads change process-wide torch settings; whoever calls main() gets its own back.
     tf32, threads = torch.backends.cudnn.allow_tf32, torch.get_num_threads()
     try:
         args.run(args)
+        sys.stdout.flush()  # a reader that went away shows up here, not in the interpreter's flush at exit
+    except BrokenPipeError:
+        # The reader of the output stopped early (`... | head`): end quietly, like other command-line tools.
+        _discard_further_output()
+        return 141  # 128 + SIGPIPE, the shell's status for a process the broken pipe stopped
     # OSError covers a missing file as well as a full disk while writing results: a message, not a traceback.
     except (DatasetError, CheckpointError, ImageReadError, ValueError, FloatingPointError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,6 +14,8 @@ from i3ad.cli import main
 from i3ad.evaluation import RESULT_COLUMNS
 from i3ad.results import compare_runs, headline, load_results, summary_tables
 from i3ad.scoring import DetectionSettings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _row(category, model, iterations, tau, image_auroc, pixel_auroc=math.nan, calibrated=False, subtracted=True):
@@ -119,6 +124,18 @@ def test_report_command_prints_the_tables_and_the_comparison(results, tmp_path, 
     assert "| mean |" in printed and "T=2" in printed
     assert main(["report", "--results", str(path), "--compare", str(path)]) == 0
     assert "| a | i3ad | 0.0000 |" in capsys.readouterr().out
+
+
+def test_report_into_a_pipe_closed_early_ends_quietly(results, tmp_path):
+    """`python -m i3ad report ... | head`: the reader leaves before the tables are written."""
+    path = tmp_path / "results.csv"
+    results.to_csv(path, index=False)
+    command = [sys.executable, "-m", "i3ad", "report", "--results", str(path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    process.stdout.close()  # the reader is gone before the first line
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 141, errors.decode()
+    assert errors.decode() == ""  # no "Broken pipe" error, no traceback
 
 
 def test_report_summarises_another_step0_density_and_t(results, tmp_path, capsys):
