@@ -1,8 +1,11 @@
-"""Where results go: output folders are checked for writing before the work that fills them, not after it."""
+"""Where results go: output folders are checked for writing before the work that fills them, not after it; a
+checkpoint folder that a failed training run leaves empty is removed again."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -17,3 +20,18 @@ def ensure_writable_folder(folder: str | Path) -> Path:
     except OSError as error:
         raise ValueError(f"cannot write to {folder} ({error.strerror or error})") from None
     return folder
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: str | Path) -> Iterator[None]:
+    """Run the work that fills ``folder``; if it fails or is interrupted, the folders on the way to it that did not
+    exist before and are still empty are removed again, so that no empty checkpoint folder is left behind."""
+    folder = Path(folder)
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # the deepest first
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):  # something was written into it (or it is gone): kept as it is
+                path.rmdir()
+        raise

@@ -548,6 +548,24 @@ def test_train_with_a_wrong_data_root(tmp_path, cli_error):
     assert not (tmp_path / "ck").exists()
 
 
+def test_an_interrupted_train_leaves_no_empty_checkpoint_folder(synthetic_root, tmp_path, monkeypatch, capsys):
+    data_root, _ = synthetic_root
+    kept = tmp_path / "ck" / "other" / "i3ad"  # a checkpoint root that already holds something
+    kept.mkdir(parents=True)
+    (kept / "detector.json").write_text("{}")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("i3ad.pipeline.train", interrupted)
+    assert main([*_train(data_root, "synthetic", tmp_path / "ck"), "--steps", "1"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "ck" / "synthetic").exists()  # created for the run, removed with its empty category folder
+    assert (kept / "detector.json").exists()
+    assert main([*_train(data_root, "synthetic", tmp_path / "fresh"), "--steps", "1"]) == 130
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_train_with_an_unknown_category(synthetic_root, tmp_path, cli_error):
     data_root, _ = synthetic_root
     assert main([*_train(data_root, "nosuch", tmp_path / "ck"), "--steps", "1"]) == 2
