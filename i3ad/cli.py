@@ -31,7 +31,7 @@ from i3ad.data import (
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.evaluation import METRIC_COLUMNS, TestSet
 from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
-from i3ad.outputs import ensure_writable_folder, removed_if_left_empty
+from i3ad.outputs import ensure_writable_folder
 from i3ad.pipeline import (
     evaluate_by_defect,
     evaluate_detector,
@@ -109,22 +109,21 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
         out = Path(args.out) / category / name
         started = time.perf_counter()
-        with removed_if_left_empty(out):  # an interrupted run leaves no empty checkpoint folder
-            detector = train_category(
-                index,
-                config,
-                name=name,
-                image_size=args.image_size,
-                normalization=args.normalization,
-                geometry=args.geometry,
-                settings=DetectionSettings(iterations=args.iterations, ssim_threshold=args.ssim_threshold),
-                ssim_quantile=None if args.ssim_quantile == 0 else args.ssim_quantile,
-                device=device,
-                out=out,
-                half_precision=args.save_fp16,
-                info={"command": command, "data_source": data_source(category), "license": data_license(category)},
-                progress=not args.quiet,
-            )
+        detector = train_category(
+            index,
+            config,
+            name=name,
+            image_size=args.image_size,
+            normalization=args.normalization,
+            geometry=args.geometry,
+            settings=DetectionSettings(iterations=args.iterations, ssim_threshold=args.ssim_threshold),
+            ssim_quantile=None if args.ssim_quantile == 0 else args.ssim_quantile,
+            device=device,
+            out=out,
+            half_precision=args.save_fp16,
+            info={"command": command, "data_source": data_source(category), "license": data_license(category)},
+            progress=not args.quiet,
+        )
         steps = [entry["step"] for entry in detector.info["train_log"] if "step" in entry]
         steps_run = steps[-1] if steps else args.steps
         plural = "s" if steps_run != 1 else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from i3ad.evaluation import (
     sweep_inpainting,
 )
 from i3ad.models import ConvAutoencoder, InpaintingUNet
-from i3ad.outputs import ensure_writable_folder
+from i3ad.outputs import ensure_writable_folder, removed_if_left_empty
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings, autocast_for
 from i3ad.training import TrainConfig, build_model, split_holdout, train
@@ -87,43 +88,45 @@ def train_category(
             f"{index.name}: {len(index.train)} image(s) in train/good at holdout fraction {config.holdout_fraction} "
             "leave none held out to calibrate on; use at least 2 images and a fraction > 0"
         )
-    if out is not None:
-        ensure_writable_folder(out)
-    images = load_images(index.train, preprocessing)
-    model, log = train(images[train_ids], config, device=device, progress=progress)
-    if half_precision:
-        # Calibrate the weights exactly as they will be stored, so the thresholds fit the saved model.
-        with torch.no_grad():
-            for tensor in model.state_dict().values():
-                tensor.copy_(tensor.half())
-    holdout_regions = load_regions([index.train[i] for i in holdout_ids], preprocessing)
-    settings, calibration = calibrate(
-        model,
-        images[holdout_ids].to(device),
-        settings,
-        ssim_quantile=ssim_quantile,
-        bf16=config.bf16,
-        regions=holdout_regions.to(device),
-    )
-    detector = AnomalyDetector(
-        model=model,
-        preprocessing=preprocessing,
-        settings=settings,
-        calibration=calibration,
-        category=index.name,
-        name=name,
-        info={
-            "training": config.to_dict(),
-            "train_log": log,
-            "device": str(device),
-            "train_images": len(train_ids),
-            # By name, so that evaluate and calibrate find exactly these again (``holdout_images``).
-            "holdout_files": [index.train[i].name for i in holdout_ids],
-            **(info or {}),
-        },
-    )
-    if out is not None:
-        save_checkpoint(detector, out, half_precision=half_precision)
+    # A run that fails or is interrupted leaves no empty checkpoint folder behind.
+    with removed_if_left_empty(out) if out is not None else contextlib.nullcontext():
+        if out is not None:
+            ensure_writable_folder(out)
+        images = load_images(index.train, preprocessing)
+        model, log = train(images[train_ids], config, device=device, progress=progress)
+        if half_precision:
+            # Calibrate the weights exactly as they will be stored, so the thresholds fit the saved model.
+            with torch.no_grad():
+                for tensor in model.state_dict().values():
+                    tensor.copy_(tensor.half())
+        holdout_regions = load_regions([index.train[i] for i in holdout_ids], preprocessing)
+        settings, calibration = calibrate(
+            model,
+            images[holdout_ids].to(device),
+            settings,
+            ssim_quantile=ssim_quantile,
+            bf16=config.bf16,
+            regions=holdout_regions.to(device),
+        )
+        detector = AnomalyDetector(
+            model=model,
+            preprocessing=preprocessing,
+            settings=settings,
+            calibration=calibration,
+            category=index.name,
+            name=name,
+            info={
+                "training": config.to_dict(),
+                "train_log": log,
+                "device": str(device),
+                "train_images": len(train_ids),
+                # By name, so that evaluate and calibrate find exactly these again (``holdout_images``).
+                "holdout_files": [index.train[i].name for i in holdout_ids],
+                **(info or {}),
+            },
+        )
+        if out is not None:
+            save_checkpoint(detector, out, half_precision=half_precision)
     return detector
 
 
