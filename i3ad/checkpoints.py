@@ -47,6 +47,18 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     path.write_bytes(safetensors.torch.save(tensors, metadata={"format": "pt"}))
 
 
+def check_free_for_checkpoint(folder: str | Path) -> None:
+    """Refuse a folder that already holds (part of) a checkpoint, so that a new training run cannot replace trained
+    weights by accident; ValueError naming the folder. Replacing one is the caller's explicit choice."""
+    folder = Path(folder)
+    present = [name for name in CHECKPOINT_FOLDER_FILES if (folder / name).exists()]
+    if present:
+        raise ValueError(
+            f"{folder} already holds a checkpoint ({', '.join(present)}): choose another folder (--out, --name) "
+            "or replace it (train --overwrite; overwrite=True in Python)"
+        )
+
+
 def save_checkpoint(detector: AnomalyDetector, folder: str | Path, *, half_precision: bool = False) -> Path:
     """Write the detector's checkpoint folder (created if needed). ``half_precision`` stores float16 weights (half
     the size; they are widened back to float32 on loading)."""

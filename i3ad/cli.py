@@ -18,7 +18,7 @@ import torch
 from i3ad.batching import unless_out_of_gpu_memory
 from i3ad.benchmark import COMPILE_MODES, check_plan, run_benchmark
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE, MAX_CALIBRATED_ITERATIONS, check_ssim_quantile
-from i3ad.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_record
+from i3ad.checkpoints import CheckpointError, check_free_for_checkpoint, list_checkpoints, load_checkpoint, save_record
 from i3ad.data import (
     CategoryIndex,
     DatasetError,
@@ -90,7 +90,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     name = check_name("model name (--name)", args.name or args.model)
     device = resolve_device(args.device)
     command = _command_line()
-    for category in _categories(args.data_root, args.category):
+    categories = _categories(args.data_root, args.category)
+    if not args.overwrite:  # every category's folder, before the first one trains
+        for category in categories:
+            check_free_for_checkpoint(Path(args.out) / category / name)
+    for category in categories:
         index = index_category(args.data_root, category)
         config = TrainConfig(
             model=args.model,
@@ -121,6 +125,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             device=device,
             out=out,
             half_precision=args.save_fp16,
+            overwrite=args.overwrite,
             info={"command": command, "data_source": data_source(category), "license": data_license(category)},
             progress=not args.quiet,
         )
@@ -573,6 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-minutes", type=float, help="stop training early after this long (still calibrates and saves)"
     )
     train.add_argument("--save-fp16", action="store_true", help="store float16 weights (half the size)")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a checkpoint already in OUT/<category>/<name>/ (refused otherwise)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=cmd_train)
 

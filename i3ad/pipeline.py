@@ -17,7 +17,7 @@ from i3ad.calibration import (
     calibrate_inpainting,
     check_ssim_quantile,
 )
-from i3ad.checkpoints import save_checkpoint
+from i3ad.checkpoints import check_free_for_checkpoint, save_checkpoint
 from i3ad.data import NORMAL, CategoryIndex, DatasetError, load_images, load_masks, load_regions
 from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.evaluation import (
@@ -63,17 +63,21 @@ def train_category(
     device: torch.device | str = "cpu",
     out: str | Path | None = None,
     half_precision: bool = False,
+    overwrite: bool = False,
     info: dict | None = None,
     progress: bool = True,
 ) -> AnomalyDetector:
     """Train on train/good minus a held-out share, calibrate on that share, and save to ``out`` if given
-    (``half_precision``: float16 weights, half the file size). ``geometry`` "auto" is "stretch" when every training
-    image is square and "fit" otherwise."""
+    (``half_precision``: float16 weights, half the file size; a checkpoint already in ``out`` is refused before
+    training unless ``overwrite``). ``geometry`` "auto" is "stretch" when every training image is square and "fit"
+    otherwise."""
     device = torch.device(device)
     # Checked before training, not after it: the default T needs calibrated thresholds, tau a valid quantile,
     # calibration held-out images, and the checkpoint a folder it can be written to.
     check_iterations(settings.iterations)
     check_ssim_quantile(ssim_quantile)
+    if out is not None and not overwrite:
+        check_free_for_checkpoint(out)
     if geometry == "auto":
         # On square images fit only shrinks the image to make room for its mirrored margin: that helped toothbrush
         # but cost pill 5-12 points of image AUROC (results/square_fit_check.csv), so it is kept for other shapes.

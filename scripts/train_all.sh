@@ -4,6 +4,7 @@
 #   i3ad-small  the CPU demo's inpainting U-Net (base width 16)
 #   ae          the AE-SSIM baseline
 # usage: scripts/train_all.sh DATA_ROOT CHECKPOINTS_ROOT CATEGORY...
+# Checkpoints already in CHECKPOINTS_ROOT under these names are replaced (train --overwrite).
 # Environment (defaults in brackets):
 #   STEPS [8000], BATCH [32]   optimiser steps and batch size of every run
 #   MINUTES []                 a time budget per run: the step count is cut to what fits (see --max-minutes)
@@ -17,7 +18,7 @@ set -euo pipefail
 if [ $# -lt 3 ]; then echo "usage: $0 DATA_ROOT CHECKPOINTS_ROOT CATEGORY..." >&2; exit 2; fi
 data=$1 out=$2; shift 2
 read -r -a devices <<< "${DEVICES:-auto}"
-common=(--data-root "$data" --out "$out" --steps "${STEPS:-8000}" --batch-size "${BATCH:-32}" --save-fp16 --quiet)
+common=(--data-root "$data" --out "$out" --steps "${STEPS:-8000}" --batch-size "${BATCH:-32}" --save-fp16 --quiet --overwrite)
 [ -n "${MINUTES:-}" ] && common+=(--max-minutes "$MINUTES")
 # One thread per run: several runs share the machine, and more threads only make them wait on each other.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -566,6 +566,27 @@ def test_an_interrupted_train_leaves_no_empty_checkpoint_folder(synthetic_root, 
     assert not (tmp_path / "fresh").exists()
 
 
+def test_train_refuses_to_replace_a_checkpoint_unless_told_to(trained, tmp_path, monkeypatch, cli_error):
+    data_root, checkpoints = trained
+    root = tmp_path / "ck"
+    shutil.copytree(checkpoints, root)
+    weights = root / "synthetic" / "i3ad" / "model.safetensors"
+    before = weights.read_bytes()
+
+    def never(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("i3ad.pipeline.train", never)
+    tiny = [*_train(data_root, "synthetic", root), *SMALL, "--steps", "1"]
+    assert main(tiny) == 2  # refused before any training
+    err = cli_error()
+    assert str(root / "synthetic" / "i3ad") in err and "--overwrite" in err
+    assert weights.read_bytes() == before
+    monkeypatch.undo()
+    assert main([*tiny, "--quiet", "--overwrite"]) == 0
+    assert weights.read_bytes() != before
+
+
 def test_train_with_an_unknown_category(synthetic_root, tmp_path, cli_error):
     data_root, _ = synthetic_root
     assert main([*_train(data_root, "nosuch", tmp_path / "ck"), "--steps", "1"]) == 2
