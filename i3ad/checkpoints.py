@@ -20,7 +20,7 @@ import torch
 
 from i3ad import __version__
 from i3ad.calibration import Calibration
-from i3ad.checks import error_summary
+from i3ad.checks import error_summary, shown
 from i3ad.detector import AnomalyDetector
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.normal_error import NormalError
@@ -118,7 +118,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
     config = _read_json(folder / CONFIG_FILE)
     architecture = config.pop("architecture", None)
     config.pop("i3ad_version", None)
-    if architecture not in ARCHITECTURES:
+    if not isinstance(architecture, str) or architecture not in ARCHITECTURES:
         raise CheckpointError(
             f"{folder / CONFIG_FILE}: unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})"
         )
@@ -138,6 +138,10 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
     except RuntimeError as error:
         summary = error_summary(error)
         raise CheckpointError(f"{weights} does not match {folder / CONFIG_FILE}: {summary}") from None
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:
+        # NaN weights paint NaN, whose SSIM masks nothing: every image would pass as normal.
+        raise CheckpointError(f"{weights} holds NaN or infinite values (in {broken[0]!r}): retrain the model")
     return for_device(model, device).eval()
 
 
@@ -178,6 +182,14 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> A
         raise  # a damaged normal-error file says so itself
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{folder / DETECTOR_FILE} is incomplete or invalid: {error!r}") from None
+    tau, calibrated_tau = detector.settings.ssim_threshold, detector.calibration.ssim_threshold
+    if detector.kind == "i3ad" and tau != calibrated_tau:
+        # The score thresholds hold only at the tau they were calibrated at; the app starts at that one, the CLI at
+        # the detection settings' one, so a file where the two differ would give two different verdicts.
+        raise CheckpointError(
+            f"{folder / DETECTOR_FILE}: the detection tau {shown(tau)} is not the calibrated tau "
+            f"{shown(calibrated_tau)}; run `python -m i3ad calibrate {folder}` to set both"
+        )
     if detector.preprocessing.channels != model.config["channels"]:
         raise CheckpointError(
             f"{folder}: preprocessing has {detector.preprocessing.channels} channels, "

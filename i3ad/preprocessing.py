@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from i3ad.checks import is_count
 from i3ad.images import MIN_SIDE
 
 NORMALIZATIONS = ("none", "standardize")
@@ -41,10 +42,10 @@ class Preprocessing:
     geometry: str = "stretch"
 
     def __post_init__(self) -> None:
-        if not MIN_FRAME_SIDE <= self.image_size <= MAX_FRAME_SIDE:
+        if not is_count(self.image_size) or not MIN_FRAME_SIDE <= self.image_size <= MAX_FRAME_SIDE:
             raise ValueError(
                 f"the image size (frame side) must lie between {MIN_FRAME_SIDE} and {MAX_FRAME_SIDE} px, "
-                f"got {self.image_size}"
+                f"got {self.image_size!r}"
             )
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")

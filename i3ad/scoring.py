@@ -60,21 +60,25 @@ class DetectionSettings:
             raise ValueError(f"iterations must lie between 0 and {MAX_ITERATIONS}, got {self.iterations}")
         if not is_finite_number(self.ssim_threshold) or not -1.0 <= self.ssim_threshold <= 1.0:
             raise ValueError(f"ssim_threshold must lie in [-1, 1] (SSIM's range), got {self.ssim_threshold}")
-        if self.step0_masks < 2:
-            raise ValueError(f"step0_masks must be >= 2 so that no pixel sees itself, got {self.step0_masks}")
+        if not is_count(self.step0_masks) or self.step0_masks < 2:
+            raise ValueError(
+                f"step0_masks must be a whole number >= 2 so that no pixel sees itself, got {self.step0_masks!r}"
+            )
         if not is_count(self.step0_hidden_groups) or self.step0_hidden_groups >= self.step0_masks:
             raise ValueError(
                 f"each step-0 mask hides 1 to {self.step0_masks - 1} of the {self.step0_masks} grid groups (one "
                 f"must stay visible so that no pixel sees itself), got {self.step0_hidden_groups!r}"
             )
-        if self.step0_cell_size < 1:
-            raise ValueError(f"the step-0 cell size must be >= 1 px, got {self.step0_cell_size}")
-        if self.mask_dilation < 0:
-            raise ValueError(f"the mask dilation must be >= 0 px, got {self.mask_dilation}")
+        if not is_count(self.step0_cell_size):
+            raise ValueError(f"the step-0 cell size must be a whole number >= 1 px, got {self.step0_cell_size!r}")
+        if isinstance(self.mask_dilation, bool) or not isinstance(self.mask_dilation, int) or self.mask_dilation < 0:
+            raise ValueError(f"the mask dilation must be a whole number >= 0 px, got {self.mask_dilation!r}")
         if not is_finite_number(self.smoothing_sigma) or self.smoothing_sigma < 0:
             raise ValueError(f"the smoothing sigma must be a finite number >= 0, got {self.smoothing_sigma}")
         if self.anomaly_measure not in ANOMALY_MEASURES:
             raise ValueError(f"anomaly_measure must be one of {ANOMALY_MEASURES}, got {self.anomaly_measure!r}")
+        if not isinstance(self.subtract_normal_error, bool):
+            raise ValueError(f"subtract_normal_error must be true or false, got {self.subtract_normal_error!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

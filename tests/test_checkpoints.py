@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -269,7 +270,7 @@ def test_invalid_json(saved, name, content):
         load_checkpoint(folder)
 
 
-@pytest.mark.parametrize("architecture", ["ResNet50", None, ""])
+@pytest.mark.parametrize("architecture", ["ResNet50", None, "", ["InpaintingUNet"]])
 def test_unknown_architecture(saved, architecture):
     _, folder = saved
     _rewrite_config(folder, architecture=architecture)
@@ -294,6 +295,10 @@ def test_invalid_model_config(saved):
         lambda record: record["detection"].update(iterations=-3),
         lambda record: record["preprocessing"].update(normalization="weird"),
         lambda record: record["detection"].update(unknown_setting=1),
+        lambda record: record["detection"].update(subtract_normal_error="no"),
+        lambda record: record["detection"].update(step0_cell_size=8.5),
+        lambda record: record["detection"].update(mask_dilation=2.5),
+        lambda record: record["preprocessing"].update(image_size=64.5),
     ],
 )
 def test_incomplete_detector_record(saved, change):
@@ -302,6 +307,26 @@ def test_incomplete_detector_record(saved, change):
     change(record)
     (folder / "detector.json").write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match=r"detector\.json is incomplete or invalid"):
+        load_checkpoint(folder)
+
+
+def test_weights_holding_nan_are_refused(saved):
+    _, folder = saved
+    state = safetensors.torch.load_file(folder / "model.safetensors")
+    first = next(iter(state))
+    state[first] = state[first].clone().fill_(float("nan"))
+    safetensors.torch.save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=rf"NaN or infinite values \(in '{re.escape(first)}'\)"):
+        load_checkpoint(folder)
+
+
+def test_a_detection_tau_that_is_not_the_calibrated_one_is_refused(saved):
+    _, folder = saved
+    record = json.loads((folder / "detector.json").read_text())
+    record["detection"]["ssim_threshold"] = 0.9
+    assert record["calibration"]["ssim_threshold"] != 0.9
+    (folder / "detector.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"not the calibrated tau.*i3ad calibrate"):
         load_checkpoint(folder)
 
 

@@ -656,7 +656,7 @@ def test_evaluate_and_bench_check_their_values_before_loading(tmp_path, cli_erro
     common += ["--device", "cpu", "--out", str(out)]
     for flag, value, message in [
         ("--thresholds", "1.5", "the SSIM threshold tau must be a number from -1 to 1, got 1.5"),
-        ("--cell-sizes", "0", "the step-0 cell size must be >= 1 px, got 0"),
+        ("--cell-sizes", "0", "the step-0 cell size must be a whole number >= 1 px, got 0"),
         ("--sigmas", "-1", "the smoothing sigma must be a finite number >= 0, got -1.0"),
         ("--sigmas", "inf", "the smoothing sigma must be a finite number >= 0, got inf"),
         ("--sigmas", "nan", "the smoothing sigma must be a finite number >= 0, got nan"),
