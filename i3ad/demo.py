@@ -88,7 +88,8 @@ class ModelStore:
         self.resolver = resolver
         self.device = torch.device(device)
         self._loaded: dict[tuple[str, str], AnomalyDetector] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _model_locks
+        self._model_locks: dict[tuple[str, str], threading.Lock] = {}
         self._available: dict[str, list[str]] | None = None
 
     def available(self) -> dict[str, list[str]]:
@@ -109,7 +110,11 @@ class ModelStore:
                 f"category {category!r} has no model {variant!r} (have: {', '.join(available[category])})"
             )
         key = (category, variant)
-        with self._lock:  # two first requests for one model load it once
+        # One lock per model: two first requests for one model load it once, while requests for models already
+        # loaded do not wait for it (a load may be a download from the Hub).
+        with self._lock:
+            model_lock = self._model_locks.setdefault(key, threading.Lock())
+        with model_lock:
             if key not in self._loaded:
                 self._loaded[key] = self.resolver.load(category, variant, self.device)
             return self._loaded[key]

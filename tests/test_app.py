@@ -11,7 +11,9 @@ import math
 import os
 import re
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,7 +27,7 @@ from PIL import Image
 import app
 from i3ad.checkpoints import load_checkpoint, save_checkpoint
 from i3ad.data import load_images
-from i3ad.demo import OUTPUT_MAX_AGE_S, default_variant, new_output_folder
+from i3ad.demo import OUTPUT_MAX_AGE_S, ModelStore, default_variant, new_output_folder
 from i3ad.detector import AnomalyDetector
 from i3ad.evaluation import RESULT_COLUMNS
 from i3ad.hub import CheckpointResolver
@@ -339,6 +341,31 @@ def test_committed_fit_checkpoint_shows_a_wide_image_in_its_own_shape(tmp_path):
     _, _, height, width = detector.preprocessing.content_box(120, 360)
     assert all(picture.size == (width, height) for picture, _ in report.steps)
     assert math.isfinite(report.score) and math.isfinite(report.baseline.score)
+
+
+def test_a_model_being_loaded_does_not_hold_up_requests_for_loaded_ones():
+    started, release, loads = threading.Event(), threading.Event(), []
+
+    class SlowResolver:  # stands for a resolver whose one model is a long download
+        def available(self) -> dict[str, list[str]]:
+            return {"widget": ["fast", "slow"]}
+
+        def load(self, category: str, variant: str, device: object) -> object:
+            loads.append(variant)
+            if variant == "slow":
+                started.set()
+                assert release.wait(10)
+            return object()
+
+    store = ModelStore(SlowResolver())
+    fast = store.get("widget", "fast")
+    with ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(store.get, "widget", "slow") for _ in range(2)]
+        assert started.wait(10)
+        assert pool.submit(store.get, "widget", "fast").result(timeout=5) is fast
+        release.set()
+        assert slow[0].result(timeout=10) is slow[1].result(timeout=10)
+    assert loads == ["fast", "slow"]  # each model loaded once
 
 
 def test_output_folders_older_than_their_age_are_removed(tmp_path):
