@@ -50,7 +50,7 @@ from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
 
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # The columns of detect's scores.csv, one row per input image (an error instead of a score when it failed).
-DETECT_COLUMNS = ("file", "score", "threshold", "verdict", "heatmap", "error")
+DETECT_COLUMNS = ("file", "score", "threshold", "verdict", "iterations", "ssim_threshold", "heatmap", "error")
 
 
 def _command_line() -> str:
@@ -349,6 +349,15 @@ def cmd_detect(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     ssim_threshold = check_ssim_threshold(args.ssim_threshold)
+    # The tau this run paints with: step 0 and the autoencoder use none.
+    tau = detector.settings.ssim_threshold if ssim_threshold is None else ssim_threshold
+    tau_used = detector.kind == "i3ad" and iterations > 0
+    if tau_used and tau != detector.calibration.ssim_threshold:
+        print(
+            f"note: the score thresholds were calibrated at tau = {detector.calibration.tau_text}; "
+            f"at tau = {tau:.4f} the verdicts are only indicative",
+            file=sys.stderr,
+        )
     out = Path(args.out)
     inputs = _inputs(args.inputs, out / "heatmaps")
     _writable_out(out / "heatmaps", out)
@@ -359,7 +368,12 @@ def cmd_detect(args: argparse.Namespace) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(DETECT_COLUMNS))
         writer.writeheader()
         for number, path in enumerate(inputs):
-            row = {"file": str(path), "score": "", "threshold": f"{threshold:.4f}", "verdict": "", "heatmap": ""}
+            row = {
+                "file": str(path),
+                "threshold": f"{threshold:.4f}",
+                "iterations": iterations,
+                "ssim_threshold": f"{tau:.4f}" if tau_used else "",
+            }
 
             def score_image(number: int = number, path: Path = path) -> dict[str, str]:
                 image = detector.read(path)
@@ -378,7 +392,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
                     unless_out_of_gpu_memory(score_image)
                     or {"error": "the GPU ran out of memory on this image; try --device cpu"}
                 )
-            except (ImageReadError, ValueError) as error:
+            except (ImageReadError, ValueError, OSError) as error:  # OSError: its pictures could not be written
                 row["error"] = str(error)
             if row.get("error"):
                 failures += 1

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from i3ad.calibration import MAX_CALIBRATED_ITERATIONS, Calibration
@@ -50,7 +51,7 @@ class AnomalyDetector:
         self.model = for_device(self.model, device)
         return self
 
-    def read(self, source: str | Path | bytes) -> Tensor:
+    def read(self, source: str | Path | bytes | Image.Image) -> Tensor:
         """Decode an image file for this model: [C, H, W] in [0, 1] at its own size (see ``i3ad.images.read_image``)."""
         return read_image(source, self.preprocessing.channels)
 

@@ -147,12 +147,13 @@ def read_image(source: str | Path | bytes | Image.Image, channels: int) -> Tenso
     """Decode an image to a [channels, H, W] float32 tensor in [0, 1].
 
     Conversions: EXIF orientation is applied; the first frame of an animation or multi-page file is used; palette,
-    CMYK and 1-bit images become RGB or greyscale; alpha is dropped; 16-bit images are divided by 65535; float
-    images in [0, 1] are kept; 32-bit integer images and float images of whole numbers are divided by 255, or by
-    65535 when their values exceed 255; RGB becomes greyscale (ITU-R 601 luma) for 1-channel models and greyscale is
-    repeated for 3-channel ones. Raises ImageReadError for unreadable, truncated, tiny (< 8 px) or huge (> 40
-    megapixel) images (the size checked from the header, before any pixel is decoded), and for values that have no
-    such scale: negative, NaN or infinite, fractions above 1, or beyond 65535.
+    CMYK and 1-bit images become RGB or greyscale; alpha is dropped; 16-bit greyscale images are divided by 65535
+    (Pillow decodes 16-bit colour images to 8 bits per channel); float images in [0, 1] are kept; 32-bit integer
+    images and float images of whole numbers are divided by 255, or by 65535 when their values exceed 255; RGB
+    becomes greyscale (ITU-R 601 luma) for 1-channel models and greyscale is repeated for 3-channel ones. Raises
+    ImageReadError for unreadable, truncated, tiny (< 8 px) or huge (> 40 megapixel) images (the size checked from
+    the header, before any pixel is decoded), and for values that have no such scale: negative, NaN or infinite,
+    fractions above 1, or beyond 65535.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")

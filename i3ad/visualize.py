@@ -54,8 +54,10 @@ def binary_mask_image(anomaly_map: Tensor, threshold: float, size: tuple[int, in
 
 
 def output_name(image_path: str | Path) -> str:
-    """The stem the output files of an image are named after, cut to MAX_NAME_LENGTH characters."""
-    return Path(image_path).stem[:MAX_NAME_LENGTH] or "image"
+    """The stem the output files of an image are named after, cut to MAX_NAME_LENGTH bytes of UTF-8 (file systems
+    count a name's bytes, and a non-Latin character takes 2-4), without splitting a character."""
+    stem = Path(image_path).stem.encode("utf-8", "surrogateescape")[:MAX_NAME_LENGTH]
+    return stem.decode("utf-8", "ignore") or "image"
 
 
 def display_size(height: int, width: int) -> tuple[int, int]:

@@ -149,6 +149,9 @@ def test_detect_folder_with_a_corrupt_file(trained, tmp_path, capsys):
     for sample in index.test:
         shutil.copy(sample.image, inputs / f"{sample.defect}_{sample.image.name}")
     (inputs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really" * 10)
+    # 249 bytes of UTF-8: within the file system's 255, but not once numbered and suffixed for its heat-map.
+    defect = next(sample for sample in index.test if sample.defect != "good")
+    shutil.copy(defect.image, inputs / ("\u691c" * 81 + ".png"))
     out = tmp_path / "detections"
     args = ["detect", str(inputs), "--checkpoint", str(checkpoints / "synthetic" / "i3ad")]
     args += ["--out", str(out), "--device", "cpu", "--save-masks"]
@@ -157,7 +160,7 @@ def test_detect_folder_with_a_corrupt_file(trained, tmp_path, capsys):
     assert "corrupt.png" in captured.err
     with open(out / "scores.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == len(index.test) + 1
+    assert len(rows) == len(index.test) + 2
     assert {Path(r["file"]).name for r in rows} == {p.name for p in inputs.iterdir()}
     by_name = {Path(r["file"]).name: r for r in rows}
     broken = by_name.pop("corrupt.png")
@@ -245,6 +248,31 @@ def test_detect_notes_that_an_autoencoder_has_no_iterations(trained, tmp_path, c
     args = ["detect", str(image), "--checkpoint", str(checkpoints / "synthetic" / "ae"), "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path), "--iterations", "5"]) == 0
     assert "is an autoencoder: it has no iterations or tau, so those flags are ignored" in capsys.readouterr().err
+    with open(tmp_path / "scores.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["iterations"] == "0" and row["ssim_threshold"] == ""
+
+
+@pytest.mark.slow
+def test_detect_records_t_and_tau_and_notes_a_tau_other_than_the_calibrated_one(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    image = next((data_root / "synthetic" / "test" / "good").iterdir())
+    folder = checkpoints / "synthetic" / "i3ad"
+    calibrated = load_checkpoint(folder).calibration.ssim_threshold
+    args = ["detect", str(image), "--checkpoint", str(folder), "--device", "cpu", "--iterations", "2"]
+    runs = {"calibrated": [], "other": ["--ssim-threshold", "0.1234"], "step 0": ["--iterations", "0"]}
+    for label, extra in runs.items():
+        assert main([*args, *extra, "--out", str(tmp_path / label)]) == 0
+        noted = "verdicts are only indicative" in capsys.readouterr().err
+        assert noted == (label == "other")
+        with open(tmp_path / label / "scores.csv", newline="") as handle:
+            (row,) = csv.DictReader(handle)
+        assert row["score"] and not row["error"]
+        assert (row["iterations"], row["ssim_threshold"]) == {
+            "calibrated": ("2", f"{calibrated:.4f}"),
+            "other": ("2", "0.1234"),
+            "step 0": ("0", ""),  # step 0 uses no tau
+        }[label]
 
 
 @pytest.mark.slow
