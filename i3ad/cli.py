@@ -377,6 +377,9 @@ def cmd_detect(args: argparse.Namespace) -> None:
 
             def score_image(number: int = number, path: Path = path) -> dict[str, str]:
                 image = detector.read(path)
+                note = detector.preprocessing.distortion_note(*image.shape[-2:])
+                if note is not None:
+                    print(f"note: {path}: {note}", file=sys.stderr)
                 result = detector.detect(image, iterations=iterations, ssim_threshold=ssim_threshold)
                 score = result.scores[0].item()
                 # Numbered, so that equal names from different folders do not collide; cut to fit the file system.

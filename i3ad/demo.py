@@ -187,6 +187,7 @@ class DetectionReport:
     step_scores: list[float]
     step_thresholds: list[float]
     baseline: BaselineView | None = None
+    input_note: str | None = None  # a warning about the input (``Preprocessing.distortion_note``)
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -210,6 +211,8 @@ class DetectionReport:
                     f"The score thresholds were calibrated at tau = {self.calibrated_ssim_threshold:.4f}: "
                     "at another tau the verdict is only indicative."
                 )
+        if self.input_note is not None:
+            lines.append(f"Note: {self.input_note}.")
         if self.baseline is not None:
             lines.append(
                 f"Autoencoder baseline: score {self.baseline.score:.4f}, threshold {self.baseline.threshold:.4f} "
@@ -300,6 +303,7 @@ def detect_image(
         ),
         step_scores=result.step_scores[:, 0].tolist(),
         step_thresholds=step_thresholds,
+        input_note=detector.preprocessing.distortion_note(*image.shape[-2:]),
     )
     baseline = _baseline(store, category) if with_baseline and variant != BASELINE_VARIANT else None
     if baseline is not None:

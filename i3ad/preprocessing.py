@@ -20,6 +20,9 @@ _FIT_MARGIN = 1 / 16
 MIN_FRAME_SIDE, MAX_FRAME_SIDE = 2 * MIN_SIDE, 4096
 # Standardised images get this mean and standard deviation, so that +-4 std still fits into [0, 1].
 _TARGET_MEAN, _TARGET_STD = 0.5, 0.125
+# "stretch" squeezes an image into the square frame; beyond this ratio of its long to its short side the network sees
+# its texture distorted more than anything it was trained on (square images), and a user is warned.
+MAX_QUIET_STRETCH = 1.5
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,17 @@ class Preprocessing:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def distortion_note(self, height: int, width: int) -> str | None:
+        """A warning for an image of ``height`` x ``width`` that "stretch" distorts by more than MAX_QUIET_STRETCH;
+        None otherwise ("fit" keeps every aspect ratio)."""
+        ratio = max(height, width) / min(height, width)
+        if self.geometry != "stretch" or ratio <= MAX_QUIET_STRETCH:
+            return None
+        return (
+            f"this {width}x{height} image is stretched {ratio:.1f}-fold into the model's square frame; a model trained "
+            "on square images may score it wrongly (cut it into square parts)"
+        )
 
     def content_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """Where an image of ``height`` x ``width`` lies in the frame: (top, left, height, width) in frame pixels."""

@@ -341,6 +341,18 @@ def test_committed_fit_checkpoint_shows_a_wide_image_in_its_own_shape(tmp_path):
     _, _, height, width = detector.preprocessing.content_box(120, 360)
     assert all(picture.size == (width, height) for picture, _ in report.steps)
     assert math.isfinite(report.score) and math.isfinite(report.baseline.score)
+    assert report.input_note is None and "Note:" not in report.summary()  # fit keeps the aspect ratio
+
+
+@pytest.mark.skipif(not (ROOT / "checkpoints" / "bottle" / "i3ad-small").is_dir(), reason="no committed bottle model")
+def test_a_stretch_checkpoint_notes_an_image_it_distorts(tmp_path):
+    from i3ad.demo import ModelStore, detect_image
+
+    store = ModelStore(CheckpointResolver(ROOT / "checkpoints"))
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.full((100, 300, 3), 128, dtype=np.uint8)).save(wide)
+    report = detect_image(store, "bottle", "i3ad-small", wide, iterations=0, out_dir=tmp_path / "out")
+    assert "Note: this 300x100 image is stretched 3.0-fold" in report.summary()
 
 
 def test_a_model_being_loaded_does_not_hold_up_requests_for_loaded_ones():

@@ -254,6 +254,22 @@ def test_detect_notes_that_an_autoencoder_has_no_iterations(trained, tmp_path, c
 
 
 @pytest.mark.slow
+def test_detect_notes_an_image_its_stretch_model_distorts(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    image = next((data_root / "synthetic" / "test" / "good").iterdir())
+    wide = tmp_path / "wide.png"
+    with Image.open(image) as picture:
+        picture.resize((200, 64)).save(wide)
+    args = ["detect", str(image), str(wide), "--checkpoint", str(checkpoints / "synthetic" / "i3ad")]
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "stretched" in line]
+    assert notes == [
+        f"note: {wide}: this 200x64 image is stretched 3.1-fold into the model's square frame; "
+        "a model trained on square images may score it wrongly (cut it into square parts)"
+    ]
+
+
+@pytest.mark.slow
 def test_detect_records_t_and_tau_and_notes_a_tau_other_than_the_calibrated_one(trained, tmp_path, capsys):
     data_root, checkpoints = trained
     image = next((data_root / "synthetic" / "test" / "good").iterdir())

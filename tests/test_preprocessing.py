@@ -141,3 +141,12 @@ def test_an_image_too_elongated_to_fit_is_refused_not_scored_as_a_sliver():
     ):
         fit(torch.rand(1, 20, 3000))
     assert Preprocessing(image_size=256, channels=1).content_box(20, 3000) == (0, 0, 256, 256)  # stretch has no limit
+
+
+def test_stretch_warns_about_an_image_it_distorts_and_fit_never_does():
+    stretch, fit = Preprocessing(channels=1), Preprocessing(channels=1, geometry="fit")
+    for height, width in [(256, 256), (200, 300), (300, 200)]:  # up to 1.5 : 1
+        assert stretch.distortion_note(height, width) is None
+    assert "this 600x200 image is stretched 3.0-fold" in stretch.distortion_note(200, 600)
+    assert "stretched 2.5-fold" in stretch.distortion_note(1000, 400)
+    assert fit.distortion_note(200, 600) is None
