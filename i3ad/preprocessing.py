@@ -35,8 +35,8 @@ class Preprocessing:
         between images and lifts low-contrast surfaces out of SSIM's stabilising constants; "none" keeps the pixels.
     geometry: "stretch" resizes the image to the frame (square images, e.g. MVTec AD); "fit" keeps the aspect ratio:
         the image is scaled to fit inside the frame less a margin of 1/16 of its side, and the rest is filled with
-        its mirror image, so that texture keeps one scale in every image and the image border has context on every
-        side. Only the image itself (its ``content_box``) is scored.
+        its mirror image, so that texture keeps its proportions (never squeezed along one axis) and the image border
+        has context on every side. Only the image itself (its ``content_box``) is scored.
     """
 
     image_size: int = 256
