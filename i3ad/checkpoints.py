@@ -41,10 +41,35 @@ class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded; the message names the file and the problem."""
 
 
-def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    # Written as bytes rather than with safetensors' save_file, which leaves the file readable by its owner only;
+def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    # Serialised to bytes rather than with safetensors' save_file, which leaves the file readable by its owner only;
     # this way the weights get the same permissions as the JSON files next to them.
-    path.write_bytes(safetensors.torch.save(tensors, metadata={"format": "pt"}))
+    return safetensors.torch.save(tensors, metadata={"format": "pt"})
+
+
+def _json_bytes(data: dict) -> bytes:
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def _write_files(folder: Path, files: dict[str, bytes | None]) -> None:
+    """Write (or, for None, remove) the files of a checkpoint folder. Each is written under a temporary name first
+    and all are renamed into place only once every one was written, so that a failure part-way (a full disk, an
+    interruption) leaves the checkpoint that was there whole rather than half replaced."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, content in files.items():
+            if content is not None:
+                staged.append((folder / f".{name}.partial", folder / name))
+                staged[-1][0].write_bytes(content)
+    except BaseException:
+        for partial, _ in staged:
+            partial.unlink(missing_ok=True)
+        raise
+    for partial, final in staged:
+        partial.replace(final)
+    for name, content in files.items():
+        if content is None:
+            (folder / name).unlink(missing_ok=True)
 
 
 def check_free_for_checkpoint(folder: str | Path) -> None:
@@ -64,29 +89,29 @@ def save_checkpoint(detector: AnomalyDetector, folder: str | Path, *, half_preci
     the size; they are widened back to float32 on loading)."""
     folder = ensure_writable_folder(folder)
     model = detector.model
-    config = {**model.config, "architecture": type(model).__name__, "i3ad_version": __version__}
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     state = {
         k: v.detach().to("cpu", torch.float16 if half_precision else v.dtype).contiguous()
         for k, v in model.state_dict().items()
     }
-    _write_safetensors(state, folder / WEIGHTS_FILE)
-    save_record(detector, folder)
+    config = {**model.config, "architecture": type(model).__name__, "i3ad_version": __version__}
+    _write_files(
+        folder, {CONFIG_FILE: _json_bytes(config), WEIGHTS_FILE: _safetensors_bytes(state), **_record_files(detector)}
+    )
     return folder
 
 
 def save_record(detector: AnomalyDetector, folder: str | Path) -> None:
     """(Re)write detector.json, the normal error and the model card, e.g. after re-calibration; the weights are left
     alone."""
-    folder = Path(folder)
+    _write_files(Path(folder), _record_files(detector))
+
+
+def _record_files(detector: AnomalyDetector) -> dict[str, bytes | None]:
+    """The contents of detector.json, the normal error (None: no such file) and the model card."""
     normal_error = detector.calibration.normal_error
     if detector.settings.subtract_normal_error and normal_error is None:
         raise ValueError("the settings subtract the normal error but the calibration has none: calibrate first")
-    if normal_error is not None:
-        maps = normal_error.maps.detach().to("cpu", torch.float16).contiguous()
-        _write_safetensors({"mean_anomaly_maps": maps}, folder / NORMAL_ERROR_FILE)
-    else:
-        (folder / NORMAL_ERROR_FILE).unlink(missing_ok=True)
+    maps = None if normal_error is None else normal_error.maps.detach().to("cpu", torch.float16).contiguous()
     record = {
         "category": detector.category,
         "name": detector.name,
@@ -96,8 +121,11 @@ def save_record(detector: AnomalyDetector, folder: str | Path) -> None:
         "info": detector.info,
         "i3ad_version": __version__,
     }
-    (folder / DETECTOR_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    (folder / CARD_FILE).write_text(model_card(detector))
+    return {
+        NORMAL_ERROR_FILE: None if maps is None else _safetensors_bytes({"mean_anomaly_maps": maps}),
+        DETECTOR_FILE: _json_bytes(record),
+        CARD_FILE: model_card(detector).encode(),
+    }
 
 
 def _read_json(path: Path) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 import re
@@ -136,6 +137,27 @@ def test_save_record_updates_settings_but_not_weights(saved):
     save_record(detector, folder)
     assert load_checkpoint(folder).settings.iterations == 5
     assert (folder / "model.safetensors").read_bytes() == weights
+
+
+@pytest.mark.parametrize("failing_file", ["model.safetensors", "README.md"])
+def test_a_save_that_fails_part_way_leaves_the_checkpoint_there_whole(saved, monkeypatch, failing_file):
+    _, folder = saved
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    replacement = _detector(InpaintingUNet(channels=3, base_width=4).eval())
+    write_bytes = Path.write_bytes
+
+    def disk_full_at(path: Path, data: bytes) -> int:
+        if failing_file in path.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full_at)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(replacement, folder)
+    monkeypatch.undo()
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # no partial file left either
+    save_checkpoint(replacement, folder)
+    assert load_checkpoint(folder).model.config["base_width"] == 4
 
 
 def test_normal_error_file_missing_or_damaged(saved):
