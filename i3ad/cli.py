@@ -36,6 +36,7 @@ from i3ad.pipeline import (
     evaluate_by_defect,
     evaluate_detector,
     holdout_images,
+    holdout_paths,
     load_test_set,
     recalibrate,
     resolve_device,
@@ -294,7 +295,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
             raise ValueError(f"{folder} is an autoencoder: it has no iterations or step-0 masks to set")
         settings = detector.settings.with_(**changes)
         check_iterations(settings.iterations)
-        plans.append((folder, detector, index_category(args.data_root, detector.category), settings))
+        index = index_category(args.data_root, detector.category)
+        holdout_paths(detector, index)  # its held-out images are there
+        plans.append((folder, detector, index, settings))
     for folder, detector, index, settings in plans:
         quantile = args.ssim_quantile
         if quantile is None and _step0_changes(detector.settings, settings):
@@ -425,8 +428,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if detector.kind != "i3ad":
         raise ValueError(f"bench times the iterative inpainting: {args.checkpoint} is an autoencoder, give an I3AD one")
     if args.data_root:
-        paths = [s.image for s in index_category(args.data_root, detector.category).test]
-        images = load_images(paths[: max(args.batch_sizes)], detector.preprocessing)
+        index = index_category(args.data_root, detector.category)
+        if not index.test:
+            raise ValueError(f"{index.root / 'test'} holds no test images to time the detection on")
+        images = load_images([s.image for s in index.test][: max(args.batch_sizes)], detector.preprocessing)
     else:
         with tempfile.TemporaryDirectory() as folder:
             root = make_synthetic_category(
@@ -473,6 +478,14 @@ def cmd_report(args: argparse.Namespace) -> None:
                 rows = headline(results, detector.settings)
                 row = rows[(rows["category"] == category) & (rows["model"] == name)]
                 if row.empty:
+                    continue
+                tau = detector.settings.ssim_threshold if detector.kind == "i3ad" else None
+                if tau is not None and abs(row.iloc[0]["ssim_threshold"] - tau) > 5e-5:  # the table keeps 4 decimals
+                    print(
+                        f"note: {folder} was re-calibrated (tau {tau:.4f}) after {args.results} was computed "
+                        f"(tau {row.iloc[0]['ssim_threshold']:.4f}): evaluate it again; its card is left as it is",
+                        file=sys.stderr,
+                    )
                     continue
                 metrics = {k: round(float(row.iloc[0][k]), 4) for k in METRIC_COLUMNS if pd.notna(row.iloc[0][k])}
                 detector.info["metrics"] = {**metrics, "source": f"{args.results} at the checkpoint's default settings"}

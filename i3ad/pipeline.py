@@ -155,7 +155,7 @@ def calibrate(
     return settings, calibrate_autoencoder(model, holdout, settings, autocast_dtype=autocast_dtype, regions=regions)
 
 
-def _holdout_paths(detector: AnomalyDetector, index: CategoryIndex) -> list[Path]:
+def holdout_paths(detector: AnomalyDetector, index: CategoryIndex) -> list[Path]:
     """The checkpoint's held-out images in ``index``: by their recorded names, or for a checkpoint that records only
     its split, the same split of a train/good folder of the same size. Any other folder would mix images the model
     was trained on into the held-out ones, so it is refused."""
@@ -185,7 +185,7 @@ def _holdout_paths(detector: AnomalyDetector, index: CategoryIndex) -> list[Path
 
 def holdout_images(detector: AnomalyDetector, index: CategoryIndex) -> torch.Tensor:
     """The held-out normal images the checkpoint was calibrated on (same split as in training), preprocessed."""
-    return load_images(_holdout_paths(detector, index), detector.preprocessing)
+    return load_images(holdout_paths(detector, index), detector.preprocessing)
 
 
 def recalibrate(
@@ -196,7 +196,7 @@ def recalibrate(
     ssim_quantile None keeps the checkpoint's tau (and its recorded quantile) and re-calibrates the score thresholds.
     """
     check_iterations(settings.iterations)  # the new default T needs calibrated thresholds
-    paths = _holdout_paths(detector, index)
+    paths = holdout_paths(detector, index)
     holdout = load_images(paths, detector.preprocessing).to(detector.device)
     regions = load_regions(paths, detector.preprocessing).to(detector.device)
     new_settings, calibration = calibrate(

@@ -310,6 +310,42 @@ def test_calibrate_refuses_a_quantile_outside_0_1_and_keeps_the_checkpoint(train
         assert f"{ae} is an autoencoder: it has no iterations or step-0 masks to set" in cli_error()
 
 
+def test_calibrate_checks_every_checkpoints_held_out_images_before_rewriting_any(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    first, second = tmp_path / "first" / "i3ad", tmp_path / "second" / "i3ad"
+    for folder in (first, second):
+        shutil.copytree(checkpoints / "synthetic" / "i3ad", folder)
+    record = json.loads((second / "detector.json").read_text())
+    record["info"]["holdout_files"][0] = "gone.png"  # a held-out image no longer in the data
+    (second / "detector.json").write_text(json.dumps(record))
+    before = (first / "detector.json").read_bytes()
+    args = ["calibrate", str(first), str(second), "--data-root", str(data_root), "--iterations", "2"]
+    assert main([*args, "--device", "cpu"]) == 2
+    assert "'gone.png'" in cli_error()
+    assert (first / "detector.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_model_cards_take_metrics_only_from_rows_at_the_checkpoints_own_tau(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    root = tmp_path / "ck"
+    shutil.copytree(checkpoints / "synthetic" / "i3ad", root / "synthetic" / "i3ad")
+    results = tmp_path / "results.csv"
+    args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(root), "--iterations", "1"]
+    assert main([*args, "--thresholds", "0.5", "--device", "cpu", "--out", str(results)]) == 0
+    assert main(["report", "--results", str(results), "--update-cards", str(root)]) == 0
+    folder = root / "synthetic" / "i3ad"
+    assert "model card metrics updated" in capsys.readouterr().out
+    assert "image_auroc" in load_checkpoint(folder).info["metrics"]
+    # Re-calibrated to another tau: the table's rows no longer describe it, so its card is left alone.
+    recalibrate = ["calibrate", str(folder), "--data-root", str(data_root), "--ssim-quantile", "0.3"]
+    assert main([*recalibrate, "--device", "cpu"]) == 0
+    card = (folder / "detector.json").read_bytes()
+    assert main(["report", "--results", str(results), "--update-cards", str(root)]) == 0
+    assert "was re-calibrated" in capsys.readouterr().err
+    assert (folder / "detector.json").read_bytes() == card
+
+
 @pytest.mark.slow
 def test_calibrate_command_reuses_the_holdout(trained, tmp_path):
     data_root, checkpoints = trained
@@ -536,6 +572,16 @@ def test_bench_refuses_an_autoencoder(trained, cli_error):
     _, checkpoints = trained
     assert main(["bench", "--checkpoint", str(checkpoints / "synthetic" / "ae"), "--device", "cpu"]) == 2
     assert "is an autoencoder, give an I3AD one" in cli_error()
+
+
+def test_bench_on_a_category_without_test_images_is_a_clear_error(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    copy = _copy_data(data_root, tmp_path)
+    shutil.rmtree(copy / "synthetic" / "test")
+    shutil.rmtree(copy / "synthetic" / "ground_truth", ignore_errors=True)
+    args = ["bench", "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--data-root", str(copy)]
+    assert main([*args, "--device", "cpu", "--batch-sizes", "1", "--iterations", "0", "--repeats", "1"]) == 2
+    assert "holds no test images to time the detection on" in cli_error()
 
 
 def test_train_refuses_a_category_too_small_to_hold_images_out_before_training(tmp_path, cli_error):
