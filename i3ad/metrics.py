@@ -11,6 +11,9 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+# The structuring element of 8-connectivity for ndimage.label (its default is 4-connectivity).
+_EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=int)
+
 
 def _flat(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     scores, labels = scores.flatten().double(), labels.flatten().bool().to(scores.device)
@@ -56,12 +59,13 @@ def f1_max(scores: Tensor, labels: Tensor) -> float:
 
 
 def region_labels(masks: Tensor) -> Tensor:
-    """Connected defect regions of binary masks [N, 1, H, W] (4-connectivity, as MVTec AD's reference code), each
-    numbered uniquely over the whole set (0 = background). Returns int64 [N, 1, H, W] on the masks' device."""
+    """Connected defect regions of binary masks [N, 1, H, W] (8-connectivity: diagonal neighbours belong to one
+    region, as in MVTec AD's reference evaluation code), each numbered uniquely over the whole set (0 = background).
+    Returns int64 [N, 1, H, W] on the masks' device."""
     labelled = np.zeros(masks.shape, dtype=np.int64)
     offset = 0
     for i, mask in enumerate(masks.detach().cpu().numpy()):
-        regions, count = ndimage.label(mask[0] > 0.5)
+        regions, count = ndimage.label(mask[0] > 0.5, structure=_EIGHT_NEIGHBOURS)
         labelled[i, 0] = np.where(regions > 0, regions + offset, 0)
         offset += count
     return torch.from_numpy(labelled).to(masks.device)

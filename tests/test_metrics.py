@@ -91,12 +91,13 @@ def test_metrics_are_nan_when_a_class_is_missing():
 # --- regions and AUPRO ---------------------------------------------------------------------------------------------
 
 
-def test_region_labels_are_unique_across_images_and_4_connected():
+def test_region_labels_are_unique_across_images_and_8_connected():
     masks = torch.zeros(3, 1, 5, 5)
     masks[0, 0, 0, 0:2] = 1  # region A
     masks[0, 0, 3:5, 3:5] = 1  # region B
-    masks[1, 0, 1, 1] = 1  # diagonal neighbours: two regions (4-connectivity)
+    masks[1, 0, 1, 1] = 1  # diagonal neighbours: one region (8-connectivity, as MVTec AD's evaluation)
     masks[1, 0, 2, 2] = 1
+    masks[1, 0, 4, 0] = 1  # apart from them: a region of its own
     masks[2, 0, 2, :] = 1  # one line
     labels = region_labels(masks)
     assert labels.dtype == torch.int64 and labels.shape == masks.shape
@@ -105,7 +106,7 @@ def test_region_labels_are_unique_across_images_and_4_connected():
     assert len(labels[0, 0, 0, 0:2].unique()) == 1
     assert len(labels[0, 0, 3:5, 3:5].unique()) == 1
     assert labels[0, 0, 0, 0] != labels[0, 0, 3, 3]
-    assert labels[1, 0, 1, 1] != labels[1, 0, 2, 2]
+    assert labels[1, 0, 1, 1] == labels[1, 0, 2, 2] != labels[1, 0, 4, 0]
     assert len(labels[2, 0, 2, :].unique()) == 1
     # No label is shared between two images.
     per_image = [set(labels[i].unique().tolist()) - {0} for i in range(3)]
