@@ -175,5 +175,9 @@ def read_image(source: str | Path | bytes | Image.Image, channels: int) -> Tenso
 
 
 def read_mask(path: str | Path) -> Tensor:
-    """A ground-truth mask file as a [1, H, W] float tensor of 0 / 1 (pixels above 127 are defect)."""
-    return (read_image(path, channels=1) > 127.5 / 255.0).float()
+    """A ground-truth mask file as a [1, H, W] float tensor of 0 / 1: pixels above half the range are defect, or, in a
+    mask whose values all stay below that (labels stored as 0 / 1 rather than 0 / 255), every non-zero pixel."""
+    values = read_image(path, channels=1)
+    half = 127.5 / 255.0
+    # Without this a 0 / 1 mask would read as all background, and its pixel metrics would silently go missing.
+    return (values > (half if values.max() > half else 0.0)).float()

@@ -200,6 +200,14 @@ def test_read_mask_binarises(tmp_path):
     assert mask[0, 0].tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
 
 
+def test_a_mask_stored_as_0_1_reads_its_defect_and_an_empty_one_stays_empty(tmp_path):
+    labels = np.zeros((8, 8), dtype=np.uint8)
+    labels[2:4, 3:6] = 1  # a label image: 1 = defect, not 255
+    mask = read_mask(_save(Image.fromarray(labels), tmp_path / "labels.png"))
+    assert torch.equal(mask[0], torch.from_numpy(labels).float())
+    assert not read_mask(_save(Image.fromarray(np.zeros((8, 8), np.uint8)), tmp_path / "empty.png")).any()
+
+
 def test_bad_channel_count(tmp_path):
     path = _save(Image.fromarray(_rgb_array()), tmp_path / "a.png")
     with pytest.raises(ValueError, match="channels"):
