@@ -131,8 +131,9 @@ def threshold_table(table: pd.DataFrame, settings: DetectionSettings = Detection
 
 
 def compare_runs(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
-    """Per category and model, the largest change of image and pixel AUROC from ``reference`` to ``other`` over the
-    rows both tables hold (the same settings, e.g. a float32 and a bfloat16 evaluation), and the row count."""
+    """Per category and model, the largest change of image AUROC, pixel AUROC and AUPRO from ``reference`` to
+    ``other`` over the rows both tables hold (the same settings, e.g. a float32 and a bfloat16 evaluation), and the
+    row count."""
 
     def keyed(table: pd.DataFrame) -> pd.DataFrame:
         # Calibrated thresholds are written with 4 decimals; rounding makes both tables' values compare equal.
@@ -141,7 +142,7 @@ def compare_runs(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     both = keyed(reference).merge(keyed(other), on=list(SETTING_COLUMNS), suffixes=("_reference", "_other"))
     if both.empty:
         raise ValueError("the two results tables share no settings; evaluate both with the same options")
-    for metric in ("image_auroc", "pixel_auroc"):
+    for metric in ("image_auroc", "pixel_auroc", "aupro"):
         both[f"largest change of {METRIC_LABELS[metric]}"] = (
             both[f"{metric}_other"] - both[f"{metric}_reference"]
         ).abs()

@@ -98,15 +98,18 @@ def test_summary_tables_mean_over_categories(results):
 
 
 def test_compare_runs_reports_the_largest_change_per_model(results):
+    results = results.assign(aupro=0.7)
     other = results.copy()
     other.loc[(other["category"] == "a") & (other["iterations"] == 1), "image_auroc"] -= 0.03
     other.loc[other["category"] == "b", "pixel_auroc"] += 0.002
+    other.loc[other["category"] == "b", "aupro"] -= 0.005
     # Thresholds written with fewer decimals still match.
     other["ssim_threshold"] = other["ssim_threshold"].round(4)
     changes = compare_runs(results, other).set_index(["category", "model"])
     assert changes.loc[("a", "i3ad"), "largest change of image AUROC"] == pytest.approx(0.03)
     assert changes.loc[("b", "i3ad"), "largest change of image AUROC"] == pytest.approx(0.0)
     assert changes.loc[("b", "i3ad"), "largest change of pixel AUROC"] == pytest.approx(0.002)
+    assert changes.loc[("b", "i3ad"), "largest change of AUPRO"] == pytest.approx(0.005)
     assert changes.loc[("a", "i3ad"), "rows"] == 9
 
 
