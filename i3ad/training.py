@@ -186,28 +186,32 @@ def train(
         optimizer.step()
         step += 1
         bar.update(1)
-        if timing_budget and step in _TIMING_STEPS:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            now = time.perf_counter() - started
+        timing_step = timing_budget and step in _TIMING_STEPS
+        if timing_step and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - started
+        if timing_step:
             if timing_started is None:
-                timing_started = now
+                timing_started = elapsed
             else:
-                seconds_per_step = (now - timing_started) / (_TIMING_STEPS[1] - _TIMING_STEPS[0])
-                total_steps = steps_within_budget(seconds_per_step, now, config)
+                seconds_per_step = (elapsed - timing_started) / (_TIMING_STEPS[1] - _TIMING_STEPS[0])
+                total_steps = steps_within_budget(seconds_per_step, elapsed, config)
                 bar.total = total_steps
                 log.append({"steps_within_budget": total_steps, "seconds_per_step": round(seconds_per_step, 4)})
-        if step % config.log_every == 0 or step == total_steps:
-            entry = {"step": step, "loss": loss.item(), "seconds": round(time.perf_counter() - started, 1)}
+        # The budget is also a hard limit, checked after every step: the fitted step count can be wrong when the
+        # machine slows down, and short runs (or the timing steps themselves) have no fitted count at all.
+        out_of_time = config.max_minutes is not None and elapsed > 60 * config.max_minutes and step < total_steps
+        if step % config.log_every == 0 or step == total_steps or out_of_time:
+            entry = {"step": step, "loss": loss.item(), "seconds": round(elapsed, 1)}
             if not math.isfinite(entry["loss"]):
                 raise FloatingPointError(
                     f"training diverged at step {step} (loss {entry['loss']}); lower the learning rate"
                 )
             log.append(entry)
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
-            if config.max_minutes is not None and entry["seconds"] > 60 * config.max_minutes and step < total_steps:
-                log.append({"stopped_early_at_step": step, "reason": f"max_minutes={config.max_minutes}"})
-                break
+        if out_of_time:
+            log.append({"stopped_early_at_step": step, "reason": f"max_minutes={config.max_minutes}"})
+            break
     bar.close()
     model.eval()
     return model, log

@@ -183,7 +183,7 @@ class FakeClock:
         return self.now
 
 
-@pytest.mark.parametrize(("tick", "stops_early"), [(0.01, False), (0.5, True)])
+@pytest.mark.parametrize(("tick", "stops_early"), [(0.001, False), (0.5, True)])
 def test_a_time_budget_fits_the_step_count_or_stops_the_run(images32, monkeypatch, tick, stops_early):
     monkeypatch.setattr("i3ad.training.time", FakeClock(tick))
     config = TrainConfig(steps=100_000, batch_size=2, base_width=4, log_every=10, max_minutes=0.01)
@@ -194,8 +194,17 @@ def test_a_time_budget_fits_the_step_count_or_stops_the_run(images32, monkeypatc
         return
     budget = next(entry for entry in log if "steps_within_budget" in entry)
     assert 70 < budget["steps_within_budget"] < 100_000
-    assert budget["seconds_per_step"] == pytest.approx(tick * 6 / 50)  # 6 clock readings in 50 steps
+    assert budget["seconds_per_step"] == pytest.approx(tick)  # one clock reading per step
     assert losses[-1]["step"] == budget["steps_within_budget"]  # the run ends where its schedule does
+
+
+def test_a_time_budget_stops_a_run_too_short_to_be_timed_after_the_step_that_overran_it(images32, monkeypatch):
+    monkeypatch.setattr("i3ad.training.time", FakeClock(0.5))
+    # 60 steps are fewer than the timing window, and no loss is logged before the end: only the hard limit applies.
+    config = TrainConfig(steps=60, batch_size=2, base_width=4, log_every=100, max_minutes=0.01)
+    _, log = train(images32, config, progress=False)
+    assert log[-1] == {"stopped_early_at_step": 2, "reason": "max_minutes=0.01"}  # 1.0 s > 0.6 s after step 2
+    assert log[-2]["step"] == 2  # the last loss is logged with it
 
 
 def test_training_without_images_fails():
