@@ -143,10 +143,26 @@ def load_regions(paths: list[Path] | tuple[Path, ...], preprocessing: Preprocess
     return torch.cat([preprocessing.region(*read_size(p)) for p in paths])
 
 
+def _check_mask_fits_image(sample: Sample, mask_size: tuple[int, int]) -> None:
+    """A mask may have another resolution than its image, not other proportions: stretched to the image's frame it
+    would no longer lie on the defect, and the pixel metrics would be wrong without a word."""
+    image_height, image_width = read_size(sample.image)
+    mask_height, mask_width = mask_size
+    if abs(mask_height * image_width / mask_width - image_height) > 1.0:  # one pixel of rounding
+        raise DatasetError(
+            f"mask {sample.mask} is {mask_width} x {mask_height} px and its image {sample.image} "
+            f"{image_width} x {image_height} px: a mask must have its image's size (or at least its proportions)"
+        )
+
+
 def load_masks(samples: tuple[Sample, ...] | list[Sample], size: int) -> Tensor:
-    """Ground-truth masks at the model's resolution (nearest neighbour); zeros for normal images. [N, 1, S, S]."""
+    """Ground-truth masks at the model's resolution (nearest neighbour); zeros for normal images. [N, 1, S, S].
+
+    Raises DatasetError for a mask whose proportions differ from its image's."""
     masks = torch.zeros(len(samples), 1, size, size)
     for i, sample in enumerate(samples):
         if sample.mask is not None:
-            masks[i] = F.interpolate(read_mask(sample.mask)[None], size=(size, size), mode="nearest")[0]
+            mask = read_mask(sample.mask)
+            _check_mask_fits_image(sample, tuple(mask.shape[-2:]))
+            masks[i] = F.interpolate(mask[None], size=(size, size), mode="nearest")[0]
     return masks

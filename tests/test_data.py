@@ -75,6 +75,22 @@ def test_load_masks_matches_samples(small_category):
             assert mask.sum() == 0
 
 
+def test_a_mask_of_another_resolution_is_resized_and_one_of_other_proportions_is_refused(small_category):
+    from PIL import Image
+
+    index = index_category(small_category.parent, "cat")
+    sample = next(s for s in index.test if s.label)
+    expected = load_masks([sample], 16)
+    with Image.open(sample.mask) as mask:
+        mask.resize((64, 64), Image.Resampling.NEAREST).save(sample.mask)  # twice the image's 32 px
+    assert torch.equal(load_masks([sample], 16), expected)
+    with Image.open(sample.mask) as mask:
+        mask.resize((64, 32), Image.Resampling.NEAREST).save(sample.mask)
+    with pytest.raises(DatasetError, match=r"is 64 x 32 px and its image .* 32 x 32 px") as error:
+        load_masks(index.test, 16)
+    assert str(sample.mask) in str(error.value)
+
+
 def test_category_without_masks_is_fine(small_category):
     shutil.rmtree(small_category / "ground_truth")
     index = index_category(small_category.parent, "cat")
