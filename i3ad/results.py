@@ -3,6 +3,7 @@ settings, the summary tables of the README and ``python -m i3ad report``, and th
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -91,32 +92,44 @@ def summary_tables(table: pd.DataFrame, settings: DetectionSettings = DetectionS
     metrics = ["image_auroc", "pixel_auroc", "aupro", "image_f1_max"]
     per_category = rows.pivot_table(index="category", columns="model", values=metrics, dropna=False)
     per_category = per_category[[(m, model) for m in metrics for model in sorted(rows["model"].unique())]]
+    per_category.loc["mean"] = [_complete_mean(per_category, metric, model) for metric, model in per_category.columns]
     per_category.columns = [f"{model} {METRIC_LABELS[metric]}" for metric, model in per_category.columns]
-    per_category = per_category.reset_index()
-    mean = per_category.drop(columns="category").mean(numeric_only=True).to_frame().T.assign(category="mean")
-    per_category = pd.concat([per_category, mean[per_category.columns]], ignore_index=True)
     curves = at_settings(table, settings)
     curves = curves[~curves["ssim_threshold"].isna()]
-    by_iterations = curves.pivot_table(index="model", columns="iterations", values="image_auroc", aggfunc="mean")
-    by_iterations.columns = [f"T={t}" for t in by_iterations.columns]
     return {
-        "per_category": per_category,
-        "mean_by_iterations": by_iterations.reset_index(),
+        "per_category": per_category.rename_axis("category").reset_index(),
+        "mean_by_iterations": _mean_over_categories(curves, ["model"]),
         "scoring_variants": scoring_variants(table),
         "thresholds": threshold_table(table, settings),
         "normal_error": normal_error_table(table, settings),
     }
 
 
+def _complete_mean(per_category: pd.DataFrame, metric: str, model: str) -> float:
+    """A model's mean of ``metric`` over the categories where any model has it (pixel metrics need masks); NaN when
+    the model lacks one of them, so that means over different sets of categories never sit side by side."""
+    measured = per_category[metric].notna().any(axis=1)
+    values = per_category.loc[measured, (metric, model)]
+    return values.mean() if values.notna().all() else math.nan
+
+
+def _mean_over_categories(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean image AUROC over categories for each ``keys`` x T (columns "T=0", ...). When the means cover different
+    sets of categories (a check table with some models trained on one category only), a "categories" column names
+    each mean's set, so that they are not read as comparable."""
+    means = rows.groupby([*keys, "iterations"])["image_auroc"].mean().unstack("iterations")
+    means.columns = [f"T={t}" for t in means.columns]
+    covered = rows.groupby(keys)["category"].agg(lambda categories: ", ".join(sorted(set(categories))))
+    if covered.nunique() > 1:
+        means.insert(0, "categories", covered)
+    return means.reset_index()
+
+
 def normal_error_table(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
     """Mean image AUROC over categories of every model with raw maps and with the normal error subtracted (otherwise
     scored like ``settings``), for each T."""
     rows = pd.concat([at_settings(table, settings.with_(subtract_normal_error=flag)) for flag in (False, True)])
-    means = rows.pivot_table(
-        index=["model", "normal_error_subtracted"], columns="iterations", values="image_auroc", aggfunc="mean"
-    )
-    means.columns = [f"T={t}" for t in means.columns]
-    return means.reset_index()
+    return _mean_over_categories(rows, ["model", "normal_error_subtracted"])
 
 
 def threshold_table(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
@@ -125,9 +138,7 @@ def threshold_table(table: pd.DataFrame, settings: DetectionSettings = Detection
     same_scoring = _same_scoring(table, settings) & _same_step0(table, settings)
     rows = table[same_scoring & table["ssim_threshold"].notna()]
     tau = rows["ssim_threshold"].round(2).astype(str).where(~rows["calibrated_threshold"].astype(bool), "calibrated")
-    means = rows.assign(tau=tau).pivot_table(index=["model", "tau"], columns="iterations", values="image_auroc")
-    means.columns = [f"T={t}" for t in means.columns]
-    return means.reset_index()
+    return _mean_over_categories(rows.assign(tau=tau), ["model", "tau"])
 
 
 def compare_runs(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
@@ -162,7 +173,5 @@ def scoring_variants(table: pd.DataFrame) -> pd.DataFrame:
         "smoothing_sigma",
         "normal_error_subtracted",
     ]
-    means = rows.pivot_table(index=keys, columns="iterations", values="image_auroc", aggfunc="mean")
-    means.columns = [f"T={t}" for t in means.columns]
-    means = means.reset_index().astype({"step0_cell_size": int, "step0_hidden_groups": int})
+    means = _mean_over_categories(rows, keys).astype({"step0_cell_size": int, "step0_hidden_groups": int})
     return means.assign(smoothing_sigma=means["smoothing_sigma"].map("{:g}".format))

@@ -97,6 +97,22 @@ def test_summary_tables_mean_over_categories(results):
     assert raw["per_category"].set_index("category").loc["mean", "i3ad image AUROC"] == pytest.approx(0.6)
 
 
+def test_means_over_different_sets_of_categories_are_not_set_side_by_side(results):
+    # A second network trained on category "a" only, as in a check table with extra seeds.
+    seed1 = results[(results["model"] == "i3ad") & (results["category"] == "a")].assign(model="i3ad-seed1")
+    tables = summary_tables(pd.concat([results, seed1]), DetectionSettings(iterations=1))
+    mean = tables["per_category"].set_index("category").loc["mean"]
+    assert mean["i3ad image AUROC"] == pytest.approx(0.71)
+    assert math.isnan(mean["i3ad-seed1 image AUROC"])  # its only category is no mean next to the others
+    curves = tables["mean_by_iterations"].set_index("model")
+    assert curves.loc["i3ad", "categories"] == "a, b"
+    assert curves.loc["i3ad-seed1", "categories"] == "a"
+    assert curves.loc["i3ad-seed1", "T=1"] == pytest.approx(0.81)
+    for name in ("thresholds", "scoring_variants", "normal_error"):
+        assert "categories" in tables[name].columns
+    assert "categories" not in summary_tables(results)["mean_by_iterations"].columns  # one set: no column
+
+
 def test_compare_runs_reports_the_largest_change_per_model(results):
     results = results.assign(aupro=0.7)
     other = results.copy()
