@@ -771,7 +771,9 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--repo-id", required=True, help="the Hub model repo, e.g. user/i3ad-checkpoints")
     upload.add_argument("--category", nargs="+", help="categories to upload (default: all)")
     upload.add_argument("--model", nargs="+", help="checkpoint variants to upload (default: all)")
-    upload.add_argument("--private", action="store_true", help="create the repo as private")
+    upload.add_argument(
+        "--private", action="store_true", help="create the repo as private; an existing public repo is refused"
+    )
     upload.set_defaults(run=cmd_upload)
     return parser
 

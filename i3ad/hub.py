@@ -160,6 +160,7 @@ def upload_checkpoints(
     needed) in one commit, at the same paths. Returns the uploaded ``category/variant`` names.
 
     categories / variants: only these (default: all under ``root``). token: default the logged-in user's.
+    private: create the repo as private; an existing public repo is refused rather than uploaded to.
     """
     check_repo_id(repo_id)
     found = list_checkpoints(root)
@@ -179,12 +180,15 @@ def upload_checkpoints(
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=root,
-            allow_patterns=[pattern for c, v in chosen for pattern in _hub_patterns(c, v)],
-            commit_message=f"Upload i3ad checkpoints: {', '.join(uploaded)}",
-        )
+        # create_repo leaves an existing repo's visibility as it is, so a private upload could land in public.
+        refused_as_public = private and not api.model_info(repo_id).private
+        if not refused_as_public:
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=root,
+                allow_patterns=[pattern for c, v in chosen for pattern in _hub_patterns(c, v)],
+                commit_message=f"Upload i3ad checkpoints: {', '.join(uploaded)}",
+            )
     except HfHubHTTPError as error:
         summary = error_summary(error)
         raise CheckpointError(
@@ -195,4 +199,9 @@ def upload_checkpoints(
         raise CheckpointError(
             f"upload to Hub repo {repo_id!r} failed: {summary} (is the network up, and HF_HUB_OFFLINE unset?)"
         ) from None
+    if refused_as_public:
+        raise CheckpointError(
+            f"Hub repo {repo_id!r} exists and is public, and a private upload was asked for: nothing was uploaded. "
+            "Make the repo private on the Hub first (its settings), or upload without --private"
+        )
     return uploaded

@@ -4,6 +4,8 @@ The stand-in answers the HTTP requests huggingface_hub 2.4 makes for ``snapshot_
 (GET /api/models/{repo}/revision/{rev}), the file tree (GET /api/models/{repo}/tree/{commit}), and per file
 HEAD + GET /{repo}/resolve/{commit}/{path} with X-Repo-Commit / ETag / Content-Length; LFS files (the safetensors
 weights) answer with a redirect to a second "CDN" server and X-Linked-Etag / X-Linked-Size, as the Hub does.
+For uploads it answers the repo info (GET /api/models/{repo}, a public repo) and ``create_repo`` (POST
+/api/repos/create: the repo exists already), and refuses every other POST, as the Hub does without write access.
 The resolver runs in a subprocess, because huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE on import.
 """
 
@@ -77,6 +79,19 @@ class FakeHub:
                 hub.requests.append(("HEAD", self.path))
                 answer(self, head=True)
 
+            def do_POST(self):
+                hub.requests.append(("POST", self.path))
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, message = (
+                    (409, "You already created this model repo")
+                    if self.path == "/api/repos/create"
+                    else (403, "no write access (test hub)")
+                )
+                headers = {"Content-Type": "application/json", "X-Error-Message": message}
+                # The Hub names an existing repo's address in its 409 answer; huggingface_hub reads it.
+                body = {"error": message, "url": f"{hub.url}/{hub.repo_id}"}
+                hub._send(self, status, headers, json.dumps(body).encode())
+
             def log_message(self, *args):
                 pass
 
@@ -112,6 +127,8 @@ class FakeHub:
     def _answer_hub(self, request, head: bool) -> None:
         path = unquote(urlparse(request.path).path)
         api, resolve = f"/api/models/{self.repo_id}/", f"/{self.repo_id}/resolve/"
+        if path == api.rstrip("/"):
+            return self._json(request, {"id": self.repo_id, "sha": self.commit, "private": False}, head)
         if path.startswith(api):
             kind, _, revision = path[len(api) :].partition("/")
             if revision not in ("main", self.commit):
@@ -295,8 +312,8 @@ def test_upload_command_refuses_bad_arguments_before_any_network(tmp_path, capsy
     assert "no checkpoints under" in capsys.readouterr().err
 
 
-def upload_in_subprocess(env: dict, root: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "i3ad", "upload", "--checkpoints", str(root), "--repo-id", REPO_ID]
+def upload_in_subprocess(env: dict, root: Path, *options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "i3ad", "upload", "--checkpoints", str(root), "--repo-id", REPO_ID, *options]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -311,7 +328,7 @@ def test_upload_reports_a_hub_that_cannot_be_reached_or_refuses(served, tmp_path
     cases = [
         (hub_env(tmp_path, closed_endpoint), "is the network up"),
         (hub_env(tmp_path, hub.url, offline=True), "is the network up"),
-        # The stand-in answers no POST (creating a repo), as a Hub without the user's write access would refuse it.
+        # The stand-in takes no upload, as a Hub without the user's write access would refuse it.
         (hub_env(tmp_path, hub.url) | {"HF_TOKEN": "hf_not_a_real_token"}, "log in"),
     ]
     for env, hint in cases:
@@ -319,3 +336,16 @@ def test_upload_reports_a_hub_that_cannot_be_reached_or_refuses(served, tmp_path
         assert process.returncode == 2, process.stderr
         assert process.stderr.startswith(f"error: upload to Hub repo '{REPO_ID}' failed: "), process.stderr
         assert hint in process.stderr and "Traceback" not in process.stderr
+
+
+def test_a_private_upload_into_an_existing_public_repo_is_refused_before_any_file_is_sent(served, tmp_path):
+    hub, _ = served  # its repo exists and is public
+    root = tmp_path / "to_upload"
+    save_untrained_checkpoint(root, "synth", "i3ad", size=32)
+    env = hub_env(tmp_path, hub.url) | {"HF_TOKEN": "hf_not_a_real_token"}
+    process = upload_in_subprocess(env, root, "--private")
+    assert process.returncode == 2, process.stderr
+    assert f"Hub repo '{REPO_ID}' exists and is public" in process.stderr and "nothing was uploaded" in process.stderr
+    assert "Traceback" not in process.stderr
+    posts = [path for method, path in hub.requests if method == "POST"]
+    assert posts == ["/api/repos/create"]  # no pre-upload or commit followed
