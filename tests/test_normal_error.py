@@ -55,9 +55,13 @@ def test_invalid_maps_are_refused(maps, message):
         NormalError(maps)
 
 
-def _test_set() -> TestSet:
+def _test_set(with_masks: bool = False) -> TestSet:
     images = _textures(8, seed=3)
-    return TestSet(images, torch.arange(8) % 2, None)
+    masks = None
+    if with_masks:
+        masks = torch.zeros(8, 1, 32, 32)
+        masks[1::2, :, 10:16, 12:18] = 1.0
+    return TestSet(images, torch.arange(8) % 2, masks)
 
 
 def _expected_auroc(detector: AnomalyDetector, test: TestSet, settings: DetectionSettings) -> float:
@@ -69,12 +73,16 @@ def test_inpainting_sweep_rows_match_the_detector_with_and_without_the_normal_er
     settings = DetectionSettings(ssim_threshold=0.6, iterations=2, smoothing_sigma=2.0)
     calibration = calibrate_inpainting(unet, holdout, settings, ssim_quantile=None)
     detector = AnomalyDetector(unet, Preprocessing(32, 3), settings, calibration, "widget", "i3ad")
-    test = _test_set()
+    test = _test_set(with_masks=True)
     table = evaluate_detector(detector, test, thresholds=[], max_iterations=2, holdout=holdout)
     assert len(table) == 6 and table["calibrated_threshold"].all()
     for row in table.itertuples():
         at = settings.with_(iterations=row.iterations, subtract_normal_error=row.normal_error_subtracted)
+        expected = test.metrics(detector.run(test.images, at).anomaly_map)
         assert row.image_auroc == pytest.approx(_expected_auroc(detector, test, at)), row
+        # The pixel metrics rank every pixel, the near-zero ones of raw maps at T >= 1 included.
+        assert row.pixel_auroc == pytest.approx(expected["pixel_auroc"], abs=1e-6), row
+        assert row.aupro == pytest.approx(expected["aupro"], abs=1e-6), row
     without_holdout = evaluate_detector(detector, test, thresholds=[], max_iterations=2)
     assert len(without_holdout) == 3 and not without_holdout["normal_error_subtracted"].any()
 
