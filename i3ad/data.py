@@ -156,7 +156,8 @@ def _check_mask_fits_image(sample: Sample, mask_size: tuple[int, int]) -> None:
 
 
 def load_masks(samples: tuple[Sample, ...] | list[Sample], size: int) -> Tensor:
-    """Ground-truth masks at the model's resolution (nearest neighbour); zeros for normal images. [N, 1, S, S].
+    """Ground-truth masks at the model's resolution (the nearest pixel centre, as the images are resized pixel-centred:
+    plain "nearest" shifts a mask by up to a pixel); zeros for normal images. [N, 1, S, S].
 
     Raises DatasetError for a mask whose proportions differ from its image's."""
     masks = torch.zeros(len(samples), 1, size, size)
@@ -164,5 +165,5 @@ def load_masks(samples: tuple[Sample, ...] | list[Sample], size: int) -> Tensor:
         if sample.mask is not None:
             mask = read_mask(sample.mask)
             _check_mask_fits_image(sample, tuple(mask.shape[-2:]))
-            masks[i] = F.interpolate(mask[None], size=(size, size), mode="nearest")[0]
+            masks[i] = F.interpolate(mask[None], size=(size, size), mode="nearest-exact")[0]
     return masks

@@ -46,10 +46,10 @@ def heatmap_overlay(image: Tensor, anomaly_map: Tensor, vmax: float, alpha: floa
 
 
 def binary_mask_image(anomaly_map: Tensor, threshold: float, size: tuple[int, int] | None = None) -> Image.Image:
-    """White where the map exceeds ``threshold``; resized (nearest) to ``size`` = (H, W) if given."""
+    """White where the map exceeds ``threshold``; resized (nearest pixel centre) to ``size`` = (H, W) if given."""
     mask = (anomaly_map.detach().float() > threshold).float()
     if size is not None and mask.shape[-2:] != size:
-        mask = F.interpolate(mask[None], size=size, mode="nearest")[0]
+        mask = F.interpolate(mask[None], size=size, mode="nearest-exact")[0]
     return to_pil(mask)
 
 

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from i3ad.data import DatasetError, check_category_name, index_category, list_categories, load_images, load_masks
+from i3ad.data import (
+    DatasetError,
+    Sample,
+    check_category_name,
+    index_category,
+    list_categories,
+    load_images,
+    load_masks,
+)
 from i3ad.preprocessing import Preprocessing
 from i3ad.synthetic import DEFECTS, make_synthetic_category
 
@@ -89,6 +97,21 @@ def test_a_mask_of_another_resolution_is_resized_and_one_of_other_proportions_is
     with pytest.raises(DatasetError, match=r"is 64 x 32 px and its image .* 32 x 32 px") as error:
         load_masks(index.test, 16)
     assert str(sample.mask) in str(error.value)
+
+
+def test_masks_are_resized_pixel_centred_so_a_defect_keeps_its_place(tmp_path):
+    from PIL import Image
+
+    image, mask = tmp_path / "030.png", tmp_path / "030_mask.png"
+    Image.new("L", (30, 30)).save(image)
+    defect = torch.zeros(30, 30, dtype=torch.uint8)
+    defect[9:21, 9:21] = 255  # centred on pixel coordinate 15.0
+    Image.fromarray(defect.numpy()).save(mask)
+    resized = load_masks([Sample(image, 1, "spot", mask)], 16)[0, 0]
+    centres = (torch.arange(16) + 0.5) * 30 / 16  # each resized pixel's centre in the mask's coordinates
+    rows, columns = resized.sum(1), resized.sum(0)
+    assert (rows * centres).sum() / rows.sum() == pytest.approx(15.0)  # plain "nearest": 15.94
+    assert (columns * centres).sum() / columns.sum() == pytest.approx(15.0)
 
 
 def test_category_without_masks_is_fine(small_category):
