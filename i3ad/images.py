@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 from torch import Tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -57,7 +57,7 @@ def _open(source: str | Path | bytes | Image.Image) -> Image.Image:
         ) from None
     except UnidentifiedImageError:  # its message only repeats the file name, escaped
         raise ImageReadError(f"{name}: not a readable image (not in a format Pillow knows)") from None
-    except (OSError, ValueError) as error:
+    except Exception as error:  # a damaged header: OSError, ValueError, SyntaxError, struct.error...
         raise ImageReadError(f"{name}: not a readable image ({_reason(error)})") from None
     return image
 
@@ -72,13 +72,38 @@ def is_greyscale(source: str | Path | bytes | Image.Image) -> bool:
             image.close()
 
 
-def read_size(source: str | Path | bytes | Image.Image) -> tuple[int, int]:
-    """(height, width) of the image as ``read_image`` returns it (EXIF orientation applied), from the header alone."""
-    image = _open(source)
+# How to turn the stored pixels upright for each EXIF orientation (1: already upright).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF (or XMP) orientation, 1 when there is none or the EXIF block is too damaged to read: then the
+    pixels are used as stored, by ``read_image`` and ``read_size`` alike."""
     try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # Pillow's EXIF parser raises struct.error, SyntaxError, TypeError... on damaged blocks
+        return 1
+
+
+def read_size(source: str | Path | bytes | Image.Image) -> tuple[int, int]:
+    """(height, width) of the image as ``read_image`` returns it (EXIF orientation applied), from the header alone;
+    a TIFF is decoded, as Pillow applies a TIFF's orientation itself while loading some of them."""
+    image = _open(source)
+    name = _name(source)
+    try:
+        if image.format == "TIFF":
+            _check_size(image, name)
+            return tuple(_pixels(image, 1, name).shape[:2])
         width, height = image.size
-        # Orientations 5-8 turn the image by a quarter, which swaps its sides.
-        if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
+        if _orientation(image) in (5, 6, 7, 8):  # a quarter turn swaps the sides
             width, height = height, width
         return height, width
     finally:
@@ -129,9 +154,12 @@ def _pixels(image: Image.Image, channels: int, name: str) -> np.ndarray:
     channel) or [H, W, 3]."""
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError) as error:
+    except Exception as error:  # Pillow's decoders raise OSError, ValueError, SyntaxError, struct.error, TypeError...
         raise ImageReadError(f"{name}: the file is damaged or truncated ({_reason(error)})") from None
+    # Read after loading: Pillow has then applied (and dropped) the orientation of the TIFFs it turns itself.
+    upright = _UPRIGHT.get(_orientation(image))
+    if upright is not None:
+        image = image.transpose(upright)
     if image.mode.startswith("I") or image.mode == "F":
         return _wide_values(image, name)
     try:

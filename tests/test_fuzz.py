@@ -27,7 +27,7 @@ from test_robustness import save_tiny_checkpoints, upload, write_bad_inputs, wri
 import app
 from i3ad.checkpoints import CheckpointError
 from i3ad.hub import CheckpointResolver, check_name
-from i3ad.images import ImageReadError, is_greyscale, read_image
+from i3ad.images import ImageReadError, is_greyscale, read_image, read_size
 
 SEARCH_EXAMPLES = int(os.environ.get("I3AD_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(
@@ -57,12 +57,12 @@ def small_pixel_limit(monkeypatch):
     monkeypatch.setattr("i3ad.images.MAX_PIXELS", FUZZ_MAX_PIXELS)
 
 
-def _encoded(image: Image.Image, format_: str) -> bytes | None:
+def _encoded(image: Image.Image, format_: str, **options) -> bytes | None:
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # Pillow 12 on I-mode PNG, still written
-            image.save(buffer, format=format_)
+            image.save(buffer, format=format_, **options)
     except (OSError, KeyError, ValueError, TypeError):  # this format cannot store this mode
         return None
     return buffer.getvalue()
@@ -89,14 +89,29 @@ def _round_trips(mode: str, format_: str) -> bool:
 
 # The (mode, format) pairs to write images in, found once.
 WRITABLE = [pair for pair in itertools.product(MODES, FORMATS) if _round_trips(*pair)]
-# Valid files to mutate: a 24 x 20 RGB image in every format, and a few other modes.
-SEEDS = [_encoded(_random_image("RGB", 24, 20, 1), f) for f in FORMATS] + [
-    _encoded(_random_image(m, 24, 20, 2), "PNG") for m in ("L", "P", "RGBA", "I;16")
-]
+
+
+def _exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a quarter turn, so that mutations reach the orientation code
+    exif[0x010E] = "description"
+    return exif
+
+
+# Valid files to mutate: a 24 x 20 RGB image in every format, with an EXIF block where the format holds one, and a
+# few other modes.
+SEEDS = (
+    [_encoded(_random_image("RGB", 24, 20, 1), f) for f in FORMATS]
+    + [_encoded(_random_image("RGB", 24, 20, 1), f, exif=_exif()) for f in ("JPEG", "PNG", "TIFF", "WEBP")]
+    + [_encoded(_random_image(m, 24, 20, 2), "PNG") for m in ("L", "P", "RGBA", "I;16")]
+)
 
 
 def _check_decoded(data: bytes, channels: int) -> None:
-    """The property of decoding: a [channels, H, W] tensor of finite values in [0, 1], or ImageReadError."""
+    """The property of decoding: a [channels, H, W] tensor of finite values in [0, 1], or ImageReadError; and a
+    size from the header, or ImageReadError."""
+    with contextlib.suppress(ImageReadError):
+        assert all(side >= 0 for side in read_size(data))
     try:
         tensor = read_image(data, channels)
     except ImageReadError as error:

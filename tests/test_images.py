@@ -223,10 +223,30 @@ def test_read_size_matches_the_decoded_image(tmp_path):
     exif[0x0112] = 6
     rotated = _save(image, tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
     plain = _save(image, tmp_path / "plain.png")
-    for path in (rotated, plain):
-        assert read_size(path) == tuple(read_image(path, 3).shape[-2:])
+    # Pillow turns some TIFFs upright itself while loading them: the size must follow what is decoded.
+    tiffs = [_save(image.convert(mode), tmp_path / f"rotated_{mode}.tif", exif=exif.tobytes()) for mode in ("RGB", "L")]
+    for path in (rotated, plain, *tiffs):
+        assert read_size(path) == tuple(read_image(path, 3).shape[-2:]), path
     with pytest.raises(ImageReadError, match="no such file"):
         read_size(tmp_path / "missing.png")
+
+
+def test_an_image_with_a_damaged_exif_block_is_read_upright(tmp_path):
+    from i3ad.images import read_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010E] = "desc"  # ImageDescription, an ASCII value
+    path = _save(Image.new("RGB", (40, 20), "gray"), tmp_path / "damaged_exif.jpg", exif=exif)
+    data = bytearray(path.read_bytes())
+    start = data.find(b"Exif\x00\x00")
+    entry = data.find(b"\x01\x0e\x00\x02", start, start + 200)  # the ImageDescription entry (Pillow: big-endian)
+    assert start >= 0 and entry >= 0
+    data[entry : entry + 2] = b"\x01\x29"  # now tag 297 (PageNumber), which Pillow reads as numbers: a type clash
+    path.write_bytes(bytes(data))
+    # Pillow's own exif_transpose fails on it (struct.error); the orientation itself is still readable.
+    assert read_image(path, 3).shape == (3, 40, 20)
+    assert read_size(path) == (40, 20)
 
 
 def _float_tiff(values: np.ndarray) -> bytes:
