@@ -34,22 +34,33 @@ def colorize(anomaly_map: Tensor, vmax: float) -> np.ndarray:
     return _LUT[(scaled * 255).round().long().numpy()]
 
 
+def _resized(anomaly_map: Tensor, size: tuple[int, int], enlarge_mode: str) -> Tensor:
+    """A [1, h, w] map at ``size``: shrunk with each pixel the maximum of the ones it covers (sampled or averaged,
+    a small region above the threshold could vanish from a picture whose verdict is "anomalous"), otherwise
+    interpolated with ``enlarge_mode``."""
+    anomaly_map = anomaly_map[None].float()
+    if size[0] <= anomaly_map.shape[-2] and size[1] <= anomaly_map.shape[-1]:
+        return F.adaptive_max_pool2d(anomaly_map, size)[0]
+    align_corners = False if enlarge_mode == "bilinear" else None
+    return F.interpolate(anomaly_map, size=size, mode=enlarge_mode, align_corners=align_corners)[0]
+
+
 def heatmap_overlay(image: Tensor, anomaly_map: Tensor, vmax: float, alpha: float = 0.5) -> Image.Image:
     """The anomaly map in colour blended over the image; the map is resized to the image ([C, H, W], [1, h, w])."""
-    if anomaly_map.shape[-2:] != image.shape[-2:]:
-        anomaly_map = F.interpolate(
-            anomaly_map[None].float(), size=image.shape[-2:], mode="bilinear", align_corners=False
-        )[0]
+    size = tuple(image.shape[-2:])
+    if anomaly_map.shape[-2:] != size:
+        anomaly_map = _resized(anomaly_map, size, "bilinear")
     base = to_pil(image.expand(3, -1, -1) if image.shape[0] == 1 else image)
     heat = Image.fromarray(colorize(anomaly_map, vmax))
     return Image.blend(base, heat, alpha)
 
 
 def binary_mask_image(anomaly_map: Tensor, threshold: float, size: tuple[int, int] | None = None) -> Image.Image:
-    """White where the map exceeds ``threshold``; resized (nearest pixel centre) to ``size`` = (H, W) if given."""
+    """White where the map exceeds ``threshold``; resized to ``size`` = (H, W) if given, keeping every white pixel
+    visible."""
     mask = (anomaly_map.detach().float() > threshold).float()
     if size is not None and mask.shape[-2:] != size:
-        mask = F.interpolate(mask[None], size=size, mode="nearest-exact")[0]
+        mask = _resized(mask, size, "nearest-exact")
     return to_pil(mask)
 
 
