@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from string import Template
@@ -21,7 +22,8 @@ import torch
 from i3ad import __version__
 from i3ad.calibration import Calibration
 from i3ad.checks import error_summary, shown
-from i3ad.detector import AnomalyDetector
+from i3ad.data import DatasetError, check_name
+from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.normal_error import NormalError
 from i3ad.outputs import ensure_writable_folder
@@ -210,6 +212,12 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> A
         raise  # a damaged normal-error file says so itself
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{folder / DETECTOR_FILE} is incomplete or invalid: {error!r}") from None
+    try:
+        check_iterations(detector.settings.iterations)
+    except ValueError as error:  # else every detection at the defaults would fail, as if the user had asked for T
+        raise CheckpointError(
+            f"{folder / DETECTOR_FILE}: its default {error}; run `python -m i3ad calibrate {folder} --iterations T`"
+        ) from None
     tau, calibrated_tau = detector.settings.ssim_threshold, detector.calibration.ssim_threshold
     if detector.kind == "i3ad" and tau != calibrated_tau:
         # The score thresholds hold only at the tau they were calibrated at; the app starts at that one, the CLI at
@@ -227,11 +235,20 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> A
 
 
 def list_checkpoints(root: str | Path) -> dict[str, list[str]]:
-    """{category: [variant, ...]} for every ``root/<category>/<variant>/`` that holds a detector.json."""
+    """{category: [variant, ...]} for every ``root/<category>/<variant>/`` that holds a detector.json. A folder
+    whose name cannot be a category or model name (e.g. "metal nut") is left out with a warning: offered in a menu,
+    it would only be refused when chosen."""
     root = Path(root)
     found: dict[str, list[str]] = {}
     for record in sorted(root.glob(f"*/*/{DETECTOR_FILE}")) if root.is_dir() else []:
-        found.setdefault(record.parent.parent.name, []).append(record.parent.name)
+        category, variant = record.parent.parent.name, record.parent.name
+        try:
+            check_name("category", category)
+            check_name("model", variant)
+        except DatasetError as error:
+            warnings.warn(f"{record.parent} is left out: {error}", stacklevel=2)
+            continue
+        found.setdefault(category, []).append(variant)
     return found
 
 

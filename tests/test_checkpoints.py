@@ -6,6 +6,7 @@ import errno
 import json
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -342,14 +343,34 @@ def test_weights_holding_nan_are_refused(saved):
         load_checkpoint(folder)
 
 
-def test_a_detection_tau_that_is_not_the_calibrated_one_is_refused(saved):
+@pytest.mark.parametrize(
+    ("detection", "message"),
+    [
+        # The score thresholds hold at the calibrated tau only (the tests' checkpoint is calibrated elsewhere).
+        ({"ssim_threshold": 0.9}, r"the detection tau 0\.9 is not the calibrated tau.*i3ad calibrate"),
+        # Beyond the calibrated T every detection at the defaults would fail, as if the user had asked for it.
+        ({"iterations": 99}, r"its default iterations must be between 0 and 10.*got 99.*--iterations T"),
+    ],
+)
+def test_default_settings_that_no_detection_could_use_are_refused(saved, detection, message):
     _, folder = saved
     record = json.loads((folder / "detector.json").read_text())
-    record["detection"]["ssim_threshold"] = 0.9
-    assert record["calibration"]["ssim_threshold"] != 0.9
+    record["detection"].update(detection)
     (folder / "detector.json").write_text(json.dumps(record))
-    with pytest.raises(CheckpointError, match=r"not the calibrated tau.*i3ad calibrate"):
+    with pytest.raises(CheckpointError, match=message):
         load_checkpoint(folder)
+
+
+def test_folders_whose_names_are_no_valid_names_are_not_listed(saved, tmp_path):
+    _, folder = saved
+    shutil.copytree(folder, folder.parent.parent / "metal nut" / "i3ad")
+    shutil.copytree(folder, folder.parent / "bad model")
+    with pytest.warns(UserWarning) as caught:
+        found = list_checkpoints(folder.parent.parent)
+    assert found == {"widget": ["i3ad-test"]}
+    messages = " | ".join(str(warning.message) for warning in caught)
+    assert "is left out: model 'bad model' is not a valid name" in messages
+    assert "is left out: category 'metal nut' is not a valid name" in messages
 
 
 def test_channel_mismatch_between_preprocessing_and_model(saved):
