@@ -315,16 +315,20 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 def _inputs(paths: list[str], heatmaps: Path) -> list[Path]:
     """The image files named or found (recursively) in the folders named; the heat-maps and masks an earlier run
-    wrote to ``heatmaps`` are left out, so that running the same command twice scores the same images."""
+    wrote to ``heatmaps`` are left out, so that running the same command twice scores the same images, and so are
+    hidden files and folders and __MACOSX (what unpacked archives and notebooks leave: "._x.png" is no image)."""
     files: list[Path] = []
     written = heatmaps.resolve()
+
+    def wanted(path: Path, folder: Path) -> bool:
+        inside = path.relative_to(folder).parts
+        if any(part.startswith(".") or part == "__MACOSX" for part in inside):
+            return False
+        return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and written not in path.resolve().parents
+
     for item in map(Path, paths):
         if item.is_dir():
-            found = sorted(
-                p
-                for p in item.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and written not in p.resolve().parents
-            )
+            found = sorted(p for p in item.rglob("*") if wanted(p, item))
             if not found:
                 raise ValueError(f"{item} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
             files += found

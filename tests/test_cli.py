@@ -216,11 +216,16 @@ def test_detect_fails_when_no_image_is_readable(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_detect_leaves_out_what_it_wrote_before_and_refuses_a_missing_path(trained, tmp_path, cli_error):
+def test_detect_leaves_out_what_it_wrote_before_hidden_files_and_refuses_a_missing_path(trained, tmp_path, cli_error):
     data_root, checkpoints = trained
     inputs = tmp_path / "inputs"
     shutil.copytree(data_root / "synthetic" / "test" / "good", inputs)
     count = len(list(inputs.iterdir()))
+    # What archives and notebooks leave behind is not scored (macOS "._" files are no images at all).
+    image = next(inputs.iterdir())
+    for hidden in (inputs / ".hidden.png", inputs / "__MACOSX" / "._000.png", inputs / ".ipynb_checkpoints" / "a.png"):
+        hidden.parent.mkdir(exist_ok=True)
+        shutil.copy(image, hidden)
     # The output folder inside the input folder: a second run must not score the first one's heat-maps.
     args = ["detect", str(inputs), "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--device", "cpu"]
     args += ["--out", str(inputs / "detections"), "--save-masks"]
