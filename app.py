@@ -134,6 +134,12 @@ def image_path(image: str | dict | None, upload_folder: Path | None = None) -> t
             "The image must be a file uploaded to this app (from Python: gradio_client.handle_file(path)).",
             print_exception=False,
         )
+    if upload_folder is not None and not Path(path).is_file():  # the cache is cleaned every OUTPUT_MAX_AGE_S
+        raise gr.Error(
+            f"The uploaded image is no longer on the server (uploads are deleted after {OUTPUT_MAX_AGE_S // 60} "
+            "minutes): upload it again.",
+            print_exception=False,
+        )
     return path, name if isinstance(name, str) and name else None
 
 

@@ -330,6 +330,7 @@ def test_loading_a_set_with_one_bad_file_names_that_file(good, bad):
         ({"path": "UPLOADS/\u0000.png", "meta": GRADIO_FILE}, "must be a file uploaded to this app"),
         ({"path": ["UPLOADS/rgb.png"], "meta": GRADIO_FILE}, "must be a file uploaded to this app"),
         (7, "must be a file uploaded to this app"),
+        ({"path": "UPLOADS/expired.png", "meta": GRADIO_FILE}, "no longer on the server .*upload it again"),
     ],
 )
 def test_the_app_reads_only_files_in_its_upload_folder(handlers, good, tmp_path, monkeypatch, payload, message):
