@@ -46,7 +46,6 @@ from i3ad.demo import (
     ModelStore,
     benchmark_view,
     data_examples,
-    default_variant,
     detect_image,
     first_working_model,
     model_defaults,
@@ -177,12 +176,16 @@ class Handlers:
         return gr.update(**iterations), gr.update(**tau), defaults.description, None, None
 
     def on_category(self, category: str) -> tuple:
-        """A new category: its model menu, the default model's slider settings, its example images."""
+        """A new category: its model menu on the default model (or, when that one is damaged, the first that loads,
+        as when the app opens), that model's slider settings, its example images."""
         variants = self.store.available().get(category)
         if not variants:
             raise gr.Error(f"No model for category {category!r}.", print_exception=False)
+        try:
+            _, variant, _ = first_working_model(self.store, [category])
+        except CheckpointError as error:
+            raise gr.Error(str(error), print_exception=False) from None
         choices = model_variants(variants)
-        variant = default_variant(variants, self.store.device)
         menu = gr.update(choices=choices, value=variant, visible=len(choices) > 1)
         return (menu, *self.model_controls(category, variant), gr.Dataset(samples=self.examples(category)))
 

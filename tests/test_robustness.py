@@ -486,7 +486,7 @@ def test_a_damaged_checkpoint_gets_a_clear_error_from_the_app_and_the_cli(damage
     with pytest.raises(gr.Error, match=message):
         handlers.detect("rgb", "i3ad", upload(good["rgb.png"]), 1, None)
     with pytest.raises(gr.Error, match=message):
-        handlers.on_category("rgb")
+        handlers.on_category("rgb")  # its only model
     args = ["detect", str(good["rgb.png"]), "--checkpoint", str(damaged / "rgb" / "i3ad"), "--out", str(tmp_path)]
     assert main(args) == 2
     assert re.search(message, cli_error())
@@ -509,9 +509,13 @@ def test_the_app_opens_on_another_model_of_a_category_whose_default_is_damaged(c
     shutil.copytree(checkpoints / "rgb", root / "rgb")
     shutil.copytree(root / "rgb" / "i3ad", root / "rgb" / "i3ad-small")  # the default on a CPU ...
     _truncate(root / "rgb" / "i3ad-small" / "model.safetensors")  # ... is damaged
-    demo = app.build_app(app.AppConfig(CheckpointResolver(root), tmp_path / "none.csv", device="cpu"))
+    config = app.AppConfig(CheckpointResolver(root), tmp_path / "none.csv", device="cpu")
+    demo = app.build_app(config)
     menu = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "variant")
     assert menu.value == "i3ad"
+    # Chosen again in the category menu, it opens the same way (it kept the damaged default's menu entry before).
+    menu, *_ = app.Handlers(config).on_category("rgb")
+    assert menu["value"] == "i3ad"
 
 
 def test_the_app_opens_on_a_working_model_when_the_first_is_damaged(damaged, tmp_path):
