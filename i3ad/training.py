@@ -56,8 +56,8 @@ class TrainConfig:
             raise ValueError(f"the number of training steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
             raise ValueError(f"the batch size must be >= 1, got {self.batch_size}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValueError(f"the time budget must be more than 0 minutes, got {self.max_minutes}")
+        if self.max_minutes is not None and not 0 < self.max_minutes < math.inf:
+            raise ValueError(f"the time budget must be a finite number of minutes above 0, got {self.max_minutes}")
         if not 0 <= self.holdout_fraction < 1:
             raise ValueError(f"the held-out share must lie in [0, 1), got {self.holdout_fraction}")
 

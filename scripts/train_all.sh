@@ -34,6 +34,8 @@ launch() {  # CATEGORY ARGS...: one training run on the next device in turn, log
     --device "$device" "$@" > "$logs/$category-${*: -1}.log" 2>&1 &
   pids+=($!) job=$((job + 1))
 }
+# Background jobs of a script ignore Ctrl-C; stop them with it (and with kill) rather than leave them training.
+trap 'kill "${pids[@]}" 2> /dev/null; exit 130' INT TERM
 for category in "$@"; do launch "$category" --model i3ad --base-width 32 --name i3ad; done
 for category in "$@"; do launch "$category" --model i3ad --base-width 16 --name i3ad-small; done
 for category in "$@"; do launch "$category" --model ae --base-width 32 --name ae; done
