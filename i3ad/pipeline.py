@@ -204,7 +204,11 @@ def recalibrate(
     )
     if ssim_quantile is None:
         calibration = replace(calibration, ssim_quantile=detector.calibration.ssim_quantile)
-    return replace(detector, settings=new_settings, calibration=calibration)
+    info = detector.info
+    if new_settings != detector.settings:
+        # The recorded metrics were measured at the old defaults (`report --update-cards` measures the new ones).
+        info = {key: value for key, value in info.items() if key != "metrics"}
+    return replace(detector, settings=new_settings, calibration=calibration, info=info)
 
 
 def load_test_set(index: CategoryIndex, preprocessing: Preprocessing, device: torch.device | str = "cpu") -> TestSet:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from i3ad import cli
 from i3ad.benchmark import run_benchmark
-from i3ad.checkpoints import load_checkpoint
+from i3ad.checkpoints import load_checkpoint, save_record
 from i3ad.cli import main
 from i3ad.data import index_category
 from i3ad.detector import AnomalyDetector
@@ -357,9 +357,13 @@ def test_calibrate_command_reuses_the_holdout(trained, tmp_path):
     folder = tmp_path / "synthetic" / "i3ad"
     shutil.copytree(checkpoints / "synthetic" / "i3ad", folder)
     before = load_checkpoint(folder)
+    before.info["metrics"] = {"image_auroc": 0.9, "source": "a table at T = 1"}
+    save_record(before, folder)
     assert main(["calibrate", str(folder), "--data-root", str(data_root), "--iterations", "3", "--device", "cpu"]) == 0
     after = load_checkpoint(folder)
     assert after.settings.iterations == 3
+    # Metrics of the old defaults are not shown as the new ones' (the card says "Not evaluated yet").
+    assert "metrics" not in after.info and "Not evaluated yet." in (folder / "README.md").read_text()
     assert after.settings.ssim_threshold == before.settings.ssim_threshold
     # Same tau, same held-out images: the same thresholds come out again.
     assert after.calibration.score_thresholds == pytest.approx(before.calibration.score_thresholds, rel=1e-4)
