@@ -503,9 +503,12 @@ def cmd_report(args: argparse.Namespace) -> None:
     )
     tables = summary_tables(results, settings)
     inpainting = results[results["ssim_threshold"].notna()]
-    if not inpainting.empty and at_settings(inpainting, settings).empty:
+    at_these = at_settings(inpainting, settings)
+    if not inpainting.empty and at_these.empty:
         held = ", ".join(f"{g:g}" for g in sorted(inpainting["step0_hidden_groups"].unique()))
         print(f"note: no I3AD rows at these settings; the table's step-0 masks hide {held} group(s) (--hidden-groups)")
+    elif not at_these.empty and settings.iterations not in set(at_these["iterations"]):
+        print(f"note: no I3AD rows at T = {settings.iterations}; the table holds T = 0..{at_these['iterations'].max()}")
     print(
         f"Metrics at T = {settings.iterations}, each step-0 mask hiding {settings.step0_hidden_groups} of "
         f"{settings.step0_masks} grid groups (I3AD: calibrated tau):\n"

@@ -170,6 +170,9 @@ def test_report_summarises_another_step0_density_and_t(results, tmp_path, capsys
     assert "each step-0 mask hides 1 to 3 of the 4 grid groups" in capsys.readouterr().err
     assert main(["report", "--results", str(path), "--iterations", "11"]) == 2
     assert "iterations must be between 0 and 10" in capsys.readouterr().err
+    # A T the table does not hold: I3AD would silently be missing from the first table.
+    assert main(["report", "--results", str(path), "--hidden-groups", "3", "--iterations", "5"]) == 0
+    assert "note: no I3AD rows at T = 5; the table holds T = 0..2" in capsys.readouterr().out
 
 
 def test_report_refuses_a_table_that_evaluate_did_not_write(tmp_path, capsys):
