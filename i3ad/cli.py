@@ -95,8 +95,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.overwrite:  # every category's folder, before the first one trains
         for category in categories:
             check_free_for_checkpoint(Path(args.out) / category / name)
-    for category in categories:
-        index = index_category(args.data_root, category)
+    indexes = [index_category(args.data_root, category) for category in categories]  # each one's data, too
+    for category, index in zip(categories, indexes, strict=True):
         config = TrainConfig(
             model=args.model,
             steps=args.steps,

@@ -691,6 +691,11 @@ def test_train_with_an_unknown_category(synthetic_root, tmp_path, cli_error):
     assert main([*_train(data_root, "nosuch", tmp_path / "ck"), "--steps", "1"]) == 2
     err = cli_error()
     assert "'nosuch' not found" in err and "found: synthetic" in err
+    # Named after one that exists, it is found missing before that one trains, not after.
+    args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--category", "synthetic", "nosuch", "--steps", "1"]
+    assert main(args) == 2
+    assert "'nosuch' not found" in cli_error()
+    assert not (tmp_path / "ck").exists()
 
 
 @pytest.mark.parametrize("category", ["../synthetic", "a/b", ".."])
