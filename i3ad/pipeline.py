@@ -87,10 +87,13 @@ def train_category(
     )
     build_model(config, preprocessing.channels, image_size)  # its sizes are checked before any image is loaded
     train_ids, holdout_ids = split_holdout(len(index.train), config.holdout_fraction, config.seed)
-    if not holdout_ids:
+    # Subtracting the normal error scores each held-out image against the mean of the others: two at least.
+    needed = 2 if settings.subtract_normal_error else 1
+    if len(holdout_ids) < needed:
         raise ValueError(
             f"{index.name}: {len(index.train)} image(s) in train/good at holdout fraction {config.holdout_fraction} "
-            "leave none held out to calibrate on; use at least 2 images and a fraction > 0"
+            f"leave {len(holdout_ids)} held out to calibrate on, and calibration needs {needed}; use at least "
+            f"{2 * needed} images and a fraction of at least {needed}/N (--holdout)"
         )
     # A run that fails or is interrupted leaves no empty checkpoint folder behind.
     with removed_if_left_empty(out) if out is not None else contextlib.nullcontext():

@@ -596,7 +596,14 @@ def test_bench_on_a_category_without_test_images_is_a_clear_error(trained, tmp_p
 def test_train_refuses_a_category_too_small_to_hold_images_out_before_training(tmp_path, cli_error):
     make_synthetic_category(tmp_path / "data", "single", train=1, test_good=1, test_per_defect=1)
     assert main([*_train(tmp_path / "data", "single", tmp_path / "ck"), "--steps", "1"]) == 2
-    assert "1 image(s) in train/good at holdout fraction 0.1 leave none held out" in cli_error()
+    assert "1 image(s) in train/good at holdout fraction 0.1 leave 0 held out" in cli_error()
+    # One held-out image is not enough when each is scored against the others' normal error.
+    make_synthetic_category(tmp_path / "data", "few", train=6, test_good=1, test_per_defect=1)
+    assert main([*_train(tmp_path / "data", "few", tmp_path / "ck"), "--steps", "1"]) == 2
+    assert (
+        "6 image(s) in train/good at holdout fraction 0.1 leave 1 held out to calibrate on, and calibration needs 2"
+        in (cli_error())
+    )
     assert not (tmp_path / "ck").exists()
 
 

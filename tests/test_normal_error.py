@@ -93,8 +93,15 @@ def test_autoencoder_sweep_rows_match_the_detector_with_and_without_the_normal_e
     calibration = calibrate_autoencoder(autoencoder, holdout, settings)
     assert calibration.normal_error.steps == 1 and len(calibration.score_thresholds) == 1
     detector = AnomalyDetector(autoencoder, Preprocessing(32, 3), settings, calibration, "widget", "ae")
-    # Its one score threshold is the highest held-out normal score, as the detector scores them.
-    assert calibration.score_thresholds[0] == pytest.approx(detector.run(holdout).scores.max().item())
+    # Its one score threshold is the highest held-out normal score, each image scored as the detector would against
+    # the normal error of the other held-out images (its own included, it would partly subtract itself).
+    raw = detector.run(holdout, settings.with_(subtract_normal_error=False)).anomaly_map
+    scores = []
+    for i in range(len(holdout)):
+        others = NormalError.from_mean_maps(torch.cat([raw[:i], raw[i + 1 :]]).mean(dim=0, keepdim=True))
+        scores.append(image_scores(others.subtract(raw[i : i + 1], 0)).item())
+    assert calibration.score_thresholds[0] == pytest.approx(max(scores))
+    assert calibration.score_thresholds[0] > detector.run(holdout).scores.max().item()  # above the biased one
     assert calibration.ssim_threshold is None and calibration.holdout_images == len(holdout)
     with pytest.raises(ValueError, match="held-out"):
         calibrate_autoencoder(autoencoder, holdout[:0], settings)
