@@ -108,6 +108,12 @@ def slider_settings(defaults: ModelDefaults) -> tuple[dict, dict]:
     return iterations, tau
 
 
+def request_error(message: str) -> gr.Error:
+    """A gr.Error for a message that may quote the request (a category, a model or a file name): Gradio shows
+    messages as HTML, so they are shown as text."""
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
 def _inside(path: str, folder: Path) -> bool:
     """Whether ``path`` is in ``folder`` once ".." and links are resolved."""
     try:
@@ -166,7 +172,7 @@ class Handlers:
         try:
             return model_defaults(self.store.get(category, variant))
         except CheckpointError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            raise request_error(str(error)) from None
 
     def model_controls(self, category: str, variant: str) -> tuple:
         """Iteration slider, tau slider and the model's description, for the chosen model; the values a detection
@@ -180,11 +186,11 @@ class Handlers:
         as when the app opens), that model's slider settings, its example images."""
         variants = self.store.available().get(category)
         if not variants:
-            raise gr.Error(f"No model for category {category!r}.", print_exception=False)
+            raise request_error(f"No model for category {category!r}.")
         try:
             _, variant, _ = first_working_model(self.store, [category])
         except CheckpointError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            raise request_error(str(error)) from None
         choices = model_variants(variants)
         menu = gr.update(choices=choices, value=variant, visible=len(choices) > 1)
         return (menu, *self.model_controls(category, variant), gr.Dataset(samples=self.examples(category)))
@@ -222,8 +228,7 @@ class Handlers:
             )
         except (CheckpointError, ImageReadError, ValueError) as error:
             message = str(error).replace(path, name) if name else str(error)  # the user's file name, not the cache's
-            # Gradio shows messages as HTML; the file name and other values in them are the user's, shown as text.
-            raise gr.Error(html.escape(message, quote=False), print_exception=False) from None
+            raise request_error(message) from None
         if report is None:
             raise gr.Error(
                 "The GPU ran out of memory during the detection; try again in a moment.",

@@ -260,11 +260,16 @@ def test_bad_files_get_a_clear_error_from_the_library_and_the_app(handlers, dete
     assert f"my {name}" in error.value.message and str(bad[name]) not in error.value.message
 
 
-def test_file_names_in_messages_are_shown_as_text(handlers, bad):
+def test_file_and_model_names_in_messages_are_shown_as_text(handlers, bad):
     # Gradio shows error messages as (sanitised) HTML: a file name must not become markup.
     with pytest.raises(gr.Error) as error:
         handlers.detect("rgb", "i3ad", upload(bad["text.png"], name="<img src=x>&.png"), 1, None)
     assert error.value.message.startswith("&lt;img src=x&gt;&amp;.png: not a readable image")
+    # So must a category or model name a request carries, in whichever handler refuses it.
+    for refused in (lambda: handlers.on_category("<b>x</b>"), lambda: handlers.model_controls("rgb", "<b>x</b>")):
+        with pytest.raises(gr.Error) as error:
+            refused()
+        assert "&lt;b&gt;x&lt;/b&gt;" in error.value.message and "<b>" not in error.value.message
 
 
 def test_a_10000_pixel_square_png_is_refused_before_decoding(handlers, checkpoints, bad, tmp_path, monkeypatch, capsys):
