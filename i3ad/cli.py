@@ -65,7 +65,7 @@ def _categories(data_root: str, requested: list[str]) -> list[str]:
         if not found:
             raise DatasetError(f"no category with a train/good folder under {data_root}")
         return found
-    return [check_category_name(c) for c in requested]
+    return list(dict.fromkeys(check_category_name(c) for c in requested))  # each once, in the order given
 
 
 def _augmentations(value: str, category: str) -> tuple[str, ...]:

@@ -703,6 +703,9 @@ def test_train_with_an_unknown_category(synthetic_root, tmp_path, cli_error):
     assert main(args) == 2
     assert "'nosuch' not found" in cli_error()
     assert not (tmp_path / "ck").exists()
+    # Named twice, a category trains once (the second pass refused the checkpoint the first had written).
+    args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--category", "synthetic", "synthetic"]
+    assert main([*args, "--steps", "1", "--quiet"]) == 0
 
 
 @pytest.mark.parametrize("category", ["../synthetic", "a/b", ".."])
