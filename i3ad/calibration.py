@@ -25,6 +25,8 @@ from i3ad.scoring import (
 DEFAULT_SSIM_QUANTILE = 0.01
 # Score thresholds are calibrated for every iteration count up to this one (the app's slider range).
 MAX_CALIBRATED_ITERATIONS = 10
+# Subtracting the normal error scores each held-out image against the mean of the others: it needs two at least.
+MIN_HOLDOUT_WITH_NORMAL_ERROR = 2
 
 
 @dataclass(frozen=True)
@@ -165,10 +167,10 @@ def _normal_error_and_scores(
     if not subtract:
         return None, torch.stack([image_scores(step, regions) for step in maps])
     count = maps.shape[1]
-    if count < 2:
+    if count < MIN_HOLDOUT_WITH_NORMAL_ERROR:
         raise ValueError(
-            "subtracting the normal error needs at least 2 held-out normal images (each is scored against the "
-            "others); use more training images or a larger holdout_fraction"
+            f"subtracting the normal error needs at least {MIN_HOLDOUT_WITH_NORMAL_ERROR} held-out normal images "
+            "(each is scored against the others); use more training images or a larger holdout_fraction"
         )
     total = maps.sum(dim=1)
     scores = torch.empty(len(maps), count, device=maps.device)

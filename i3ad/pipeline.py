@@ -12,6 +12,7 @@ import torch
 from i3ad.batching import map_batches
 from i3ad.calibration import (
     DEFAULT_SSIM_QUANTILE,
+    MIN_HOLDOUT_WITH_NORMAL_ERROR,
     Calibration,
     calibrate_autoencoder,
     calibrate_inpainting,
@@ -87,8 +88,7 @@ def train_category(
     )
     build_model(config, preprocessing.channels, image_size)  # its sizes are checked before any image is loaded
     train_ids, holdout_ids = split_holdout(len(index.train), config.holdout_fraction, config.seed)
-    # Subtracting the normal error scores each held-out image against the mean of the others: two at least.
-    needed = 2 if settings.subtract_normal_error else 1
+    needed = MIN_HOLDOUT_WITH_NORMAL_ERROR if settings.subtract_normal_error else 1
     if len(holdout_ids) < needed:
         raise ValueError(
             f"{index.name}: {len(index.train)} image(s) in train/good at holdout fraction {config.holdout_fraction} "
