@@ -103,6 +103,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             base_width=args.base_width,
+            width_multipliers=tuple(args.width_multipliers),
+            patch_size=args.patch_size,
             latent_dim=args.latent_dim,
             augmentations=_augmentations(args.augment, category),
             grid_cell_sizes=tuple(args.grid_cell_sizes),
@@ -568,6 +570,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate, help="AdamW peak rate")
     train.add_argument(
         "--base-width", type=int, default=TrainConfig.base_width, help="channels of the first layer (16: i3ad-small)"
+    )
+    train.add_argument(
+        "--width-multipliers",
+        type=int,
+        nargs="+",
+        default=list(TrainConfig.width_multipliers),
+        help="U-Net channels per level as multiples of the base width; each level halves the resolution",
+    )
+    train.add_argument(
+        "--patch-size",
+        type=int,
+        default=TrainConfig.patch_size,
+        help="U-Net: fold each P x P block of pixels into channels before the first level (1: none)",
     )
     train.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="AE bottleneck size")
     train.add_argument("--image-size", type=int, default=256, help="side of the square frame the network sees")

@@ -32,6 +32,8 @@ class TrainConfig:
     learning_rate: float = 5e-4  # AdamW peak; linear warm-up (100 steps, a tenth of short runs), cosine decay to 5 %
     weight_decay: float = 1e-4
     base_width: int = 32  # U-Net / autoencoder width; 16 gives the CPU demo model
+    width_multipliers: tuple[int, ...] = (1, 2, 4, 4, 4)  # U-Net channels per level, times base_width
+    patch_size: int = 1  # U-Net: pixels folded into channels per side before the first level (ignored for the AE)
     latent_dim: int = 128  # autoencoder bottleneck size (ignored for i3ad)
     l2_weight: float = 1.0  # loss = (1 - SSIM) + l2_weight * MSE, on the re-painted image
     augmentations: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"; only what the category allows
@@ -75,7 +77,12 @@ def split_holdout(count: int, fraction: float, seed: int) -> tuple[list[int], li
 
 def build_model(config: TrainConfig, channels: int, image_size: int) -> InpaintingUNet | ConvAutoencoder:
     if config.model == "i3ad":
-        return InpaintingUNet(channels=channels, base_width=config.base_width)
+        return InpaintingUNet(
+            channels=channels,
+            base_width=config.base_width,
+            width_multipliers=tuple(config.width_multipliers),
+            patch_size=config.patch_size,
+        )
     return ConvAutoencoder(
         channels=channels, image_size=image_size, base_width=config.base_width, latent_dim=config.latent_dim
     )

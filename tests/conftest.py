@@ -33,15 +33,21 @@ def _threads() -> int:
 torch.set_num_threads(_threads())
 
 
-def make_unet(channels: int = 3, seed: int = 0) -> InpaintingUNet:
+def make_unet(channels: int = 3, seed: int = 0, patch_size: int = 1) -> InpaintingUNet:
     """A small untrained inpainting U-Net (base width 8) in eval mode, with fixed weights."""
     torch.manual_seed(seed)
-    return InpaintingUNet(channels=channels, base_width=8).eval()
+    return InpaintingUNet(channels=channels, base_width=8, patch_size=patch_size).eval()
 
 
 @pytest.fixture
 def unet() -> InpaintingUNet:
     return make_unet(3)
+
+
+@pytest.fixture
+def folded_unet() -> InpaintingUNet:
+    """The same with 2 x 2 pixel blocks folded into channels before its first level."""
+    return make_unet(3, patch_size=2)
 
 
 @pytest.fixture

@@ -301,6 +301,21 @@ def test_unknown_architecture(saved, architecture):
         load_checkpoint(folder)
 
 
+def test_a_folded_network_round_trips_and_older_configs_mean_no_folding(tmp_path, saved):
+    torch.manual_seed(0)
+    folded = InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), patch_size=2).eval()
+    loaded = load_checkpoint(save_checkpoint(_detector(folded), tmp_path / "folded" / "i3ad-test")).model
+    images, masks = torch.rand(2, 3, 30, 44), (torch.rand(2, 1, 30, 44) > 0.5).float()
+    with torch.no_grad():
+        assert loaded(images, masks).shape == images.shape  # sides that are no multiple of the folded blocks
+        # (loaded to channels-last memory on the CPU, so equal up to the convolutions' rounding)
+        torch.testing.assert_close(loaded(images, masks), folded(images, masks))
+    # An unfolded network's config.json does not name the option, as before it existed (earlier versions read it).
+    _, folder = saved
+    assert "patch_size" not in json.loads((folder / "config.json").read_text())
+    assert load_model(folder).patch_size == 1
+
+
 def test_invalid_model_config(saved):
     _, folder = saved
     _rewrite_config(folder, channels=2)

@@ -727,6 +727,8 @@ def test_train_with_bad_settings(synthetic_root, tmp_path, cli_error):
     assert "the batch size must be >= 1, got 0" in cli_error()
     for flag, value, message in [
         ("--base-width", "0", "base_width must be a whole number >= 1, got 0"),
+        ("--patch-size", "0", "patch_size must be a whole number >= 1, got 0"),
+        ("--width-multipliers", "0", "width multiplier 1 must be a whole number >= 1, got 0"),
         ("--image-size", "100000", "the image size (frame side) must lie between 16 and 4096 px, got 100000"),
     ]:
         assert main([*_train(data_root, "synthetic", tmp_path / "ck"), flag, value]) == 2

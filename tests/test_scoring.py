@@ -40,8 +40,10 @@ def _random_masks(shape, share: float, seed: int) -> torch.Tensor:
 # --- paint -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("network", ["unet", "folded_unet"])
 @pytest.mark.parametrize("size", [32, 64])
-def test_paint_keeps_unmasked_pixels_bit_exact(unet, size):
+def test_paint_keeps_unmasked_pixels_bit_exact(network, size, request):
+    unet = request.getfixturevalue(network)
     images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     masks = _random_masks((3, 1, size, size), 0.4, 1)
     with torch.no_grad():
@@ -135,8 +137,11 @@ def test_step_scores_are_the_maxima_of_each_steps_map(unet, images32):
 
 @pytest.mark.parametrize(("count", "cell_size", "hidden"), [(2, 1, 1), (3, 4, 1), (4, 8, 1), (4, 8, 3)])
 @pytest.mark.parametrize("size", [32, 40])
-def test_step0_never_lets_a_pixel_see_itself(unet, count, cell_size, hidden, size):
-    model = unet
+@pytest.mark.parametrize("network", ["unet", "folded_unet"])
+def test_step0_never_lets_a_pixel_see_itself(network, count, cell_size, hidden, size, request):
+    # The folded network sees each pixel as one channel of a 2 x 2 block: a hidden pixel must not leak through its
+    # block's visible neighbours either.
+    model = request.getfixturevalue(network)
     settings = DetectionSettings(step0_masks=count, step0_cell_size=cell_size, step0_hidden_groups=hidden)
     images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3))
     before = inpaint_step0(model, images, settings)

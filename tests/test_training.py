@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -18,7 +19,15 @@ from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
 from i3ad.scoring import DetectionSettings, detect_by_inpainting, image_scores, inpaint_step0
 from i3ad.similarity import ssim_map
-from i3ad.training import TrainConfig, augment, reconstruction_loss, split_holdout, steps_within_budget, train
+from i3ad.training import (
+    TrainConfig,
+    augment,
+    build_model,
+    reconstruction_loss,
+    split_holdout,
+    steps_within_budget,
+    train,
+)
 
 # --- holdout split ---------------------------------------------------------------------------------------------------
 
@@ -128,6 +137,16 @@ def test_train_inpainting_a_few_steps(images32):
     torch.manual_seed(config.seed)
     fresh = InpaintingUNet(channels=3, base_width=8)
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters(), strict=True))
+
+
+def test_train_a_folded_network_of_other_widths(images32):
+    config = TrainConfig(steps=2, batch_size=2, base_width=8, width_multipliers=(1, 2), patch_size=2)
+    model, _ = train(images32, config, progress=False)
+    assert model.config["width_multipliers"] == [1, 2] and model.config["patch_size"] == 2
+    assert model.patch_size == 2
+    # The configuration as detector.json stores it (tuples become lists) builds the same network.
+    stored = TrainConfig(**json.loads(json.dumps(config.to_dict())))
+    assert build_model(stored, channels=3, image_size=32).config == model.config
 
 
 def test_train_autoencoder_a_few_steps():
