@@ -137,6 +137,8 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path} is missing: a checkpoint folder holds {', '.join(CHECKPOINT_FILES)}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON ({error})") from None
+    except OSError as error:  # a folder in its place, no permission, a failing disk
+        raise CheckpointError(f"{path} cannot be read ({error.strerror or error})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return data
@@ -153,7 +155,10 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
             f"{folder / CONFIG_FILE}: unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})"
         )
     try:
-        model = ARCHITECTURES[architecture](**config)
+        # Built without memory (the weights are assigned below), so that a config naming absurd sizes is refused by
+        # the strict weight check instead of allocating (or failing to allocate) a network of that size first.
+        with torch.device("meta"):
+            model = ARCHITECTURES[architecture](**config)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{folder / CONFIG_FILE} does not describe a valid {architecture}: {error}") from None
     weights = folder / WEIGHTS_FILE
@@ -163,8 +168,10 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
         state = safetensors.torch.load_file(weights, device="cpu")
     except (safetensors.SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{weights} is damaged or not a safetensors file ({error})") from None
+    # Assigned, not copied, into the memoryless network: as float32, whatever precision the file stores.
+    state = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:
         summary = error_summary(error)
         raise CheckpointError(f"{weights} does not match {folder / CONFIG_FILE}: {summary}") from None
@@ -231,6 +238,12 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> A
             f"{folder}: preprocessing has {detector.preprocessing.channels} channels, "
             f"the model {model.config['channels']}"
         )
+    if model.config.get("image_size", detector.preprocessing.image_size) != detector.preprocessing.image_size:
+        # The autoencoder takes one frame size only: every detection would fail (and the app's baseline with it).
+        raise CheckpointError(
+            f"{folder}: preprocessing makes {detector.preprocessing.image_size}-px frames, the autoencoder takes "
+            f"{model.config['image_size']}-px ones"
+        )
     return detector
 
 
@@ -241,6 +254,8 @@ def list_checkpoints(root: str | Path) -> dict[str, list[str]]:
     root = Path(root)
     found: dict[str, list[str]] = {}
     for record in sorted(root.glob(f"*/*/{DETECTOR_FILE}")) if root.is_dir() else []:
+        if not record.is_file():
+            continue  # not a checkpoint (loading would say so), so not offered
         category, variant = record.parent.parent.name, record.parent.name
         try:
             check_name("category", category)

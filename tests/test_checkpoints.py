@@ -275,6 +275,24 @@ def test_config_that_does_not_match_the_weights(saved):
         load_checkpoint(folder)
 
 
+def test_a_config_of_absurd_sizes_is_refused_without_building_that_network(saved):
+    _, folder = saved
+    _rewrite_config(folder, base_width=1_048_576)  # 40 TB of weights: allocating them failed with a RuntimeError
+    with pytest.raises(CheckpointError, match=r"does not match .*config\.json"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("file", ["config.json", "detector.json"])
+def test_an_unreadable_file_is_a_checkpoint_error(saved, file):
+    _, folder = saved
+    (folder / file).unlink()
+    (folder / file).mkdir()  # an OSError other than a missing file (IsADirectoryError) escaped as it was
+    with pytest.raises(CheckpointError, match=f"{file} cannot be read"):
+        load_checkpoint(folder)
+    if file == "detector.json":  # and such a folder is not offered as a checkpoint
+        assert list_checkpoints(folder.parent.parent) == {}
+
+
 def test_weights_with_a_missing_tensor_are_refused(saved):
     _, folder = saved
     state = safetensors.torch.load_file(folder / "model.safetensors")
@@ -394,6 +412,18 @@ def test_channel_mismatch_between_preprocessing_and_model(saved):
     record["preprocessing"]["channels"] = 1
     (folder / "detector.json").write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match="channels"):
+        load_checkpoint(folder)
+
+
+def test_an_autoencoder_whose_frame_size_is_not_the_preprocessings_is_refused(tmp_path):
+    torch.manual_seed(0)
+    detector = _detector(ConvAutoencoder(channels=3, image_size=32, base_width=8, latent_dim=16).eval())
+    detector.calibration = Calibration(None, None, [0.7], 4, _normal_error(1))
+    folder = save_checkpoint(detector, tmp_path / "ae")
+    record = json.loads((folder / "detector.json").read_text())
+    record["preprocessing"]["image_size"] = 64  # every detection failed on it (the app's baseline too)
+    (folder / "detector.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="preprocessing makes 64-px frames, the autoencoder takes 32-px ones"):
         load_checkpoint(folder)
 
 
