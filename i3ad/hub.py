@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
 
 from i3ad import data
@@ -94,12 +100,23 @@ class CheckpointResolver:
     def _download(self, patterns: list[str]) -> Path:
         """The cached snapshot folder of the repo holding (at least) the files matching ``patterns``."""
         assert self.repo_id is not None
+        where = f"Hub repo {self.repo_id!r}" + (f" at revision {self.revision!r}" if self.revision else "")
         try:
             return Path(snapshot_download(self.repo_id, revision=self.revision, allow_patterns=patterns))
+        except RevisionNotFoundError:  # (a RepositoryNotFoundError too, so first)
+            raise CheckpointError(f"{where}: no such revision (check {ENV_HUB_REVISION})") from None
+        except RepositoryNotFoundError:
+            raise CheckpointError(
+                f"{where} was not found, or is private: check {ENV_HUB_REPO}, and set HF_TOKEN for a private repo"
+            ) from None
         except (HfHubHTTPError, LocalEntryNotFoundError) as error:
-            # Not found, no network and nothing cached, offline mode with an incomplete cache, Hub errors.
-            summary = error_summary(error)
-            raise CheckpointError(f"could not get checkpoints from Hub repo {self.repo_id!r}: {summary}") from None
+            # No network and nothing cached, offline mode with an incomplete cache, other Hub errors.
+            raise CheckpointError(f"could not get checkpoints from {where}: {error_summary(error)}") from None
+        except Exception as error:  # the HTTP client's own errors (a dropped connection) or a cache folder's OSError
+            raise CheckpointError(
+                f"could not get checkpoints from {where}: {error_summary(error)} (network, or the cache folder "
+                "HF_HOME / HF_HUB_CACHE)"
+            ) from None
 
     def hub_checkpoints(self) -> dict[str, list[str]]:
         """{category: [variant, ...]} of the Hub repo (only the small detector.json files are fetched); {} without
@@ -135,6 +152,11 @@ class CheckpointResolver:
             )
         folder = self._download(_hub_patterns(category, variant)) / category / variant
         missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+        if missing and (folder / DETECTOR_FILE).is_file():  # listed (the listing reads detector.json) but not whole
+            raise CheckpointError(
+                f"Hub repo {self.repo_id!r} holds an incomplete checkpoint {category}/{variant} (it lacks "
+                f"{', '.join(missing)}): upload it again"
+            )
         if missing:
             raise CheckpointError(
                 f"no checkpoint {category}/{variant} under {self.root} nor in Hub repo {self.repo_id!r} "
@@ -176,6 +198,8 @@ def upload_checkpoints(
         if not any(variant in names for names in searched.values()):
             raise CheckpointError(f"no checkpoint named {variant!r} under {root} (have: {_describe(searched)})")
     chosen = [(c, v) for c, names in searched.items() for v in names if not variants or v in variants]
+    for category, variant in chosen:  # a checkpoint that cannot load (e.g. a partial copy) is not published
+        load_checkpoint(Path(root) / category / variant)
     uploaded = [f"{c}/{v}" for c, v in chosen]
     api = HfApi(token=token)
     try:

@@ -349,3 +349,64 @@ def test_a_private_upload_into_an_existing_public_repo_is_refused_before_any_fil
     assert "Traceback" not in process.stderr
     posts = [path for method, path in hub.requests if method == "POST"]
     assert posts == ["/api/repos/create"]  # no pre-upload or commit followed
+
+
+def test_a_repo_or_revision_that_does_not_exist_is_named(served, tmp_path):
+    hub, _ = served
+    # The Hub's first line of these errors is only "404 Client Error."
+    wrong_revision = resolve_in_subprocess(hub_env(tmp_path, hub.url) | {"I3AD_HUB_REVISION": "v9"}, "synth/i3ad")
+    assert wrong_revision["synth/i3ad"]["error"] == (
+        f"Hub repo '{REPO_ID}' at revision 'v9': no such revision (check I3AD_HUB_REVISION)"
+    )
+    wrong_repo = resolve_in_subprocess(hub_env(tmp_path, hub.url) | {"I3AD_HUB_REPO": "nobody/none"}, "synth/i3ad")
+    assert wrong_repo["available"] == {}
+    assert wrong_repo["synth/i3ad"]["error"].startswith("Hub repo 'nobody/none' was not found, or is private")
+
+
+class DroppingHub(FakeHub):
+    """A Hub whose CDN breaks every download off half-way (the connection closes before the announced length)."""
+
+    def _answer_cdn(self, request, head: bool) -> None:
+        data = self.blobs.get(urlparse(request.path).path.removeprefix("/blobs/"), b"")
+        request.send_response(200)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        if not head:
+            request.wfile.write(data[: len(data) // 2])
+        request.close_connection = True
+
+
+def test_a_broken_download_or_an_unusable_cache_is_a_checkpoint_error(tmp_path):
+    repo = tmp_path / "repo"
+    save_untrained_checkpoint(repo, "synth", "i3ad", size=32)
+    hub = DroppingHub(REPO_ID, repo)
+    try:
+        # The HTTP client's own error (RemoteProtocolError) escaped as it was: the app answered a bare "Error".
+        dropped = resolve_in_subprocess(hub_env(tmp_path, hub.url), "synth/i3ad")
+        (tmp_path / "a_file").write_text("")
+        # A cache folder that cannot be made: the OSError stopped the app from starting, local checkpoints or not.
+        no_cache = resolve_in_subprocess(hub_env(tmp_path, hub.url) | {"HF_HOME": str(tmp_path / "a_file" / "hf")})
+    finally:
+        hub.stop()
+    assert dropped["available"] == {"synth": ["i3ad"]}  # the listing's small files still come through
+    assert dropped["synth/i3ad"]["error"].startswith(f"could not get checkpoints from Hub repo '{REPO_ID}': ")
+    assert no_cache == {"available": {}}
+
+
+def test_an_incomplete_checkpoint_is_neither_uploaded_nor_mistaken_for_a_missing_one(served, tmp_path):
+    hub, _ = served
+    root = tmp_path / "to_upload"
+    save_untrained_checkpoint(root, "synth", "i3ad", size=32)
+    (root / "synth" / "i3ad" / "model.safetensors").unlink()  # e.g. a copy that broke off
+    process = upload_in_subprocess(hub_env(tmp_path, hub.url) | {"HF_TOKEN": "hf_not_a_real_token"}, root)
+    assert process.returncode == 2 and "model.safetensors is missing" in process.stderr, process.stderr
+    assert hub.requests == []  # refused before the Hub was asked anything
+    # The same checkpoint on the Hub (uploaded by hand, say) is listed, and resolving it says what is wrong.
+    partial = FakeHub(REPO_ID, root)
+    try:
+        answers = resolve_in_subprocess(hub_env(tmp_path / "other", partial.url), "synth/i3ad")
+    finally:
+        partial.stop()
+    assert answers["synth/i3ad"]["error"] == (
+        f"Hub repo '{REPO_ID}' holds an incomplete checkpoint synth/i3ad (it lacks model.safetensors): upload it again"
+    )
