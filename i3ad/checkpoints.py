@@ -212,7 +212,9 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> A
             settings=settings,
             calibration=calibration,
             category=str(record["category"]),
-            name=str(record["name"]),
+            # The folder names the variant, as in every listing: a copied or renamed checkpoint (e.g. i3ad kept as
+            # i3ad-backup) is no longer reported under the name it was trained with.
+            name=folder.resolve().name,
             info=dict(record.get("info", {})),
         )
     except CheckpointError:

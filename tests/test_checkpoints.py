@@ -394,6 +394,15 @@ def test_default_settings_that_no_detection_could_use_are_refused(saved, detecti
         load_checkpoint(folder)
 
 
+def test_a_copied_checkpoint_is_named_after_its_folder(saved):
+    _, folder = saved
+    copy = shutil.copytree(folder, folder.parent / "i3ad-backup")
+    # It was named after detector.json's record, so evaluate labelled both folders' rows "i3ad-test" and report
+    # averaged them; now it is the variant every listing calls it.
+    assert load_checkpoint(copy).name == "i3ad-backup"
+    assert load_checkpoint(folder).name == "i3ad-test"
+
+
 def test_folders_whose_names_are_no_valid_names_are_not_listed(saved, tmp_path):
     _, folder = saved
     shutil.copytree(folder, folder.parent.parent / "metal nut" / "i3ad")

@@ -550,7 +550,8 @@ def test_checkpoints_find_their_held_out_images_by_name(trained, tmp_path, capsy
     folder = tmp_path / "checkpoint"
     shutil.copytree(checkpoints / "synthetic" / "i3ad", folder)
     assert main(["calibrate", str(folder), "--data-root", str(copy), "--device", "cpu"]) == 2
-    assert f"lacks 1 of the 6 images synthetic/i3ad was calibrated on (e.g. {held_out[0]!r})" in capsys.readouterr().err
+    expected = f"lacks 1 of the 6 images synthetic/checkpoint was calibrated on (e.g. {held_out[0]!r})"
+    assert expected in capsys.readouterr().err
 
 
 @pytest.mark.slow
