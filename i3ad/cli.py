@@ -25,6 +25,7 @@ from i3ad.data import (
     check_category_name,
     check_name,
     index_category,
+    is_hidden,
     list_categories,
     load_images,
 )
@@ -210,7 +211,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 f"(have: {', '.join(available[category])})"
             )
         try:
-            jobs.append((index_category(args.data_root, category), names))
+            index = index_category(args.data_root, category)
+            index.check_test()  # here, not when its turn comes after the other categories' evaluation
+            jobs.append((index, names))
         except DatasetError as error:
             if args.category != ["all"]:
                 raise
@@ -323,8 +326,7 @@ def _inputs(paths: list[str], heatmaps: Path) -> list[Path]:
     written = heatmaps.resolve()
 
     def wanted(path: Path, folder: Path) -> bool:
-        inside = path.relative_to(folder).parts
-        if any(part.startswith(".") or part == "__MACOSX" for part in inside):
+        if any(map(is_hidden, path.relative_to(folder).parts)):
             return False
         return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and written not in path.resolve().parents
 

@@ -50,6 +50,13 @@ class CategoryIndex:
         """True when every anomalous test image has a pixel mask, so pixel metrics can be computed."""
         return any(s.label for s in self.test) and all(s.mask is not None for s in self.test if s.label)
 
+    def check_test(self) -> None:
+        """DatasetError unless the category has test images (evaluation needs them)."""
+        if not self.test:
+            raise DatasetError(
+                f"{self.root / 'test'} holds no test images; evaluation needs test/good and test/<defect>"
+            )
+
     @property
     def greyscale(self) -> bool:
         """True when the training images are single-channel (the model is then built for 1 channel); the first 8
@@ -75,8 +82,23 @@ def check_category_name(category: str) -> str:
     return check_name("category", category)
 
 
+def is_hidden(name: str) -> bool:
+    """A file or folder name that is no data: hidden ones and __MACOSX (what unpacked archives and notebooks leave;
+    macOS's "._x.png" is no image)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not is_hidden(p.name) and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _subfolders(folder: Path) -> dict[str, Path]:
+    """{lower-case name: folder} of the data folders in ``folder`` (none if it is missing)."""
+    if not folder.is_dir():
+        return {}
+    return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir() and not is_hidden(p.name)}
 
 
 def list_categories(data_root: str | Path) -> list[str]:
@@ -101,19 +123,19 @@ def index_category(data_root: str | Path, category: str) -> CategoryIndex:
         raise DatasetError(f"{train_dir} must exist and hold the normal training images")
     test_dir, truth_dir = root / "test", root / "ground_truth"
     test: list[Sample] = []
-    if test_dir.is_dir():
-        for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-            defect = defect_dir.name
-            for image in _images_in(defect_dir):
-                mask = None
-                if defect != NORMAL and (truth_dir / defect).is_dir():
-                    candidates = [truth_dir / defect / f"{image.stem}_mask{ext}" for ext in IMAGE_EXTENSIONS]
-                    mask = next((c for c in candidates if c.is_file()), None)
-                    if mask is None:
-                        raise DatasetError(
-                            f"{image} has no mask: expected {truth_dir / defect / (image.stem + '_mask.png')}"
-                        )
-                test.append(Sample(image, int(defect != NORMAL), defect, mask))
+    truth_dirs = _subfolders(truth_dir)
+    for defect_dir in _subfolders(test_dir).values():
+        defect = defect_dir.name
+        # Masks are paired case-insensitively (an archive written on Windows may say Scratch/000_MASK.PNG).
+        truth = truth_dirs.get(defect.lower()) if defect != NORMAL else None
+        masks = {p.stem.lower(): p for p in _images_in(truth)} if truth else {}
+        for image in _images_in(defect_dir):
+            mask = None
+            if truth:
+                mask = masks.get(f"{image.stem}_mask".lower())
+                if mask is None:
+                    raise DatasetError(f"{image} has no mask: expected {truth / (image.stem + '_mask.png')}")
+            test.append(Sample(image, int(defect != NORMAL), defect, mask))
     with_masks = {s.defect for s in test if s.mask is not None}
     without_masks = {s.defect for s in test if s.label and s.mask is None}
     if with_masks and without_masks:

@@ -216,8 +216,7 @@ def recalibrate(
 
 def load_test_set(index: CategoryIndex, preprocessing: Preprocessing, device: torch.device | str = "cpu") -> TestSet:
     """The category's test images, labels and (if it has them) masks, preprocessed and on ``device``."""
-    if not index.test:
-        raise ValueError(f"{index.root / 'test'} holds no test images; evaluation needs test/good and test/<defect>")
+    index.check_test()
     paths = [s.image for s in index.test]
     images = load_images(paths, preprocessing).to(device)
     labels = torch.tensor([s.label for s in index.test], device=device)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from tiny_checkpoints import save_untrained_checkpoint
 
 from i3ad import cli
 from i3ad.benchmark import run_benchmark
@@ -827,3 +828,15 @@ def test_evaluate_with_a_missing_checkpoints_root(synthetic_root, tmp_path, cli_
     args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(tmp_path / "none")]
     assert main([*args, "--device", "cpu", "--out", str(tmp_path / "r.csv")]) == 2
     assert "no checkpoints under" in cli_error()
+
+
+def test_evaluate_finds_a_category_without_test_images_before_evaluating_any(tmp_path, cli_error):
+    for category in ("aaa", "bbb"):
+        make_synthetic_category(tmp_path / "data", category, size=32, train=4, test_good=2, test_per_defect=1)
+        save_untrained_checkpoint(tmp_path / "ck", category, "ae", size=32)
+    shutil.rmtree(tmp_path / "data" / "bbb" / "test")
+    out = tmp_path / "r.csv"
+    command = ["evaluate", "--data-root", str(tmp_path / "data"), "--checkpoints", str(tmp_path / "ck")]
+    assert main([*command, "--category", "aaa", "bbb", "--device", "cpu", "--out", str(out)]) == 2
+    assert "bbb/test holds no test images" in cli_error()
+    assert not out.exists()  # aaa was not evaluated first, only for the run to stop at bbb

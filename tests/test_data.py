@@ -166,6 +166,30 @@ def test_mask_with_other_extension_is_found(small_category):
     assert sample.mask == mask.with_suffix(".bmp")
 
 
+def test_masks_are_paired_whatever_the_case_of_their_names(small_category):
+    truth = small_category / "ground_truth"
+    (truth / "spot").rename(truth / "Spot")  # a folder of another case: pixel metrics were silently dropped
+    mask = truth / "Spot" / "001_mask.png"
+    mask.rename(mask.with_name("001_MASK.PNG"))  # names of another case: "has no mask"
+    index = index_category(small_category.parent, "cat")
+    assert index.has_masks
+    sample = next(s for s in index.test if s.defect == "spot" and s.image.stem == "001")
+    assert sample.mask == truth / "Spot" / "001_MASK.PNG"
+
+
+def test_hidden_files_and_folders_are_no_data(small_category):
+    # What an archive made on a Mac leaves: "._x.png" resource forks (no images) and a __MACOSX folder.
+    for folder in ("train/good", "test/good", "test/spot", "ground_truth/spot"):
+        (small_category / folder / "._000.png").write_bytes(b"\x00\x05\x16\x07 not an image")
+    for folder in ("test/__MACOSX", "test/.ipynb_checkpoints"):
+        (small_category / folder).mkdir()
+        (small_category / folder / "000.png").write_bytes(b"not an image either")
+    index = index_category(small_category.parent, "cat")
+    assert len(index.train) == 6 and len(index.test) == 3 + 2 * len(DEFECTS)
+    assert not any(path.name.startswith(".") for path in [*index.train, *(s.image for s in index.test)])
+    assert {s.defect for s in index.test} == {"good", *DEFECTS}
+
+
 def test_masks_for_some_defect_types_but_not_others(small_category):
     shutil.rmtree(small_category / "ground_truth" / "scratch")
     with pytest.raises(DatasetError, match=r"masks for \['spot'\] but none for \['scratch'\]"):
