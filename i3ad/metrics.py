@@ -45,10 +45,12 @@ def _last_of_tied(ordered: Tensor) -> Tensor:
 
 
 def f1_max(scores: Tensor, labels: Tensor) -> float:
-    """The best F1 score over all thresholds (predict anomalous when score >= threshold). NaN without positives."""
+    """The best F1 score over all thresholds (predict anomalous when score >= threshold). NaN if one class is
+    missing, as AUROC: without normal images calling everything anomalous scores a perfect 1, which measures nothing
+    and would enter a mean over categories that AUROC leaves the category out of."""
     scores, labels = _flat(scores, labels)
     positives = int(labels.sum())
-    if positives == 0:
+    if positives == 0 or positives == labels.numel():
         return float("nan")
     ordered, order = scores.sort(descending=True)
     true_positives = labels[order].double().cumsum(0)
