@@ -240,6 +240,12 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> A
             f"{folder}: preprocessing has {detector.preprocessing.channels} channels, "
             f"the model {model.config['channels']}"
         )
+    try:
+        # The training record is free-form JSON; rendered now, a hand-edited one that the model card cannot show is
+        # found here, not when calibrate or report --update-cards saves the card after their work.
+        model_card(detector)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{folder / DETECTOR_FILE}: its info block is invalid ({error!r})") from None
     if model.config.get("image_size", detector.preprocessing.image_size) != detector.preprocessing.image_size:
         # The autoencoder takes one frame size only: every detection would fail (and the app's baseline with it).
         raise CheckpointError(

@@ -415,6 +415,17 @@ def test_folders_whose_names_are_no_valid_names_are_not_listed(saved, tmp_path):
     assert "is left out: category 'metal nut' is not a valid name" in messages
 
 
+@pytest.mark.parametrize("info", [{"train_log": [{"loss": 0.1}]}, {"command": 5}, {"metrics": [1]}, {"training": 1}])
+def test_a_training_record_the_model_card_cannot_show_is_refused_on_loading(saved, info):
+    _, folder = saved
+    record = json.loads((folder / "detector.json").read_text())
+    record["info"] = info
+    (folder / "detector.json").write_text(json.dumps(record))
+    # It loaded, and calibrate or report --update-cards then failed with a traceback when saving the card.
+    with pytest.raises(CheckpointError, match=r"detector\.json: its info block is invalid"):
+        load_checkpoint(folder)
+
+
 def test_channel_mismatch_between_preprocessing_and_model(saved):
     _, folder = saved
     record = json.loads((folder / "detector.json").read_text())
