@@ -45,7 +45,15 @@ from i3ad.pipeline import (
 )
 from i3ad.preprocessing import GEOMETRIES, NORMALIZATIONS
 from i3ad.recipes import data_license, data_source, default_augmentations
-from i3ad.results import at_settings, compare_runs, headline, load_results, markdown_table, summary_tables
+from i3ad.results import (
+    at_settings,
+    compare_runs,
+    headline,
+    load_results,
+    markdown_table,
+    summary_tables,
+    unmatched_settings,
+)
 from i3ad.scoring import ANOMALY_MEASURES, DetectionSettings
 from i3ad.synthetic import make_synthetic_category
 from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
@@ -506,12 +514,12 @@ def cmd_report(args: argparse.Namespace) -> None:
         step0_hidden_groups=defaults.step0_hidden_groups if args.hidden_groups is None else args.hidden_groups,
     )
     tables = summary_tables(results, settings)
-    inpainting = results[results["ssim_threshold"].notna()]
-    at_these = at_settings(inpainting, settings)
-    if not inpainting.empty and at_these.empty:
-        held = ", ".join(f"{g:g}" for g in sorted(inpainting["step0_hidden_groups"].unique()))
-        print(f"note: no I3AD rows at these settings; the table's step-0 masks hide {held} group(s) (--hidden-groups)")
-    elif not at_these.empty and settings.iterations not in set(at_these["iterations"]):
+    for model, rows in results.groupby("model"):
+        # Such a model is missing from the per-category table (the scoring-variant tables still show its rows).
+        if at_settings(rows, settings).empty:
+            print(f"note: no {model} rows at the report's settings; {'; '.join(unmatched_settings(rows, settings))}")
+    at_these = at_settings(results[results["ssim_threshold"].notna()], settings)
+    if not at_these.empty and settings.iterations not in set(at_these["iterations"]):
         print(f"note: no I3AD rows at T = {settings.iterations}; the table holds T = 0..{at_these['iterations'].max()}")
     print(
         f"Metrics at T = {settings.iterations}, each step-0 mask hiding {settings.step0_hidden_groups} of "

@@ -65,6 +65,32 @@ def at_settings(table: pd.DataFrame, settings: DetectionSettings) -> pd.DataFram
     return table[same_scoring & (is_autoencoder | inpainting)]
 
 
+def unmatched_settings(table: pd.DataFrame, settings: DetectionSettings) -> list[str]:
+    """What keeps one model's rows ``table`` out of ``at_settings``: each setting none of them has, as "column: the
+    values the rows hold (the report's value)"."""
+    wanted = {
+        "anomaly_measure": settings.anomaly_measure,
+        "smoothing_sigma": settings.smoothing_sigma,
+        "normal_error_subtracted": settings.subtract_normal_error,
+    }
+    if table["ssim_threshold"].notna().any():  # I3AD rows: its step 0 and the calibrated tau too
+        wanted |= {
+            "step0_cell_size": settings.step0_cell_size,
+            "step0_hidden_groups": settings.step0_hidden_groups,
+            "calibrated_threshold": True,
+        }
+
+    def shown(value: object) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    unmatched = []
+    for column, value in wanted.items():
+        held = table[column].astype(bool) if isinstance(value, bool) else table[column]
+        if value not in set(held):
+            unmatched.append(f"{column}: {', '.join(map(shown, sorted(held.unique())))} (the report's: {shown(value)})")
+    return unmatched
+
+
 def headline(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
     """One row per category x model at the shipped defaults: I3AD at T = settings.iterations with its calibrated
     tau, the autoencoder with the same anomaly measure and smoothing."""

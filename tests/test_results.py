@@ -165,7 +165,10 @@ def test_report_summarises_another_step0_density_and_t(results, tmp_path, capsys
     assert "Metrics at T = 2, each step-0 mask hiding 3 of 4 grid groups" in printed
     assert "| a | 0.700 | 0.820 |" in printed  # the AE, then I3AD at T = 2
     assert main(["report", "--results", str(path)]) == 0  # at the shipped step 0: a hint, not empty tables alone
-    assert "note: no I3AD rows at these settings; the table's step-0 masks hide 3 group(s)" in capsys.readouterr().out
+    assert (
+        "note: no i3ad rows at the report's settings; step0_hidden_groups: 3 (the report's: 1)"
+        in capsys.readouterr().out
+    )
     assert main(["report", "--results", str(path), "--hidden-groups", "4"]) == 2
     assert "each step-0 mask hides 1 to 3 of the 4 grid groups" in capsys.readouterr().err
     assert main(["report", "--results", str(path), "--iterations", "11"]) == 2
@@ -173,6 +176,17 @@ def test_report_summarises_another_step0_density_and_t(results, tmp_path, capsys
     # A T the table does not hold: I3AD would silently be missing from the first table.
     assert main(["report", "--results", str(path), "--hidden-groups", "3", "--iterations", "5"]) == 0
     assert "note: no I3AD rows at T = 5; the table holds T = 0..2" in capsys.readouterr().out
+
+
+def test_report_names_the_settings_that_keep_a_model_out_of_its_tables(results, tmp_path, capsys):
+    path = tmp_path / "sigma4.csv"
+    # Checkpoints calibrated with --sigma 4 (an evaluation of them): the note blamed --hidden-groups, and the
+    # autoencoder vanished without one.
+    results.assign(smoothing_sigma=4.0).to_csv(path, index=False)
+    assert main(["report", "--results", str(path)]) == 0
+    printed = capsys.readouterr().out
+    for model in ("ae", "i3ad"):
+        assert f"note: no {model} rows at the report's settings; smoothing_sigma: 4 (the report's: 8)\n" in printed
 
 
 def test_report_refuses_a_table_that_evaluate_did_not_write(tmp_path, capsys):
