@@ -327,16 +327,21 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def _inputs(paths: list[str], heatmaps: Path) -> list[Path]:
-    """The image files named or found (recursively) in the folders named; the heat-maps and masks an earlier run
-    wrote to ``heatmaps`` are left out, so that running the same command twice scores the same images, and so are
-    hidden files and folders and __MACOSX (what unpacked archives and notebooks leave: "._x.png" is no image)."""
+    """The image files named or found (recursively) in the folders named; the heat-maps and masks that this run's
+    ``heatmaps`` folder, or any earlier run's (a heatmaps folder beside a scores.csv), holds are left out, so that
+    running the same command twice scores the same images, and so are hidden files and folders and __MACOSX (what
+    unpacked archives and notebooks leave: "._x.png" is no image)."""
     files: list[Path] = []
     written = heatmaps.resolve()
 
+    def is_output(folder: Path) -> bool:
+        return folder.resolve() == written or (folder.name == "heatmaps" and (folder.parent / "scores.csv").is_file())
+
     def wanted(path: Path, folder: Path) -> bool:
-        if any(map(is_hidden, path.relative_to(folder).parts)):
+        inside = path.relative_to(folder)
+        if any(map(is_hidden, inside.parts)) or any(is_output(folder / parent) for parent in inside.parents[:-1]):
             return False
-        return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and written not in path.resolve().parents
+        return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
     for item in map(Path, paths):
         if item.is_dir():

@@ -234,6 +234,11 @@ def test_detect_leaves_out_what_it_wrote_before_hidden_files_and_refuses_a_missi
         assert main(args) == 0
         with open(inputs / "detections" / "scores.csv", newline="") as handle:
             assert len(list(csv.DictReader(handle))) == count
+    # Nor an earlier run's heat-maps in another output folder (they were scored as images).
+    assert main([*args[:-2], str(inputs / "detections2")]) == 0
+    with open(inputs / "detections2" / "scores.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == count
+    shutil.rmtree(inputs / "detections2")
     # The output folder the input folder itself: the images are scored, the heat-maps left out.
     shutil.rmtree(inputs / "detections")
     same = [*args[:-3], "--out", str(inputs)]
