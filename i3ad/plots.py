@@ -37,11 +37,15 @@ def auroc_bars(
 def auroc_vs_iterations(
     table: pd.DataFrame,
     metric: str = "image_auroc",
-    model: str = "i3ad",
+    model: str | None = None,
     settings: DetectionSettings = DetectionSettings(),
 ) -> go.Figure:
-    """Lines: ``metric`` against the iteration count T per category (calibrated tau), with the mean over categories."""
+    """Lines: ``metric`` against the iteration count T per category (calibrated tau), with the mean over categories,
+    of one I3AD ``model`` (default: "i3ad" if the table has it, else its first inpainting model)."""
     rows = at_settings(table, settings)
+    if model is None:
+        inpainting = sorted(rows.loc[rows["ssim_threshold"].notna(), "model"].unique())
+        model = "i3ad" if "i3ad" in inpainting or not inpainting else inpainting[0]
     rows = rows[rows["model"] == model].dropna(subset=[metric])
     curves = rows.groupby(["category", "iterations"], as_index=False)[metric].mean()
     mean = curves.groupby("iterations", as_index=False)[metric].mean().assign(category="mean")

@@ -12,6 +12,7 @@ import pytest
 
 from i3ad.cli import main
 from i3ad.evaluation import RESULT_COLUMNS
+from i3ad.plots import auroc_vs_iterations
 from i3ad.results import compare_runs, headline, load_results, summary_tables
 from i3ad.scoring import DetectionSettings
 
@@ -58,6 +59,16 @@ def test_headline_takes_the_calibrated_rows_at_the_default_iterations(results):
     i3ad = rows[rows["model"] == "i3ad"].set_index("category")["image_auroc"]
     assert i3ad.to_dict() == pytest.approx({"a": 0.82, "b": 0.62})
     assert len(rows[rows["model"] == "ae"]) == 2
+
+
+def test_the_iterations_chart_draws_an_inpainting_model_of_any_name(results):
+    shipped = auroc_vs_iterations(results)
+    assert {trace.name for trace in shipped.data} == {"a", "b", "mean"}
+    # A user's table (I3AD_RESULTS in the app) whose model is not called "i3ad" drew an empty chart.
+    renamed = auroc_vs_iterations(results.replace({"model": {"i3ad": "mine"}}))
+    assert {trace.name for trace in renamed.data} == {"a", "b", "mean"}
+    assert "of mine against" in renamed.layout.title.text
+    assert list(renamed.data[-1].y) == pytest.approx([0.7, 0.71, 0.72])  # the mean over categories, T = 0..2
 
 
 def test_rows_of_another_step0_density_are_not_the_defaults(results):
