@@ -32,7 +32,7 @@ from i3ad.data import (
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.evaluation import METRIC_COLUMNS, TestSet
 from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
-from i3ad.outputs import ensure_writable_folder
+from i3ad.outputs import ensure_writable_folder, write_csv
 from i3ad.pipeline import (
     evaluate_by_defect,
     evaluate_detector,
@@ -243,7 +243,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 print(f"{index.name}/{name}: {len(table)} rows in {time.perf_counter() - started:.1f} s{_best(table)}")
             tables.append(table)
             # Written after every model, so that an interrupted run keeps what it finished.
-            pd.concat(tables, ignore_index=True).to_csv(out, index=False, float_format="%.4f")
+            write_csv(pd.concat(tables, ignore_index=True), out, float_format="%.4f")
     print(f"wrote {sum(len(table) for table in tables)} rows to {out}")
 
 
@@ -481,7 +481,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if out is not None:
         if args.append and out.exists():  # rows written before a column existed get it empty
             table = pd.concat([pd.read_csv(out), table], ignore_index=True)
-        table.to_csv(out, index=False, float_format="%.4g")
+        write_csv(table, out, float_format="%.4g")
         print(f"wrote {out}")
 
 

@@ -1,12 +1,15 @@
 """Where results go: output folders are checked for writing before the work that fills them, not after it; a
-checkpoint folder that a failed training run leaves empty is removed again."""
+checkpoint folder that a failed training run leaves empty is removed again; tables are replaced whole or not at all."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import pandas as pd
 
 
 def ensure_writable_folder(folder: str | Path) -> Path:
@@ -34,4 +37,19 @@ def removed_if_left_empty(folder: str | Path) -> Iterator[None]:
         for path in created:
             with contextlib.suppress(OSError):  # something was written into it (or it is gone): kept as it is
                 path.rmdir()
+        raise
+
+
+def write_csv(table: pd.DataFrame, path: str | Path, float_format: str) -> None:
+    """Write ``table`` to ``path`` through a temporary file beside it, so that a run killed (or a disk filling up)
+    while writing leaves the previous version whole instead of a truncated one."""
+    path = Path(path)
+    # Named per process (two runs writing one table do not share it), created by open() so that the umask applies.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(temporary, "w", newline="") as file:
+            table.to_csv(file, index=False, float_format=float_format)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
         raise

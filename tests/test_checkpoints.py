@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import safetensors.torch
 import torch
@@ -26,7 +27,7 @@ from i3ad.checkpoints import (
 from i3ad.detector import AnomalyDetector
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
-from i3ad.outputs import ensure_writable_folder
+from i3ad.outputs import ensure_writable_folder, write_csv
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings
 
@@ -469,3 +470,20 @@ def test_a_folder_that_cannot_be_written_is_found_before_any_work(tmp_path):
         ensure_writable_folder("/proc/i3ad")
     with pytest.raises(ValueError, match="cannot write to /proc"):
         save_checkpoint(_detector(), "/proc")
+
+
+def test_a_table_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "results.csv"
+    write_csv(pd.DataFrame({"a": [1.0, 2.0]}), path, float_format="%.4f")
+    before = path.read_text()
+    assert before == "a\n1.0000\n2.0000\n"
+
+    def disk_full_half_way(table, file, **kwargs):  # e.g. a full disk, or a kill, while evaluate rewrites its table
+        file.write("a\n1.0")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        write_csv(pd.DataFrame({"a": [1.0, 2.0, 3.0]}), path, float_format="%.4f")
+    assert path.read_text() == before  # the rows written before are all still there
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # and no partial file is left
