@@ -15,8 +15,17 @@ from torch import Tensor
 _EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=int)
 
 
+def _finite(scores: Tensor) -> Tensor:
+    """The scores, flattened as float64; ValueError if any is NaN or infinite (sorting would rank NaN highest and
+    return a number that means nothing)."""
+    scores = scores.flatten().double()
+    if not torch.isfinite(scores).all():
+        raise ValueError("the scores hold NaN or infinite values; metrics need finite ones")
+    return scores
+
+
 def _flat(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    scores, labels = scores.flatten().double(), labels.flatten().bool().to(scores.device)
+    scores, labels = _finite(scores), labels.flatten().bool().to(scores.device)
     if scores.numel() != labels.numel():
         raise ValueError(f"{scores.numel()} scores but {labels.numel()} labels")
     return scores, labels
@@ -81,7 +90,7 @@ def aupro(anomaly_maps: Tensor, masks: Tensor, *, fpr_limit: float = 0.3, region
     Returns NaN when there is no defect region.
     """
     regions = region_labels(masks) if regions is None else regions
-    scores = anomaly_maps.flatten().double()
+    scores = _finite(anomaly_maps)
     region = regions.flatten().to(scores.device)
     region_count = int(region.max())
     background = region == 0

@@ -261,3 +261,16 @@ def test_test_set_scores_and_measures_each_image_inside_its_region():
     assert whole_frame["image_auroc"] == 0.0 and whole_frame["pixel_auroc"] < 1.0
     subset = test.subset(torch.tensor([False, True]))
     assert torch.equal(subset.regions, regions[1:]) and torch.equal(subset.masks, masks[1:])
+
+
+def test_non_finite_scores_are_refused_not_ranked():
+    # torch sorts NaN as the largest value: AUROC came out 0.5, F1-max 0.8 and AUPRO 0.0 instead of an error.
+    scores, labels = torch.tensor([0.1, 0.2, float("nan"), 0.4]), torch.tensor([0, 1, 0, 1])
+    for metric in (binary_auroc, f1_max):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            metric(scores, labels)
+    maps, masks = torch.rand(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
+    masks[0, 0, :2, :2] = 1
+    maps[1, 0, 3, 3] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        aupro(maps, masks)
