@@ -11,6 +11,7 @@ Any image extension PIL reads is accepted, in any size, RGB or greyscale.
 from __future__ import annotations
 
 import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +89,25 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+def _is_image_name(path: Path) -> bool:
+    return not is_hidden(path.name) and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and not is_hidden(p.name) and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    """The image files directly in ``folder``. Images in its sub-folders and links to nothing are not data of the
+    layout; a warning names them rather than leaving them out silently."""
+    entries = sorted(folder.iterdir())
+    nested = [
+        p.name for p in entries if p.is_dir() and not is_hidden(p.name) and any(map(_is_image_name, p.rglob("*")))
+    ]
+    if nested:
+        warnings.warn(
+            f"{folder}: only the images directly in it are read, not those in {', '.join(nested)}/", stacklevel=2
+        )
+    broken = [p.name for p in entries if p.is_symlink() and not p.exists() and _is_image_name(p)]
+    if broken:
+        warnings.warn(f"{folder}: {', '.join(broken)} link(s) to nothing, left out", stacklevel=2)
+    return [p for p in entries if p.is_file() and _is_image_name(p)]
 
 
 def _subfolders(folder: Path) -> dict[str, Path]:

@@ -190,6 +190,20 @@ def test_hidden_files_and_folders_are_no_data(small_category):
     assert {s.defect for s in index.test} == {"good", *DEFECTS}
 
 
+def test_images_the_layout_does_not_read_are_named_in_a_warning(small_category):
+    good = small_category / "train" / "good"
+    (good / "part2").mkdir()
+    for image in sorted(good.glob("*.png"))[:3]:
+        image.rename(good / "part2" / image.name)  # half of train/good went missing without a word
+    (good / "gone.png").symlink_to(good / "no_such_file.png")
+    with pytest.warns(UserWarning) as caught:
+        index = index_category(small_category.parent, "cat")
+    messages = [str(warning.message) for warning in caught]
+    assert f"{good}: only the images directly in it are read, not those in part2/" in messages
+    assert f"{good}: gone.png link(s) to nothing, left out" in messages
+    assert len(index.train) == 3
+
+
 def test_masks_for_some_defect_types_but_not_others(small_category):
     shutil.rmtree(small_category / "ground_truth" / "scratch")
     with pytest.raises(DatasetError, match=r"masks for \['spot'\] but none for \['scratch'\]"):
