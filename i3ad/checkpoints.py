@@ -9,6 +9,7 @@ silently half-loaded model.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import warnings
 from dataclasses import replace
@@ -159,7 +160,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
         # the strict weight check instead of allocating (or failing to allocate) a network of that size first.
         with torch.device("meta"):
             model = ARCHITECTURES[architecture](**config)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:  # sizes beyond any tensor: RuntimeError
         raise CheckpointError(f"{folder / CONFIG_FILE} does not describe a valid {architecture}: {error}") from None
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
@@ -214,7 +215,7 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> A
             category=str(record["category"]),
             # The folder names the variant, as in every listing: a copied or renamed checkpoint (e.g. i3ad kept as
             # i3ad-backup) is no longer reported under the name it was trained with.
-            name=folder.resolve().name,
+            name=Path(os.path.abspath(folder)).name,  # the link's own name for a linked folder, as listings show
             info=dict(record.get("info", {})),
         )
     except CheckpointError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,12 +44,14 @@ def removed_if_left_empty(folder: str | Path) -> Iterator[None]:
 def write_csv(table: pd.DataFrame, path: str | Path, float_format: str) -> None:
     """Write ``table`` to ``path`` through a temporary file beside it, so that a run killed (or a disk filling up)
     while writing leaves the previous version whole instead of a truncated one."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # through a link, as writing in place did, not over it
     # Named per process (two runs writing one table do not share it), created by open() so that the umask applies.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with open(temporary, "w", newline="") as file:
             table.to_csv(file, index=False, float_format=float_format)
+        if path.exists():
+            shutil.copymode(path, temporary)  # a table replaced keeps its permissions
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -281,6 +281,9 @@ def test_a_config_of_absurd_sizes_is_refused_without_building_that_network(saved
     _rewrite_config(folder, base_width=1_048_576)  # 40 TB of weights: allocating them failed with a RuntimeError
     with pytest.raises(CheckpointError, match=r"does not match .*config\.json"):
         load_checkpoint(folder)
+    _rewrite_config(folder, base_width=10**10)  # beyond any tensor's size, even without memory
+    with pytest.raises(CheckpointError, match=r"config\.json does not describe a valid InpaintingUNet"):
+        load_checkpoint(folder)
 
 
 @pytest.mark.parametrize("file", ["config.json", "detector.json"])
@@ -402,6 +405,10 @@ def test_a_copied_checkpoint_is_named_after_its_folder(saved):
     # averaged them; now it is the variant every listing calls it.
     assert load_checkpoint(copy).name == "i3ad-backup"
     assert load_checkpoint(folder).name == "i3ad-test"
+    link = folder.parent / "i3ad-latest"
+    link.symlink_to(folder.name)  # a link is listed under its own name, so it is named so too
+    assert list_checkpoints(folder.parent.parent) == {"widget": ["i3ad-backup", "i3ad-latest", "i3ad-test"]}
+    assert load_checkpoint(link).name == "i3ad-latest"
 
 
 def test_folders_whose_names_are_no_valid_names_are_not_listed(saved, tmp_path):
@@ -487,3 +494,10 @@ def test_a_table_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         write_csv(pd.DataFrame({"a": [1.0, 2.0, 3.0]}), path, float_format="%.4f")
     assert path.read_text() == before  # the rows written before are all still there
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # and no partial file is left
+    monkeypatch.undo()
+    path.chmod(0o664)
+    link = tmp_path / "link.csv"
+    link.symlink_to(path)
+    write_csv(pd.DataFrame({"a": [3.0]}), link, float_format="%.1f")
+    assert link.is_symlink() and path.read_text() == "a\n3.0\n"  # written through the link, not over it
+    assert path.stat().st_mode & 0o777 == 0o664
