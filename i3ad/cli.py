@@ -521,11 +521,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     tables = summary_tables(results, settings)
     for model, rows in results.groupby("model"):
         # Such a model is missing from the per-category table (the scoring-variant tables still show its rows).
-        if at_settings(rows, settings).empty:
-            print(f"note: no {model} rows at the report's settings; {'; '.join(unmatched_settings(rows, settings))}")
-    at_these = at_settings(results[results["ssim_threshold"].notna()], settings)
-    if not at_these.empty and settings.iterations not in set(at_these["iterations"]):
-        print(f"note: no I3AD rows at T = {settings.iterations}; the table holds T = 0..{at_these['iterations'].max()}")
+        at_these = at_settings(rows, settings)
+        if at_these.empty:
+            reasons = unmatched_settings(rows, settings) or ["its rows have each of them, but not all together"]
+            print(f"note: no {model} rows at the report's settings; {'; '.join(reasons)}")
+        elif rows["ssim_threshold"].notna().any() and settings.iterations not in set(at_these["iterations"]):
+            held = f"{at_these['iterations'].min()}..{at_these['iterations'].max()}"
+            print(f"note: no {model} rows at T = {settings.iterations}; its rows hold T = {held}")
     print(
         f"Metrics at T = {settings.iterations}, each step-0 mask hiding {settings.step0_hidden_groups} of "
         f"{settings.step0_masks} grid groups (I3AD: calibrated tau):\n"

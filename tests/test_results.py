@@ -186,7 +186,7 @@ def test_report_summarises_another_step0_density_and_t(results, tmp_path, capsys
     assert "iterations must be between 0 and 10" in capsys.readouterr().err
     # A T the table does not hold: I3AD would silently be missing from the first table.
     assert main(["report", "--results", str(path), "--hidden-groups", "3", "--iterations", "5"]) == 0
-    assert "note: no I3AD rows at T = 5; the table holds T = 0..2" in capsys.readouterr().out
+    assert "note: no i3ad rows at T = 5; its rows hold T = 0..2" in capsys.readouterr().out
 
 
 def test_report_names_the_settings_that_keep_a_model_out_of_its_tables(results, tmp_path, capsys):
@@ -198,6 +198,19 @@ def test_report_names_the_settings_that_keep_a_model_out_of_its_tables(results, 
     printed = capsys.readouterr().out
     for model in ("ae", "i3ad"):
         assert f"note: no {model} rows at the report's settings; smoothing_sigma: 4 (the report's: 8)\n" in printed
+    # Each setting present, but not together: the note says so rather than giving no reason.
+    mixed = results.copy()
+    autoencoder = mixed["model"] == "ae"
+    mixed.loc[autoencoder, "smoothing_sigma"] = [4.0, 8.0] * (autoencoder.sum() // 2)
+    mixed.loc[autoencoder & (mixed["smoothing_sigma"] == 8.0), "normal_error_subtracted"] = False
+    mixed.loc[autoencoder & (mixed["smoothing_sigma"] == 4.0), "normal_error_subtracted"] = True
+    # And a second I3AD model that lacks the report's T while i3ad has it went missing without a note.
+    small = results[results["model"] == "i3ad"].query("iterations == 0").assign(model="i3ad-small")
+    pd.concat([mixed, small]).to_csv(path, index=False)
+    assert main(["report", "--results", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: no ae rows at the report's settings; its rows have each of them, but not all together" in printed
+    assert "note: no i3ad-small rows at T = 1; its rows hold T = 0..0" in printed
 
 
 def test_report_refuses_a_table_that_evaluate_did_not_write(tmp_path, capsys):
