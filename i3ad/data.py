@@ -110,11 +110,11 @@ def _images_in(folder: Path) -> list[Path]:
     return [p for p in entries if p.is_file() and _is_image_name(p)]
 
 
-def _subfolders(folder: Path) -> dict[str, Path]:
-    """{lower-case name: folder} of the data folders in ``folder`` (none if it is missing)."""
+def _subfolders(folder: Path) -> list[Path]:
+    """The data folders in ``folder`` (none if it is missing)."""
     if not folder.is_dir():
-        return {}
-    return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir() and not is_hidden(p.name)}
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
 def list_categories(data_root: str | Path) -> list[str]:
@@ -139,8 +139,8 @@ def index_category(data_root: str | Path, category: str) -> CategoryIndex:
         raise DatasetError(f"{train_dir} must exist and hold the normal training images")
     test_dir, truth_dir = root / "test", root / "ground_truth"
     test: list[Sample] = []
-    truth_dirs = _subfolders(truth_dir)
-    for defect_dir in _subfolders(test_dir).values():
+    truth_dirs = {folder.name.lower(): folder for folder in _subfolders(truth_dir)}
+    for defect_dir in _subfolders(test_dir):
         defect = defect_dir.name
         # Masks are paired case-insensitively (an archive written on Windows may say Scratch/000_MASK.PNG).
         truth = truth_dirs.get(defect.lower()) if defect != NORMAL else None

@@ -175,6 +175,10 @@ def test_masks_are_paired_whatever_the_case_of_their_names(small_category):
     assert index.has_masks
     sample = next(s for s in index.test if s.defect == "spot" and s.image.stem == "001")
     assert sample.mask == truth / "Spot" / "001_MASK.PNG"
+    # Two test folders whose names differ only in case stay two defect types (pairing had kept only one).
+    shutil.copytree(small_category / "test" / "spot", small_category / "test" / "SPOT")
+    index = index_category(small_category.parent, "cat")
+    assert sorted(s.defect for s in index.test if s.defect.lower() == "spot") == ["SPOT"] * 2 + ["spot"] * 2
 
 
 def test_hidden_files_and_folders_are_no_data(small_category):
