@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import (
+    GatedRepoError,
     HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
@@ -103,8 +104,10 @@ class CheckpointResolver:
         where = f"Hub repo {self.repo_id!r}" + (f" at revision {self.revision!r}" if self.revision else "")
         try:
             return Path(snapshot_download(self.repo_id, revision=self.revision, allow_patterns=patterns))
-        except RevisionNotFoundError:  # (a RepositoryNotFoundError too, so first)
+        except RevisionNotFoundError:
             raise CheckpointError(f"{where}: no such revision (check {ENV_HUB_REVISION})") from None
+        except GatedRepoError:  # (a kind of RepositoryNotFoundError, so before it)
+            raise CheckpointError(f"{where} is gated: accept its conditions on the Hub, then set HF_TOKEN") from None
         except RepositoryNotFoundError:
             raise CheckpointError(
                 f"{where} was not found, or is private: check {ENV_HUB_REPO}, and set HF_TOKEN for a private repo"

@@ -11,6 +11,7 @@ The resolver runs in a subprocess, because huggingface_hub reads HF_ENDPOINT, HF
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -363,6 +365,34 @@ def test_a_repo_or_revision_that_does_not_exist_is_named(served, tmp_path):
     assert wrong_repo["synth/i3ad"]["error"].startswith("Hub repo 'nobody/none' was not found, or is private")
 
 
+class GatedHub(FakeHub):
+    """A Hub whose repo is gated: every request is refused until the user accepts its conditions."""
+
+    def _answer_hub(self, request, head: bool) -> None:
+        headers = {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access to this repo is restricted (test hub)"}
+        self._send(request, 403, headers, b'{"error": "gated"}', head)
+
+
+@contextlib.contextmanager
+def serving(hub_kind: type[FakeHub], tmp_path: Path) -> Iterator[FakeHub]:
+    """A Hub stand-in of ``hub_kind`` serving a repo with one checkpoint, synth/i3ad."""
+    save_untrained_checkpoint(tmp_path / "repo", "synth", "i3ad", size=32)
+    hub = hub_kind(REPO_ID, tmp_path / "repo")
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+def test_a_gated_repo_is_named_as_such(tmp_path):
+    with serving(GatedHub, tmp_path) as hub:
+        answers = resolve_in_subprocess(hub_env(tmp_path, hub.url), "synth/i3ad")
+    # A gated repo is a RepositoryNotFoundError to huggingface_hub: it was reported as not found or private.
+    assert answers["synth/i3ad"]["error"] == (
+        f"Hub repo '{REPO_ID}' is gated: accept its conditions on the Hub, then set HF_TOKEN"
+    )
+
+
 class DroppingHub(FakeHub):
     """A Hub whose CDN breaks every download off half-way (the connection closes before the announced length)."""
 
@@ -377,17 +407,12 @@ class DroppingHub(FakeHub):
 
 
 def test_a_broken_download_or_an_unusable_cache_is_a_checkpoint_error(tmp_path):
-    repo = tmp_path / "repo"
-    save_untrained_checkpoint(repo, "synth", "i3ad", size=32)
-    hub = DroppingHub(REPO_ID, repo)
-    try:
+    with serving(DroppingHub, tmp_path) as hub:
         # The HTTP client's own error (RemoteProtocolError) escaped as it was: the app answered a bare "Error".
         dropped = resolve_in_subprocess(hub_env(tmp_path, hub.url), "synth/i3ad")
         (tmp_path / "a_file").write_text("")
         # A cache folder that cannot be made: the OSError stopped the app from starting, local checkpoints or not.
         no_cache = resolve_in_subprocess(hub_env(tmp_path, hub.url) | {"HF_HOME": str(tmp_path / "a_file" / "hf")})
-    finally:
-        hub.stop()
     assert dropped["available"] == {"synth": ["i3ad"]}  # the listing's small files still come through
     assert dropped["synth/i3ad"]["error"].startswith(f"could not get checkpoints from Hub repo '{REPO_ID}': ")
     assert no_cache == {"available": {}}
