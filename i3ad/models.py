@@ -22,6 +22,11 @@ def for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if torch.device(device).type == "cpu" else model
 
 
+# Far beyond any network this project trains; a checkpoint's config.json asking for more is damaged (building a
+# million residual blocks would take hours before the weights could refuse it).
+MAX_LEVELS, MAX_BOTTLENECK_BLOCKS = 10, 64
+
+
 def check_sizes(**sizes: object) -> None:
     """Refuse a network size (a width, a block count) that is not a whole number >= 1; the error names it."""
     for name, value in sizes.items():
@@ -78,6 +83,11 @@ class InpaintingUNet(nn.Module):
         check_sizes(**{f"width multiplier {i + 1}": m for i, m in enumerate(width_multipliers)})
         if bottleneck_blocks != 0:
             check_sizes(bottleneck_blocks=bottleneck_blocks)
+        if len(width_multipliers) > MAX_LEVELS or bottleneck_blocks > MAX_BOTTLENECK_BLOCKS:
+            raise ValueError(
+                f"at most {MAX_LEVELS} levels and {MAX_BOTTLENECK_BLOCKS} bottleneck blocks, got "
+                f"{len(width_multipliers)} and {bottleneck_blocks}"
+            )
         self.config = {
             "channels": channels,
             "base_width": base_width,

@@ -284,6 +284,9 @@ def test_a_config_of_absurd_sizes_is_refused_without_building_that_network(saved
     _rewrite_config(folder, base_width=10**10)  # beyond any tensor's size, even without memory
     with pytest.raises(CheckpointError, match=r"config\.json does not describe a valid InpaintingUNet"):
         load_checkpoint(folder)
+    _rewrite_config(folder, base_width=8, bottleneck_blocks=10**6)  # building it took hours before any refusal
+    with pytest.raises(CheckpointError, match="at most 10 levels and 64 bottleneck blocks, got 5 and 1000000"):
+        load_checkpoint(folder)
 
 
 @pytest.mark.parametrize("file", ["config.json", "detector.json"])
