@@ -824,6 +824,13 @@ def _discard_further_output() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+# Batches shrink by themselves on a GPU (i3ad.batching), but evaluate keeps every step's maps of a whole category.
+_MEMORY_ADVICE = (
+    "use a smaller --batch-size, and for evaluate fewer --iterations, --thresholds, --cell-sizes or --measures "
+    "(it keeps the maps of every setting of a category at once)"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # --no-tf32 and --threads change process-wide torch settings; whoever calls main() gets its own back.
@@ -840,7 +847,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError:
-        print("error: the GPU ran out of memory; use a smaller --batch-size", file=sys.stderr)
+        print(f"error: the GPU ran out of memory; {_MEMORY_ADVICE}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if "can't allocate memory" not in str(error):  # torch's CPU allocator says so in a plain RuntimeError
+            raise
+        print(f"error: the computer ran out of memory; {_MEMORY_ADVICE}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # What was finished is on disk: evaluate's rows up to the last model, detect's up to the last image.

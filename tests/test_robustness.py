@@ -440,6 +440,34 @@ def test_gpu_out_of_memory_on_one_image_of_a_cli_run_skips_only_that_image(check
     assert rows["rgb.png"]["score"] and rows["grey.png"]["score"]
 
 
+@pytest.mark.parametrize(
+    ("error", "where"),
+    [
+        (torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"), "the GPU"),
+        # What torch's CPU allocator raises, a plain RuntimeError: it ended the CLI in a traceback.
+        (
+            RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB (simulated)"),
+            "the computer",
+        ),
+    ],
+)
+def test_running_out_of_memory_in_a_cli_run_is_a_message_that_says_what_helps(monkeypatch, capsys, error, where):
+    def out_of_memory(args):
+        raise error
+
+    monkeypatch.setattr("i3ad.cli.cmd_report", out_of_memory)
+    assert main(["report"]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"error: {where} ran out of memory; use a smaller --batch-size, and for evaluate fewer")
+
+    def other_failure(args):
+        raise RuntimeError("a bug, not memory")
+
+    monkeypatch.setattr("i3ad.cli.cmd_report", other_failure)
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError is left as it is
+        main(["report"])
+
+
 # --- damaged checkpoints and bad settings through the app and the CLI ------------------------------------------------
 
 
