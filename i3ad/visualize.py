@@ -35,12 +35,14 @@ def colorize(anomaly_map: Tensor, vmax: float) -> np.ndarray:
 
 
 def _resized(anomaly_map: Tensor, size: tuple[int, int], enlarge_mode: str) -> Tensor:
-    """A [1, h, w] map at ``size``: shrunk with each pixel the maximum of the ones it covers (sampled or averaged,
-    a small region above the threshold could vanish from a picture whose verdict is "anomalous"), otherwise
-    interpolated with ``enlarge_mode``."""
+    """A [1, h, w] map at ``size``: a side that shrinks takes each pixel's maximum of the ones it covers (sampled or
+    averaged, a small region above the threshold could vanish from a picture whose verdict is "anomalous"), a side
+    that grows is interpolated with ``enlarge_mode``."""
     anomaly_map = anomaly_map[None].float()
-    if size[0] <= anomaly_map.shape[-2] and size[1] <= anomaly_map.shape[-1]:
-        return F.adaptive_max_pool2d(anomaly_map, size)[0]
+    shrunk = (min(size[0], anomaly_map.shape[-2]), min(size[1], anomaly_map.shape[-1]))
+    anomaly_map = F.adaptive_max_pool2d(anomaly_map, shrunk)
+    if shrunk == tuple(size):
+        return anomaly_map[0]
     align_corners = False if enlarge_mode == "bilinear" else None
     return F.interpolate(anomaly_map, size=size, mode=enlarge_mode, align_corners=align_corners)[0]
 

@@ -22,6 +22,14 @@ def test_a_region_above_the_threshold_stays_in_the_mask_of_a_smaller_image():
         assert mask.max() == 255, side  # sampled instead of pooled, it vanished at 128, 100 and 64 px
 
 
+def test_a_region_above_the_threshold_stays_in_the_mask_of_an_image_smaller_one_way_and_larger_the_other():
+    anomaly_map = torch.zeros(1, 256, 256)
+    anomaly_map[0, 101, 57] = 0.3  # a single pixel above the threshold
+    for size in [(400, 200), (200, 400), (300, 17)]:  # e.g. a 400 x 200 upload to a 256-px model
+        mask = np.asarray(binary_mask_image(anomaly_map, 0.299, size))
+        assert mask.max() == 255, size  # sampled when only one side shrank, it vanished
+
+
 def test_an_enlarged_mask_keeps_its_shape():
     anomaly_map = torch.zeros(1, 4, 4)
     anomaly_map[0, 1, 2] = 1.0
