@@ -34,7 +34,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from i3ad.batching import unless_out_of_gpu_memory
+from i3ad.batching import is_cpu_out_of_memory, unless_out_of_gpu_memory
 from i3ad.calibration import MAX_CALIBRATED_ITERATIONS
 from i3ad.checkpoints import CheckpointError
 from i3ad.demo import (
@@ -229,6 +229,13 @@ class Handlers:
         except (CheckpointError, ImageReadError, ValueError) as error:
             message = str(error).replace(path, name) if name else str(error)  # the user's file name, not the cache's
             raise request_error(message) from None
+        except RuntimeError as error:
+            if not is_cpu_out_of_memory(error):
+                raise
+            raise gr.Error(
+                "The computer ran out of memory during the detection; try a smaller image, or again in a moment.",
+                print_exception=False,
+            ) from None
         if report is None:
             raise gr.Error(
                 "The GPU ran out of memory during the detection; try again in a moment.",
@@ -372,9 +379,17 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
     return app
 
 
+def launch_options(config: AppConfig) -> dict:
+    """Arguments of ``launch``: the upload limit, and the data root, whose test images are the examples: Gradio
+    serves files from the working and temporary folders only, and refused a category's examples from elsewhere
+    (its menu changed, and every other control showed a bare "Error")."""
+    return {"max_file_size": MAX_UPLOAD_SIZE, "allowed_paths": [str(config.data_root)] if config.data_root else None}
+
+
 if __name__ == "__main__":
+    app_config = AppConfig.from_env()
     try:
-        demo = build_app()
+        demo = build_app(app_config)
     except CheckpointError as error:
         raise SystemExit(f"error: {error}") from None
-    demo.launch(max_file_size=MAX_UPLOAD_SIZE)
+    demo.launch(**launch_options(app_config))

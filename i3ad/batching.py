@@ -51,3 +51,8 @@ def unless_out_of_gpu_memory(function: Callable[[], Result]) -> Result | None:
     # Outside the except block: its traceback still holds the failed call's tensors.
     torch.cuda.empty_cache()
     return None
+
+
+def is_cpu_out_of_memory(error: BaseException) -> bool:
+    """True for what torch's CPU allocator raises when memory runs out: a plain RuntimeError, told by its text."""
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from i3ad.batching import unless_out_of_gpu_memory
+from i3ad.batching import is_cpu_out_of_memory, unless_out_of_gpu_memory
 from i3ad.benchmark import COMPILE_MODES, check_plan, run_benchmark
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE, MAX_CALIBRATED_ITERATIONS, check_ssim_quantile
 from i3ad.checkpoints import CheckpointError, check_free_for_checkpoint, list_checkpoints, load_checkpoint, save_record
@@ -850,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the GPU ran out of memory; {_MEMORY_ADVICE}", file=sys.stderr)
         return 2
     except RuntimeError as error:
-        if "can't allocate memory" not in str(error):  # torch's CPU allocator says so in a plain RuntimeError
+        if not is_cpu_out_of_memory(error):
             raise
         print(f"error: the computer ran out of memory; {_MEMORY_ADVICE}", file=sys.stderr)
         return 2

@@ -389,3 +389,10 @@ def test_output_folders_older_than_their_age_are_removed(tmp_path):
     os.utime(tmp_path / "examples", (stale, stale))
     fresh = new_output_folder(tmp_path)
     assert not old.exists() and recent.is_dir() and fresh.is_dir() and (tmp_path / "examples").is_dir()
+
+
+def test_the_data_roots_examples_may_be_served_wherever_it_lies(tmp_path):
+    resolver = CheckpointResolver(tmp_path)
+    options = app.launch_options(app.AppConfig(resolver, tmp_path / "r.csv", data_root=Path("/data/mvtec")))
+    assert options["allowed_paths"] == ["/data/mvtec"] and options["max_file_size"] == app.MAX_UPLOAD_SIZE
+    assert app.launch_options(app.AppConfig(resolver, tmp_path / "r.csv"))["allowed_paths"] is None

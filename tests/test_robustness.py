@@ -424,6 +424,15 @@ def test_gpu_out_of_memory_in_the_app_is_a_message(handlers, good, monkeypatch):
         handlers.detect("rgb", "i3ad", upload(good["rgb.png"]), 1, None)
 
 
+def test_cpu_out_of_memory_in_the_app_is_a_message(handlers, good, monkeypatch):
+    def out_of_cpu_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB (simulated)")
+
+    monkeypatch.setattr(AnomalyDetector, "detect", out_of_cpu_memory)
+    with pytest.raises(gr.Error, match="The computer ran out of memory during the detection"):  # was a bare Error
+        handlers.detect("rgb", "i3ad", upload(good["rgb.png"]), 1, None)
+
+
 def test_gpu_out_of_memory_on_one_image_of_a_cli_run_skips_only_that_image(checkpoints, good, tmp_path, monkeypatch):
     real_detect = AnomalyDetector.detect
 
