@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, nargs="+", default=[0, 5])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.repeats < 1:  # checked before the app starts: the medians need timed requests
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
     from gradio_client import Client, handle_file
 
