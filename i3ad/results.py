@@ -42,50 +42,57 @@ def load_results(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def _same_scoring(table: pd.DataFrame, settings: DetectionSettings) -> pd.Series:
-    return (
-        (table["anomaly_measure"] == settings.anomaly_measure)
-        & (table["smoothing_sigma"] == settings.smoothing_sigma)
-        & (table["normal_error_subtracted"].astype(bool) == settings.subtract_normal_error)
-    )
+def _scoring_values(settings: DetectionSettings) -> dict[str, object]:
+    """The result columns every row scored like ``settings`` has, with their values."""
+    return {
+        "anomaly_measure": settings.anomaly_measure,
+        "smoothing_sigma": settings.smoothing_sigma,
+        "normal_error_subtracted": settings.subtract_normal_error,
+    }
 
 
-def _same_step0(table: pd.DataFrame, settings: DetectionSettings) -> pd.Series:
-    return (table["step0_cell_size"] == settings.step0_cell_size) & (
-        table["step0_hidden_groups"] == settings.step0_hidden_groups
-    )
+def _step0_values(settings: DetectionSettings) -> dict[str, object]:
+    """The further columns an I3AD row at ``settings`` has: its step-0 masks."""
+    return {"step0_cell_size": settings.step0_cell_size, "step0_hidden_groups": settings.step0_hidden_groups}
+
+
+def _inpainting_values(settings: DetectionSettings) -> dict[str, object]:
+    """Those of an I3AD row at ``settings`` and its calibrated tau."""
+    return {**_step0_values(settings), "calibrated_threshold": True}
+
+
+def _column(table: pd.DataFrame, column: str, value: object) -> pd.Series:
+    return table[column].astype(bool) if isinstance(value, bool) else table[column]
+
+
+def _matching(table: pd.DataFrame, values: dict[str, object]) -> pd.Series:
+    matches = pd.Series(True, index=table.index)
+    for column, value in values.items():
+        matches &= _column(table, column, value) == value
+    return matches
 
 
 def at_settings(table: pd.DataFrame, settings: DetectionSettings) -> pd.DataFrame:
     """Rows scored like ``settings`` (measure, smoothing, normal error; step-0 masks and calibrated tau for
     I3AD)."""
-    same_scoring = _same_scoring(table, settings)
     is_autoencoder = table["ssim_threshold"].isna()
-    inpainting = table["calibrated_threshold"].astype(bool) & _same_step0(table, settings)
-    return table[same_scoring & (is_autoencoder | inpainting)]
+    inpainting = _matching(table, _inpainting_values(settings))
+    return table[_matching(table, _scoring_values(settings)) & (is_autoencoder | inpainting)]
 
 
 def unmatched_settings(table: pd.DataFrame, settings: DetectionSettings) -> list[str]:
     """What keeps one model's rows ``table`` out of ``at_settings``: each setting none of them has, as "column: the
     values the rows hold (the report's value)"."""
-    wanted = {
-        "anomaly_measure": settings.anomaly_measure,
-        "smoothing_sigma": settings.smoothing_sigma,
-        "normal_error_subtracted": settings.subtract_normal_error,
-    }
-    if table["ssim_threshold"].notna().any():  # I3AD rows: its step 0 and the calibrated tau too
-        wanted |= {
-            "step0_cell_size": settings.step0_cell_size,
-            "step0_hidden_groups": settings.step0_hidden_groups,
-            "calibrated_threshold": True,
-        }
+    wanted = _scoring_values(settings)
+    if table["ssim_threshold"].notna().any():  # I3AD rows
+        wanted |= _inpainting_values(settings)
 
     def shown(value: object) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     unmatched = []
     for column, value in wanted.items():
-        held = table[column].astype(bool) if isinstance(value, bool) else table[column]
+        held = _column(table, column, value)
         if value not in set(held):
             unmatched.append(f"{column}: {', '.join(map(shown, sorted(held.unique())))} (the report's: {shown(value)})")
     return unmatched
@@ -161,7 +168,7 @@ def normal_error_table(table: pd.DataFrame, settings: DetectionSettings = Detect
 def threshold_table(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
     """Mean image AUROC over categories of each inpainting model at each fixed tau and at the calibrated one
     (scored like ``settings``), for each T."""
-    same_scoring = _same_scoring(table, settings) & _same_step0(table, settings)
+    same_scoring = _matching(table, {**_scoring_values(settings), **_step0_values(settings)})
     rows = table[same_scoring & table["ssim_threshold"].notna()]
     tau = rows["ssim_threshold"].round(2).astype(str).where(~rows["calibrated_threshold"].astype(bool), "calibrated")
     return _mean_over_categories(rows.assign(tau=tau), ["model", "tau"])
