@@ -75,6 +75,7 @@ class InpaintingUNet(nn.Module):
         width_multipliers: tuple[int, ...] = (1, 2, 4, 4, 4),
         bottleneck_blocks: int = 2,
         patch_size: int = 1,
+        full_res_width: int = 0,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
@@ -83,6 +84,10 @@ class InpaintingUNet(nn.Module):
         check_sizes(**{f"width multiplier {i + 1}": m for i, m in enumerate(width_multipliers)})
         if bottleneck_blocks != 0:
             check_sizes(bottleneck_blocks=bottleneck_blocks)
+        if full_res_width != 0:
+            check_sizes(full_res_width=full_res_width)
+            if patch_size == 1:
+                raise ValueError("a full-resolution path (full_res_width) needs a folded first level (patch_size > 1)")
         if len(width_multipliers) > MAX_LEVELS or bottleneck_blocks > MAX_BOTTLENECK_BLOCKS:
             raise ValueError(
                 f"at most {MAX_LEVELS} levels and {MAX_BOTTLENECK_BLOCKS} bottleneck blocks, got "
@@ -94,8 +99,11 @@ class InpaintingUNet(nn.Module):
             "width_multipliers": list(width_multipliers),
             "bottleneck_blocks": bottleneck_blocks,
         }
-        if patch_size != 1:  # recorded only when used, so unfolded checkpoints stay loadable by earlier versions
+        # Recorded only when used, so that checkpoints without them stay loadable by earlier versions.
+        if patch_size != 1:
             self.config["patch_size"] = patch_size
+        if full_res_width:
+            self.config["full_res_width"] = full_res_width
         widths = [base_width * m for m in width_multipliers]
         self.patch_size = patch_size
         self.stem = nn.Conv2d((channels + 1) * patch_size**2, widths[0], 3, padding=1)
@@ -111,8 +119,21 @@ class InpaintingUNet(nn.Module):
         for i in reversed(range(len(widths) - 1)):
             self.upsamples.append(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1))
             self.up_blocks.append(ResidualBlock(2 * widths[i], widths[i]))
+        head_channels = full_res_width or channels  # per unfolded pixel
         self.head = nn.Sequential(
-            _group_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], channels * patch_size**2, 3, padding=1)
+            _group_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], head_channels * patch_size**2, 3, padding=1)
+        )
+        self.full_res_stem = nn.Conv2d(channels + 1, full_res_width, 3, padding=1) if full_res_width else None
+        self.full_res_head = (
+            nn.Sequential(
+                _group_norm(2 * full_res_width),
+                nn.SiLU(),
+                nn.Conv2d(2 * full_res_width, full_res_width, 3, padding=1),
+                nn.SiLU(),
+                nn.Conv2d(full_res_width, channels, 3, padding=1),
+            )
+            if full_res_width
+            else None
         )
         self.size_multiple = patch_size * 2 ** (len(widths) - 1)
 
@@ -124,6 +145,7 @@ class InpaintingUNet(nn.Module):
         pad_h, pad_w = -height % self.size_multiple, -width % self.size_multiple
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        full_res = self.full_res_stem(x) if self.full_res_stem is not None else None
         x = self.stem(F.pixel_unshuffle(x, self.patch_size))
         skips = []
         for i, block in enumerate(self.down_blocks):
@@ -136,7 +158,10 @@ class InpaintingUNet(nn.Module):
             skip = skips.pop()
             x = upsample(F.interpolate(x, size=skip.shape[-2:], mode="nearest"))
             x = block(torch.cat([x, skip], dim=1))
-        return torch.sigmoid(F.pixel_shuffle(self.head(x), self.patch_size))[..., :height, :width]
+        x = F.pixel_shuffle(self.head(x), self.patch_size)
+        if full_res is not None:
+            x = self.full_res_head(torch.cat([x, full_res], dim=1))
+        return torch.sigmoid(x)[..., :height, :width]
 
 
 class ConvAutoencoder(nn.Module):

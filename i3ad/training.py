@@ -34,6 +34,7 @@ class TrainConfig:
     base_width: int = 32  # U-Net / autoencoder width; 16 gives the CPU demo model
     width_multipliers: tuple[int, ...] = (1, 2, 4, 4, 4)  # U-Net channels per level, times base_width
     patch_size: int = 1  # U-Net: pixels folded into channels per side before the first level (ignored for the AE)
+    full_res_width: int = 0  # U-Net with patch_size > 1: channels of its thin full-resolution path (0: none)
     latent_dim: int = 128  # autoencoder bottleneck size (ignored for i3ad)
     l2_weight: float = 1.0  # loss = (1 - SSIM) + l2_weight * MSE, on the re-painted image
     augmentations: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"; only what the category allows
@@ -82,6 +83,7 @@ def build_model(config: TrainConfig, channels: int, image_size: int) -> Inpainti
             base_width=config.base_width,
             width_multipliers=tuple(config.width_multipliers),
             patch_size=config.patch_size,
+            full_res_width=config.full_res_width,
         )
     return ConvAutoencoder(
         channels=channels, image_size=image_size, base_width=config.base_width, latent_dim=config.latent_dim

@@ -326,9 +326,12 @@ def test_unknown_architecture(saved, architecture):
         load_checkpoint(folder)
 
 
-def test_a_folded_network_round_trips_and_older_configs_mean_no_folding(tmp_path, saved):
+@pytest.mark.parametrize("full_res_width", [0, 4])
+def test_a_folded_network_round_trips_and_older_configs_mean_no_folding(tmp_path, saved, full_res_width):
     torch.manual_seed(0)
-    folded = InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), patch_size=2).eval()
+    folded = InpaintingUNet(
+        channels=3, base_width=8, width_multipliers=(1, 2), patch_size=2, full_res_width=full_res_width
+    ).eval()
     loaded = load_checkpoint(save_checkpoint(_detector(folded), tmp_path / "folded" / "i3ad-test")).model
     images, masks = torch.rand(2, 3, 30, 44), (torch.rand(2, 1, 30, 44) > 0.5).float()
     with torch.no_grad():
@@ -337,8 +340,8 @@ def test_a_folded_network_round_trips_and_older_configs_mean_no_folding(tmp_path
         torch.testing.assert_close(loaded(images, masks), folded(images, masks))
     # An unfolded network's config.json does not name the option, as before it existed (earlier versions read it).
     _, folder = saved
-    assert "patch_size" not in json.loads((folder / "config.json").read_text())
-    assert load_model(folder).patch_size == 1
+    assert not {"patch_size", "full_res_width"} & set(json.loads((folder / "config.json").read_text()))
+    assert load_model(folder).patch_size == 1 and load_model(folder).full_res_stem is None
 
 
 def test_invalid_model_config(saved):

@@ -735,6 +735,12 @@ def test_train_with_bad_settings(synthetic_root, tmp_path, cli_error):
     for flag, value, message in [
         ("--base-width", "0", "base_width must be a whole number >= 1, got 0"),
         ("--patch-size", "0", "patch_size must be a whole number >= 1, got 0"),
+        ("--full-res-width", "-1", "full_res_width must be a whole number >= 1, got -1"),
+        (
+            "--full-res-width",
+            "8",
+            "a full-resolution path (full_res_width) needs a folded first level (patch_size > 1)",
+        ),
         ("--width-multipliers", "0", "width multiplier 1 must be a whole number >= 1, got 0"),
         ("--image-size", "100000", "the image size (frame side) must lie between 16 and 4096 px, got 100000"),
     ]:

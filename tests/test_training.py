@@ -140,10 +140,10 @@ def test_train_inpainting_a_few_steps(images32):
 
 
 def test_train_a_folded_network_of_other_widths(images32):
-    config = TrainConfig(steps=2, batch_size=2, base_width=8, width_multipliers=(1, 2), patch_size=2)
+    config = TrainConfig(steps=2, batch_size=2, base_width=8, width_multipliers=(1, 2), patch_size=2, full_res_width=4)
     model, _ = train(images32, config, progress=False)
     assert model.config["width_multipliers"] == [1, 2] and model.config["patch_size"] == 2
-    assert model.patch_size == 2
+    assert model.patch_size == 2 and model.config["full_res_width"] == 4
     # The configuration as detector.json stores it (tuples become lists) builds the same network.
     stored = TrainConfig(**json.loads(json.dumps(config.to_dict())))
     assert build_model(stored, channels=3, image_size=32).config == model.config
