@@ -60,9 +60,9 @@ class CategoryIndex:
 
     @property
     def greyscale(self) -> bool:
-        """True when the training images are single-channel (the model is then built for 1 channel); the first 8
-        decide, as a category's images share one format."""
-        return all(is_greyscale(p) for p in self.train[:8])
+        """True when every training image is single-channel (the model is then built for 1 channel); one colour
+        image among them makes the category RGB, whose greyscale images are then repeated over the channels."""
+        return all(map(is_greyscale, self.train))
 
     @property
     def square(self) -> bool:

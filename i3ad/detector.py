@@ -74,8 +74,8 @@ class AnomalyDetector:
             settings = settings.with_(iterations=check_iterations(iterations))
         if ssim_threshold is not None:
             settings = settings.with_(ssim_threshold=ssim_threshold)
+        batch = self.preprocessing(images).to(self.device)  # first: it checks the images' shape
         region = self.preprocessing.region(*images.shape[-2:], device=self.device)
-        batch = self.preprocessing(images).to(self.device)
         return self.run(batch, settings, autocast_dtype=autocast_dtype, region=region)
 
     def run(

@@ -94,14 +94,16 @@ def _orientation(image: Image.Image) -> int:
 
 
 def read_size(source: str | Path | bytes | Image.Image) -> tuple[int, int]:
-    """(height, width) of the image as ``read_image`` returns it (EXIF orientation applied), from the header alone;
-    a TIFF is decoded, as Pillow applies a TIFF's orientation itself while loading some of them."""
+    """(height, width) of the image as ``read_image`` returns it (EXIF orientation applied); ImageReadError for what
+    ``read_image`` refuses by its size. Pixels are decoded where the orientation needs them: a TIFF's (Pillow applies
+    it itself while loading some of them), and a PNG's without EXIF before its pixel data (Pillow decodes the pixels
+    to look for it after them)."""
     image = _open(source)
     name = _name(source)
     try:
+        _check_size(image, name)
         if image.format == "TIFF":
-            _check_size(image, name)
-            return tuple(_pixels(image, 1, name).shape[:2])
+            _load(image, name)
         width, height = image.size
         if _orientation(image) in (5, 6, 7, 8):  # a quarter turn swaps the sides
             width, height = height, width
@@ -149,13 +151,18 @@ def _wide_values(image: Image.Image, name: str) -> np.ndarray:
     return array / scale
 
 
-def _pixels(image: Image.Image, channels: int, name: str) -> np.ndarray:
-    """The decoded pixels: float32 [H, W] in [0, 1] for 16-bit, 32-bit and float images, else uint8 [H, W] (1
-    channel) or [H, W, 3]."""
+def _load(image: Image.Image, name: str) -> None:
+    """Decode the pixels; ImageReadError for a damaged or truncated file."""
     try:
         image.load()
     except Exception as error:  # Pillow's decoders raise OSError, ValueError, SyntaxError, struct.error, TypeError...
         raise ImageReadError(f"{name}: the file is damaged or truncated ({_reason(error)})") from None
+
+
+def _pixels(image: Image.Image, channels: int, name: str) -> np.ndarray:
+    """The decoded pixels: float32 [H, W] in [0, 1] for 16-bit, 32-bit and float images, else uint8 [H, W] (1
+    channel) or [H, W, 3]."""
+    _load(image, name)
     # Read after loading: Pillow has then applied (and dropped) the orientation of the TIFFs it turns itself.
     upright = _UPRIGHT.get(_orientation(image))
     if upright is not None:

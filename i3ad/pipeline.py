@@ -112,7 +112,6 @@ def train_category(
             images[holdout_ids].to(device),
             settings,
             ssim_quantile=ssim_quantile,
-            bf16=config.bf16,
             regions=holdout_regions.to(device),
         )
         detector = AnomalyDetector(
@@ -143,19 +142,16 @@ def calibrate(
     settings: DetectionSettings,
     *,
     ssim_quantile: float | None,
-    bf16: bool = False,
     regions: torch.Tensor | None = None,
 ) -> tuple[DetectionSettings, Calibration]:
     """Thresholds from held-out normal images [N, C, S, S] (``regions``: where each lies in its frame, None:
     everywhere): tau (inpainting model) and the score thresholds. Returns the settings with the calibrated tau, and
-    the calibration."""
-    autocast_dtype = autocast_for(holdout.device, bf16)
+    the calibration. Always in float32, as every verdict is given (a model trained with bfloat16 autocast too: its
+    thresholds found under autocast were a few per cent off the scores that detect then compared with them)."""
     if isinstance(model, InpaintingUNet):
-        calibration = calibrate_inpainting(
-            model, holdout, settings, ssim_quantile=ssim_quantile, autocast_dtype=autocast_dtype, regions=regions
-        )
+        calibration = calibrate_inpainting(model, holdout, settings, ssim_quantile=ssim_quantile, regions=regions)
         return settings.with_(ssim_threshold=calibration.ssim_threshold), calibration
-    return settings, calibrate_autoencoder(model, holdout, settings, autocast_dtype=autocast_dtype, regions=regions)
+    return settings, calibrate_autoencoder(model, holdout, settings, regions=regions)
 
 
 def holdout_paths(detector: AnomalyDetector, index: CategoryIndex) -> list[Path]:

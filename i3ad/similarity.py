@@ -25,9 +25,10 @@ def gaussian_kernel_1d(sigma: float, size: int | None = None, device: torch.devi
     """A normalised 1-D Gaussian of odd ``size`` (default: ``gaussian_window_size``)."""
     if size is None:
         size = gaussian_window_size(sigma)
-    coords = torch.arange(size, dtype=torch.float32, device=device) - size // 2
-    kernel = torch.exp(-(coords**2) / (2.0 * sigma**2))
-    return kernel / kernel.sum()
+    # In float64, where no sigma > 0 underflows: in float32 a sigma below ~1e-22 made the centre 0 / 0 = NaN.
+    coords = torch.arange(size, dtype=torch.float64) - size // 2
+    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
+    return (kernel / kernel.sum()).to(device=device, dtype=torch.float32)
 
 
 def gaussian_blur(images: Tensor, sigma: float, size: int | None = None) -> Tensor:
@@ -86,6 +87,11 @@ def gradient_magnitude_similarity(
     """
     x = images.float().mean(dim=1, keepdim=True)
     y = reconstructions.float().mean(dim=1, keepdim=True)
+    height, width = x.shape[-2:]
+    # Sides padded to a multiple of the coarsest cell, so that every halving is exact and each scale's map, scaled
+    # back by its power of two, lands where it was measured (a side such as 97 otherwise shifted it by ~2 px).
+    multiple = 2 ** (scales - 1)
+    x, y = (F.pad(t, (0, -width % multiple, 0, -height % multiple), mode="replicate") for t in (x, y))
     size = x.shape[-2:]
     # Prewitt kernels, as in the GMS paper (Xue et al. 2014).
     prewitt = torch.tensor([[1.0, 0.0, -1.0]] * 3, device=x.device) / 3.0
@@ -93,12 +99,12 @@ def gradient_magnitude_similarity(
     total = torch.zeros_like(x)
     for scale in range(scales):
         if scale > 0:
-            x, y = F.avg_pool2d(x, 2, ceil_mode=True), F.avg_pool2d(y, 2, ceil_mode=True)
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
         gx = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernels).square().sum(1, keepdim=True).sqrt()
         gy = F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), kernels).square().sum(1, keepdim=True).sqrt()
         gms = (2 * gx * gy + constant) / (gx**2 + gy**2 + constant)
         total = total + F.interpolate(gms, size=size, mode="bilinear", align_corners=False)
-    return total / scales
+    return total[..., :height, :width] / scales
 
 
 def dilate(masks: Tensor, radius: int) -> Tensor:

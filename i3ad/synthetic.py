@@ -33,7 +33,9 @@ def _defect_mask(rng: np.random.Generator, size: int, defect: str) -> np.ndarray
     cy, cx = rng.uniform(0.25, 0.75, size=2) * size
     if defect == "spot":
         ry, rx = rng.uniform(0.06, 0.12, size=2) * size
-        return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
+        spot = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
+        spot[int(cy), int(cx)] = True  # on small images the ellipse can miss every pixel centre: no defect at all
+        return spot
     angle = rng.uniform(0, np.pi)
     along = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
     across = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)

@@ -7,6 +7,7 @@ import json
 import pickle
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -507,3 +508,14 @@ def test_a_table_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     write_csv(pd.DataFrame({"a": [3.0]}), link, float_format="%.1f")
     assert link.is_symlink() and path.read_text() == "a\n3.0\n"  # written through the link, not over it
     assert path.stat().st_mode & 0o777 == 0o664
+
+
+@pytest.mark.parametrize("geometry", ["stretch", "fit"])
+@pytest.mark.parametrize("shape", [(5,), (40,), (1, 3, 0, 5), (3, 7, 0)])
+def test_detect_names_a_wrong_image_shape(geometry, shape):
+    detector = _detector()
+    detector.preprocessing = replace(detector.preprocessing, geometry=geometry)
+    # The shape is checked before the image's place in the frame is worked out: a 1-D tensor gave a TypeError about
+    # Preprocessing.region's arguments, an empty one a "too elongated" refusal.
+    with pytest.raises(ValueError, match=r"expected images of shape \[B, 3, H, W\] with H, W > 0"):
+        detector.detect(torch.rand(shape))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from i3ad.data import (
     DatasetError,
@@ -47,6 +49,24 @@ def test_index_synthetic_category(synthetic_root):
     assert index.has_masks
     assert not index.greyscale
     assert list_categories(data_root) == ["synthetic"]
+
+
+def test_one_colour_image_makes_a_category_rgb(tmp_path):
+    make_synthetic_category(tmp_path, "mixed", size=32, channels=1, train=10, test_good=1, test_per_defect=1)
+    index = index_category(tmp_path, "mixed")
+    assert index.greyscale
+    # The last image in name order is colour: it was not among the first 8 that alone decided.
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(index.train[-1])
+    assert not index_category(tmp_path, "mixed").greyscale
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_synthetic_defects_are_never_empty_on_tiny_images(tmp_path, size):
+    for seed in range(40):  # at these sizes the spot's ellipse used to miss every pixel centre for some seeds
+        root = tmp_path / str(seed)
+        make_synthetic_category(root, "tiny", size=size, train=2, test_good=1, test_per_defect=8, seed=seed)
+        masks = sorted((root / "tiny" / "ground_truth").rglob("*.png"))
+        assert masks and all(np.asarray(Image.open(mask)).any() for mask in masks), seed
 
 
 def test_greyscale_category_and_loading(tmp_path):

@@ -172,9 +172,12 @@ def test_huge_image_is_refused_without_decoding(tmp_path, monkeypatch):
     decoded = []
     monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self) or None)
     monkeypatch.setattr("PIL.ImageFile.ImageFile.load", lambda self: decoded.append(self) or None)
-    with pytest.raises(ImageReadError, match="larger than the 40 megapixels") as error:
-        read_image(path, 3)
-    assert "7000x7000" in str(error.value)
+    from i3ad.images import read_size
+
+    for read in (lambda: read_image(path, 3), lambda: read_size(path)):
+        with pytest.raises(ImageReadError, match="larger than the 40 megapixels") as error:
+            read()
+        assert "7000x7000" in str(error.value)
     assert decoded == []
     # Just below the limit the same kind of file is decoded (and found damaged): the size check is what refused it.
     monkeypatch.undo()
@@ -225,7 +228,9 @@ def test_read_size_matches_the_decoded_image(tmp_path):
     plain = _save(image, tmp_path / "plain.png")
     # Pillow turns some TIFFs upright itself while loading them: the size must follow what is decoded.
     tiffs = [_save(image.convert(mode), tmp_path / f"rotated_{mode}.tif", exif=exif.tobytes()) for mode in ("RGB", "L")]
-    for path in (rotated, plain, *tiffs):
+    # A LAB TIFF, which Pillow turns into RGB but not into greyscale (its size was read through greyscale, and failed).
+    lab = _save(image.convert("LAB"), tmp_path / "lab.tif")
+    for path in (rotated, plain, *tiffs, lab):
         assert read_size(path) == tuple(read_image(path, 3).shape[-2:]), path
     with pytest.raises(ImageReadError, match="no such file"):
         read_size(tmp_path / "missing.png")

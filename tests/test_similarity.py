@@ -125,6 +125,27 @@ def test_gradient_magnitude_similarity():
     assert ((different >= 0) & (different <= 1 + 1e-6)).all()
 
 
+@pytest.mark.parametrize("side", [97, 100, 255])
+def test_gradient_magnitude_similarity_does_not_depend_on_the_far_side(side):
+    # A 2 x 2 defect on a flat image scores the same near it whatever the image's side: its coarser scales, brought
+    # back to full size, land on it. With sides that halve unevenly (97 -> 49 -> 25 -> 13) they were stretched by
+    # 49/97 instead of 1/2 and moved by up to 2 px.
+    def similarity(size: int) -> torch.Tensor:
+        images = torch.full((1, 1, size, size), 0.5)
+        defective = images.clone()
+        defective[..., 60:62, 60:62] = 1.0
+        return gradient_magnitude_similarity(images, defective)[0, 0, :80, :80]
+
+    torch.testing.assert_close(similarity(side), similarity(96), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("sigma", [1e-30, 1e-300, 5e-324])
+def test_a_vanishing_sigma_blurs_nothing(sigma):
+    images = torch.rand(1, 2, 9, 9, generator=torch.Generator().manual_seed(0))
+    # In float32 such a sigma's 2 sigma^2 was 0 and the kernel's centre 0 / 0: every map NaN.
+    torch.testing.assert_close(gaussian_blur(images, sigma), images)
+
+
 def test_dilate():
     masks = torch.zeros(1, 1, 9, 9)
     masks[0, 0, 4, 4] = 1.0
