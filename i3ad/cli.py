@@ -49,10 +49,12 @@ from i3ad.results import (
     at_settings,
     compare_runs,
     headline,
+    is_by_defect_table,
     load_results,
     markdown_table,
     summary_tables,
     unmatched_settings,
+    verdict_summary,
 )
 from i3ad.scoring import ANOMALY_MEASURES, DetectionSettings
 from i3ad.synthetic import make_synthetic_category
@@ -487,6 +489,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    if is_by_defect_table(args.results):
+        if args.compare or args.update_cards:
+            raise ValueError(f"{args.results} is a per-defect table: --compare and --update-cards take a results table")
+        print("Verdicts at each checkpoint's calibrated score threshold (its default T and tau):\n")
+        print(markdown_table(verdict_summary(pd.read_csv(args.results))))
+        return
     results = load_results(args.results)
     if args.compare:
         print(f"Largest change from {args.results} to {args.compare} over the settings both hold:\n")

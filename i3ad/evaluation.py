@@ -51,7 +51,10 @@ BY_DEFECT_COLUMNS = (
     "defect_images",
     "defect_pixel_share",
     *METRIC_COLUMNS,
+    "flagged_share",
 )
+# The row of the per-defect table that holds the normal test images (their flagged share: the false alarms).
+NORMAL_ROW = "good"
 
 
 class TestSet:
@@ -125,13 +128,32 @@ def _box(region: Tensor) -> tuple[slice, slice]:
     return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
 
 
-def metrics_by_defect(test: TestSet, maps: Tensor) -> pd.DataFrame:
+def metrics_by_defect(test: TestSet, maps: Tensor, score_threshold: float | None = None) -> pd.DataFrame:
     """One row per defect type: the metrics of that type's images against all normal ones. A pooled pixel AUROC is
-    dominated by the defects that cover the most pixels; this table shows each kind on its own."""
+    dominated by the defects that cover the most pixels; this table shows each kind on its own.
+
+    With the score threshold of a verdict, ``flagged_share`` is the share of each type's images called anomalous, and
+    a first row (``NORMAL_ROW``, no metrics) gives that share for the normal images: what a user of the verdicts sees
+    as detections and as false alarms."""
     if test.defects is None:
         raise ValueError("this test set has no defect names")
     normal = test.labels == 0
+    flagged = (image_scores(maps, test.regions) > score_threshold).float() if score_threshold is not None else None
+
+    def flagged_share(chosen: Tensor) -> float:
+        return flagged[chosen].mean().item() if flagged is not None else math.nan
+
     rows = []
+    if normal.any():
+        rows.append(
+            {
+                "defect": NORMAL_ROW,
+                "defect_images": int(normal.sum()),
+                "defect_pixel_share": 0.0 if test.masks is not None else math.nan,
+                **dict.fromkeys(METRIC_COLUMNS, math.nan),
+                "flagged_share": flagged_share(normal),
+            }
+        )
     for defect in sorted({d for d, label in zip(test.defects, test.labels.tolist(), strict=True) if label == 1}):
         chosen = torch.tensor([d == defect for d in test.defects], device=test.labels.device)
         subset = chosen | normal
@@ -142,10 +164,13 @@ def metrics_by_defect(test: TestSet, maps: Tensor) -> pd.DataFrame:
                 "defect_images": int(chosen.sum()),
                 "defect_pixel_share": test.masks[chosen].float().mean().item() if test.masks is not None else math.nan,
                 **part.metrics(maps[subset]),
+                "flagged_share": flagged_share(chosen),
             }
         )
-    # An all-normal test set has no rows, but the table keeps its columns.
-    return pd.DataFrame(rows, columns=["defect", "defect_images", "defect_pixel_share", *METRIC_COLUMNS])
+    # A test set without images keeps the table's columns.
+    return pd.DataFrame(
+        rows, columns=["defect", "defect_images", "defect_pixel_share", *METRIC_COLUMNS, "flagged_share"]
+    )
 
 
 def _variants(settings: DetectionSettings, measures: Iterable[str] | None, sigmas: Iterable[float] | None):

@@ -276,8 +276,10 @@ def evaluate_detector(
 
 
 def evaluate_by_defect(detector: AnomalyDetector, test: TestSet, *, batch_size: int = 32) -> pd.DataFrame:
-    """Metrics of one checkpoint at its default settings, one row per defect type (see ``metrics_by_defect``)."""
+    """Metrics of one checkpoint at its default settings, one row per defect type, and the share of each type's
+    images (and of the normal ones) its verdicts call anomalous (see ``metrics_by_defect``)."""
     maps = map_batches(lambda images: detector.run(images).anomaly_map, test.images, batch_size=batch_size)
-    table = metrics_by_defect(test, torch.cat(maps))
+    threshold = detector.calibration.score_threshold(detector.default_iterations)
+    table = metrics_by_defect(test, torch.cat(maps), score_threshold=threshold)
     table = table.assign(category=detector.category, model=detector.name, iterations=detector.default_iterations)
     return table[list(BY_DEFECT_COLUMNS)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from i3ad.checks import error_summary
-from i3ad.evaluation import RESULT_COLUMNS, SETTING_COLUMNS
+from i3ad.evaluation import BY_DEFECT_COLUMNS, NORMAL_ROW, RESULT_COLUMNS, SETTING_COLUMNS
 from i3ad.scoring import DetectionSettings
 
 METRIC_LABELS = {
@@ -37,9 +37,41 @@ def load_results(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(
             f"{path} is not a results table of `python -m i3ad evaluate` (missing columns {sorted(missing)}); "
-            "per-defect tables (--by-defect) are not summarised"
+            "a per-defect table (--by-defect) is summarised when it holds the flagged_share column that evaluate "
+            "now writes"
         )
     return table
+
+
+def is_by_defect_table(path: str | Path) -> bool:
+    """True when ``path`` holds a per-defect table of ``python -m i3ad evaluate --by-defect`` with its verdicts."""
+    try:
+        columns = pd.read_csv(path, nrows=0).columns
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return False  # load_results says what is wrong with it
+    return set(BY_DEFECT_COLUMNS) <= set(columns)
+
+
+def verdict_summary(by_defect: pd.DataFrame) -> pd.DataFrame:
+    """Per category and model of a per-defect table: the share of normal test images its verdicts call anomalous
+    (false alarms) and of defective ones (detections, every defect type's images together)."""
+    rows = []
+    for (category, model), group in by_defect.groupby(["category", "model"], sort=True):
+        normal = group[group["defect"] == NORMAL_ROW]
+        defects = group[group["defect"] != NORMAL_ROW]
+        count = defects["defect_images"].sum()
+        rows.append(
+            {
+                "category": category,
+                "model": model,
+                "T": int(group["iterations"].iloc[0]),
+                "normal images": int(normal["defect_images"].sum()),
+                "false alarms": normal["flagged_share"].mean() if len(normal) else math.nan,
+                "defective images": int(count),
+                "detected": (defects["flagged_share"] * defects["defect_images"]).sum() / count if count else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _scoring_values(settings: DetectionSettings) -> dict[str, object]:

@@ -80,11 +80,23 @@ def test_evaluate_by_defect_gives_one_row_per_defect_type(trained, tmp_path, cap
     defects = sorted(p.name for p in (data_root / "synthetic" / "test").iterdir() if p.name != "good")
     for model in ("i3ad", "ae"):
         rows = table[table["model"] == model]
-        assert sorted(rows["defect"]) == defects
-        assert ((rows["defect_pixel_share"] > 0) & (rows["defect_pixel_share"] < 1)).all()
-        assert rows[["image_auroc", "pixel_auroc", "aupro"]].apply(lambda c: c.between(0, 1)).all().all()
+        assert rows["defect"].tolist() == ["good", *defects]  # the normal images first: their false alarms
+        defect_rows = rows[rows["defect"] != "good"]
+        assert ((defect_rows["defect_pixel_share"] > 0) & (defect_rows["defect_pixel_share"] < 1)).all()
+        assert defect_rows[["image_auroc", "pixel_auroc", "aupro"]].apply(lambda c: c.between(0, 1)).all().all()
+        assert rows["flagged_share"].between(0, 1).all()
     detector = load_checkpoint(checkpoints / "synthetic" / "i3ad")
     assert (table[table["model"] == "i3ad"]["iterations"] == detector.settings.iterations).all()
+    # The verdicts of `detect` on the normal test images flag the share of them that the table gives.
+    detect_out = tmp_path / "detections"
+    good = data_root / "synthetic" / "test" / "good"
+    assert (
+        main(["detect", str(good), "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--out", str(detect_out)])
+        == 0
+    )
+    scores = pd.read_csv(detect_out / "scores.csv")
+    flagged = table[(table["model"] == "i3ad") & (table["defect"] == "good")]["flagged_share"].item()
+    assert (scores["verdict"] == "anomalous").mean() == pytest.approx(flagged, abs=1e-4)
 
 
 def test_evaluate_without_tf32_turns_it_off_for_convolutions_during_the_run(trained, tmp_path, monkeypatch):
@@ -531,7 +543,9 @@ def test_evaluate_on_a_test_set_without_defects_keeps_its_rows(trained, tmp_path
     assert "no image AUROC (the test set holds normal or anomalous images only)" in capsys.readouterr().out
     assert pd.read_csv(tmp_path / "r.csv")["image_auroc"].isna().all()
     assert main([*common, "--by-defect", "--out", str(tmp_path / "d.csv")]) == 0
-    assert pd.read_csv(tmp_path / "d.csv").empty
+    by_defect = pd.read_csv(tmp_path / "d.csv")  # only the normal images' row: how many of them are false alarms
+    assert (by_defect["defect"] == "good").all() and sorted(by_defect["model"]) == ["ae", "i3ad"]
+    assert by_defect["image_auroc"].isna().all() and by_defect["flagged_share"].between(0, 1).all()
 
 
 @pytest.mark.slow

@@ -234,11 +234,18 @@ def test_metrics_by_defect_score_each_type_against_the_normal_images():
     labels = torch.tensor([0, 0, 1, 1])
     test = TestSet(torch.zeros(4, 1, 8, 8), labels, masks, defects=["good", "good", "small", "large"])
     table = metrics_by_defect(test, maps).set_index("defect")
-    assert list(table.index) == ["large", "small"]
+    assert list(table.index) == ["good", "large", "small"]
     assert table.loc["small", "pixel_auroc"] == 1.0 and table.loc["small", "image_auroc"] == 1.0
     assert table.loc["large", "pixel_auroc"] < 0.5  # its pixels score below the normal ones beside them
     assert table.loc["large", "defect_pixel_share"] == pytest.approx(48 / 64)
-    assert table["defect_images"].tolist() == [1, 1]
+    assert table["defect_images"].tolist() == [2, 1, 1]
+    assert table.loc["good", ["image_auroc", "pixel_auroc"]].isna().all()  # the normal images have no metrics
+    assert table["flagged_share"].isna().all()  # no verdicts without a score threshold
+    # At a score threshold of 0.75 the small defect (score 1) is called anomalous, the large one (0.5) and the two
+    # normal images (0) are not; one normal image above 0.2 makes half of them false alarms.
+    assert metrics_by_defect(test, maps, score_threshold=0.75)["flagged_share"].tolist() == [0.0, 0.0, 1.0]
+    maps[0, :, 0, 0] = 0.3
+    assert metrics_by_defect(test, maps, score_threshold=0.2)["flagged_share"].tolist() == [0.5, 1.0, 1.0]
     with pytest.raises(ValueError, match="no defect names"):
         metrics_by_defect(TestSet(test.images, labels, masks), maps)
 

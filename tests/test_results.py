@@ -213,6 +213,38 @@ def test_report_names_the_settings_that_keep_a_model_out_of_its_tables(results, 
     assert "note: no i3ad-small rows at T = 1; its rows hold T = 0..0" in printed
 
 
+def test_report_summarises_the_verdicts_of_a_per_defect_table(tmp_path, capsys, cli_error):
+    from i3ad.evaluation import BY_DEFECT_COLUMNS
+
+    rows = [  # defect, images, flagged share
+        ("good", 10, 0.1),
+        ("crack", 3, 1.0),  # 3 of 3 found
+        ("scratch", 1, 0.0),  # 0 of 1
+    ]
+    table = pd.DataFrame(
+        [
+            {
+                "category": "widget",
+                "model": "i3ad",
+                "iterations": 1,
+                "defect": d,
+                "defect_images": n,
+                "flagged_share": f,
+            }
+            for d, n, f in rows
+        ],
+        columns=list(BY_DEFECT_COLUMNS),
+    )
+    path = tmp_path / "by_defect.csv"
+    table.to_csv(path, index=False)
+    assert main(["report", "--results", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| category | model | T | normal images | false alarms | defective images | detected |" in printed
+    assert "| widget | i3ad | 1 | 10 | 0.100 | 4 | 0.750 |" in printed  # detections pooled over the types' images
+    assert main(["report", "--results", str(path), "--compare", str(path)]) == 2
+    assert "is a per-defect table: --compare and --update-cards take a results table" in cli_error()
+
+
 def test_report_refuses_a_table_that_evaluate_did_not_write(tmp_path, capsys):
     by_defect = tmp_path / "by_defect.csv"
     pd.DataFrame(
