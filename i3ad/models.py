@@ -35,7 +35,11 @@ def check_sizes(**sizes: object) -> None:
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, channels), channels)
+    # Up to 8 groups, as many as divide the channels: a width such as 12 or 20 gets 4 (GroupNorm refused it).
+    groups = min(8, channels)
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels)
 
 
 class ResidualBlock(nn.Module):
@@ -66,6 +70,9 @@ class InpaintingUNet(nn.Module):
         patch_size: 1, or a factor by which the first level folds each patch_size x patch_size block of pixels into
             channels (pixel unshuffle; the head unfolds them again). A folded first level runs wide convolutions at a
             lower resolution instead of narrow ones at full resolution, which a GPU computes closer to its peak rate.
+        full_res_width: 0, or (with patch_size > 1) the channels of a thin full-resolution path: one convolution of the
+            unfolded input, joined with the unfolded head's output by two more convolutions, so that the painting's
+            finest texture is not limited to what the folded levels resolve.
     """
 
     def __init__(

@@ -25,10 +25,11 @@ def gaussian_kernel_1d(sigma: float, size: int | None = None, device: torch.devi
     """A normalised 1-D Gaussian of odd ``size`` (default: ``gaussian_window_size``)."""
     if size is None:
         size = gaussian_window_size(sigma)
-    # In float64, where no sigma > 0 underflows: in float32 a sigma below ~1e-22 made the centre 0 / 0 = NaN.
-    coords = torch.arange(size, dtype=torch.float64) - size // 2
+    # In float64, where no sigma > 0 underflows: in float32 a sigma below ~1e-22 made the centre 0 / 0 = NaN. Built on
+    # the device itself: a copy from the host would wait for the GPU's queued work on every call.
+    coords = torch.arange(size, dtype=torch.float64, device=device) - size // 2
     kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
-    return (kernel / kernel.sum()).to(device=device, dtype=torch.float32)
+    return (kernel / kernel.sum()).float()
 
 
 def gaussian_blur(images: Tensor, sigma: float, size: int | None = None) -> Tensor:

@@ -327,7 +327,7 @@ def test_unknown_architecture(saved, architecture):
         load_checkpoint(folder)
 
 
-@pytest.mark.parametrize("full_res_width", [0, 4])
+@pytest.mark.parametrize("full_res_width", [0, 4, 6])  # 6: GroupNorm takes 4 groups of its 12 joined channels
 def test_a_folded_network_round_trips_and_older_configs_mean_no_folding(tmp_path, saved, full_res_width):
     torch.manual_seed(0)
     folded = InpaintingUNet(

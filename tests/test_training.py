@@ -339,3 +339,12 @@ def test_a_category_of_wide_images_trains_and_evaluates_in_the_fit_geometry(tmp_
     maps = torch.cat([detector.run(test.images[i : i + 1]).anomaly_map for i in range(len(test.images))])
     first = detector.detect(detector.read(index.test[0].image))
     assert first.scores.item() == pytest.approx(image_scores(maps, test.regions)[0].item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("base_width", [6, 12, 20])
+def test_any_width_builds_both_networks(base_width):
+    # GroupNorm's 8 groups must divide the channels: widths such as 12 or 20 stopped with a GroupNorm error.
+    images, masks = torch.rand(1, 3, 32, 32), torch.zeros(1, 1, 32, 32)
+    with torch.no_grad():
+        assert InpaintingUNet(base_width=base_width)(images, masks).shape == images.shape
+        assert ConvAutoencoder(image_size=32, base_width=base_width)(images).shape == images.shape
