@@ -19,6 +19,7 @@ from i3ad.batching import is_cpu_out_of_memory, unless_out_of_gpu_memory
 from i3ad.benchmark import COMPILE_MODES, check_plan, run_benchmark
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE, MAX_CALIBRATED_ITERATIONS, check_ssim_quantile
 from i3ad.checkpoints import CheckpointError, check_free_for_checkpoint, list_checkpoints, load_checkpoint, save_record
+from i3ad.checks import is_finite_number
 from i3ad.data import (
     CategoryIndex,
     DatasetError,
@@ -379,7 +380,10 @@ def cmd_detect(args: argparse.Namespace) -> None:
     # The tau this run paints with: step 0 and the autoencoder use none.
     tau = detector.settings.ssim_threshold if ssim_threshold is None else ssim_threshold
     tau_used = detector.kind == "i3ad" and iterations > 0
-    if tau_used and tau != detector.calibration.ssim_threshold:
+    own_threshold = args.score_threshold is not None
+    if own_threshold and not is_finite_number(args.score_threshold):
+        raise ValueError(f"the score threshold must be a finite number, got {args.score_threshold}")
+    if tau_used and tau != detector.calibration.ssim_threshold and not own_threshold:
         print(
             f"note: the score thresholds were calibrated at tau = {detector.calibration.tau_text}; "
             f"at tau = {tau:.4f} the verdicts are only indicative",
@@ -388,7 +392,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
     out = Path(args.out)
     inputs = _inputs(args.inputs, out / "heatmaps")
     _writable_out(out / "heatmaps", out)
-    threshold = detector.calibration.score_threshold(iterations)
+    threshold = args.score_threshold if own_threshold else detector.calibration.score_threshold(iterations)
     scored = failures = 0
     # Each row is written as soon as its image is done, so that an interrupted run keeps what it finished.
     with open(out / "scores.csv", "w", newline="") as handle:
@@ -719,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--checkpoint", required=True, help="a checkpoint folder, e.g. checkpoints/bottle/i3ad")
     detect.add_argument("--iterations", type=int, help="T (default: the checkpoint's)")
     detect.add_argument("--ssim-threshold", type=float, help="tau (default: the calibrated one)")
+    detect.add_argument(
+        "--score-threshold",
+        type=float,
+        help="call images scoring above it anomalous (default: the checkpoint's, calibrated on held-out normal images "
+        "at its tau and the chosen T), e.g. one chosen on the scores of your own normal images",
+    )
     detect.add_argument(
         "--out",
         default="detections",

@@ -314,6 +314,28 @@ def test_detect_records_t_and_tau_and_notes_a_tau_other_than_the_calibrated_one(
         }[label]
 
 
+def test_detect_gives_verdicts_at_a_score_threshold_of_ones_own(trained, tmp_path, capsys, cli_error):
+    data_root, checkpoints = trained
+    images = data_root / "synthetic" / "test" / "good"
+    folder = checkpoints / "synthetic" / "i3ad"
+    args = ["detect", str(images), "--checkpoint", str(folder), "--device", "cpu", "--iterations", "1"]
+    assert main([*args, "--out", str(tmp_path / "own")]) == 0
+    scores = pd.read_csv(tmp_path / "own" / "scores.csv")
+    middle = float(scores["score"].median())
+    # At the median score, the images above it are anomalous and the rest normal; no note about tau for the
+    # user's own threshold, which is not the calibrated one's to judge.
+    own = [*args, "--ssim-threshold", "0.1234", "--score-threshold", str(middle), "--out", str(tmp_path / "mine")]
+    assert main(own) == 0
+    assert "only indicative" not in capsys.readouterr().err
+    mine = pd.read_csv(tmp_path / "mine" / "scores.csv")
+    assert (mine["threshold"] == round(middle, 4)).all()
+    assert ((mine["verdict"] == "anomalous") == (mine["score"] > middle)).all()
+    for bad in ("nan", "inf"):
+        assert main([*args, "--score-threshold", bad, "--out", str(tmp_path / "bad")]) == 2
+        assert f"the score threshold must be a finite number, got {float(bad)}" in cli_error()
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
 @pytest.mark.slow
 def test_calibrate_refuses_a_quantile_outside_0_1_and_keeps_the_checkpoint(trained, tmp_path, cli_error):
     data_root, checkpoints = trained
