@@ -89,19 +89,19 @@ def calibrate_inpainting(
     settings: DetectionSettings,
     *,
     ssim_quantile: float | None = DEFAULT_SSIM_QUANTILE,
-    autocast_dtype: torch.dtype | None = None,
     batch_size: int = 16,
     regions: Tensor | None = None,
 ) -> Calibration:
     """Choose tau (unless ``ssim_quantile`` is None: then settings.ssim_threshold is kept), the normal error (if the
     settings subtract it) and the score thresholds on preprocessed held-out normal images [N, C, S, S], ``batch_size``
-    images at a time; ``regions`` [N, 1, S, S]: where each image lies in its frame (None: everywhere)."""
+    images at a time; ``regions`` [N, 1, S, S]: where each image lies in its frame (None: everywhere). In float32,
+    as every verdict is given."""
     check_ssim_quantile(ssim_quantile)
     _check_holdout(holdout)
     tau = settings.ssim_threshold
     if ssim_quantile is not None:
         step0_ssim = map_batches(
-            lambda b: ssim_map(b, inpaint_step0(model, b, settings, autocast_dtype=autocast_dtype)),
+            lambda b: ssim_map(b, inpaint_step0(model, b, settings)),
             holdout,
             batch_size=batch_size,
         )
@@ -111,7 +111,7 @@ def calibrate_inpainting(
         tau = quantile(pixels, ssim_quantile)
     run = settings.with_(ssim_threshold=tau, iterations=MAX_CALIBRATED_ITERATIONS)
     normal_error, step_scores = _normal_error_and_scores(
-        lambda b: detect_by_inpainting(model, b, run, autocast_dtype=autocast_dtype).anomaly_maps,
+        lambda b: detect_by_inpainting(model, b, run).anomaly_maps,
         holdout,
         subtract=settings.subtract_normal_error,
         batch_size=batch_size,
@@ -125,7 +125,6 @@ def calibrate_autoencoder(
     holdout: Tensor,
     settings: DetectionSettings,
     *,
-    autocast_dtype: torch.dtype | None = None,
     batch_size: int = 16,
     regions: Tensor | None = None,
 ) -> Calibration:
@@ -133,7 +132,7 @@ def calibrate_autoencoder(
     (``regions``: as for ``calibrate_inpainting``)."""
     _check_holdout(holdout)
     normal_error, step_scores = _normal_error_and_scores(
-        lambda b: detect_by_autoencoder(model, b, settings, autocast_dtype=autocast_dtype).anomaly_maps,
+        lambda b: detect_by_autoencoder(model, b, settings).anomaly_maps,
         holdout,
         subtract=settings.subtract_normal_error,
         batch_size=batch_size,

@@ -42,17 +42,9 @@ SETTING_COLUMNS = (
 RESULT_COLUMNS = (*SETTING_COLUMNS, "mean_mask_share", *METRIC_COLUMNS)
 
 
-# Columns of the per-defect table (``python -m i3ad evaluate --by-defect``).
-BY_DEFECT_COLUMNS = (
-    "category",
-    "model",
-    "iterations",
-    "defect",
-    "defect_images",
-    "defect_pixel_share",
-    *METRIC_COLUMNS,
-    "flagged_share",
-)
+# Columns of the per-defect table (``python -m i3ad evaluate --by-defect``): a checkpoint's, then each type's.
+_PER_DEFECT_COLUMNS = ("defect", "defect_images", "defect_pixel_share", *METRIC_COLUMNS, "flagged_share")
+BY_DEFECT_COLUMNS = ("category", "model", "iterations", *_PER_DEFECT_COLUMNS)
 # The row of the per-defect table that holds the normal test images (their flagged share: the false alarms).
 NORMAL_ROW = "good"
 
@@ -168,9 +160,7 @@ def metrics_by_defect(test: TestSet, maps: Tensor, score_threshold: float | None
             }
         )
     # A test set without images keeps the table's columns.
-    return pd.DataFrame(
-        rows, columns=["defect", "defect_images", "defect_pixel_share", *METRIC_COLUMNS, "flagged_share"]
-    )
+    return pd.DataFrame(rows, columns=list(_PER_DEFECT_COLUMNS))
 
 
 def _variants(settings: DetectionSettings, measures: Iterable[str] | None, sigmas: Iterable[float] | None):

@@ -146,8 +146,8 @@ def calibrate(
 ) -> tuple[DetectionSettings, Calibration]:
     """Thresholds from held-out normal images [N, C, S, S] (``regions``: where each lies in its frame, None:
     everywhere): tau (inpainting model) and the score thresholds. Returns the settings with the calibrated tau, and
-    the calibration. Always in float32, as every verdict is given (a model trained with bfloat16 autocast too: its
-    thresholds found under autocast were a few per cent off the scores that detect then compared with them)."""
+    the calibration. In float32 for a model trained with bfloat16 autocast too: every verdict is given in float32,
+    and thresholds found under autocast were a few per cent off the scores that detect then compared with them."""
     if isinstance(model, InpaintingUNet):
         calibration = calibrate_inpainting(model, holdout, settings, ssim_quantile=ssim_quantile, regions=regions)
         return settings.with_(ssim_threshold=calibration.ssim_threshold), calibration

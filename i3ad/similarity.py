@@ -25,11 +25,13 @@ def gaussian_kernel_1d(sigma: float, size: int | None = None, device: torch.devi
     """A normalised 1-D Gaussian of odd ``size`` (default: ``gaussian_window_size``)."""
     if size is None:
         size = gaussian_window_size(sigma)
-    # In float64, where no sigma > 0 underflows: in float32 a sigma below ~1e-22 made the centre 0 / 0 = NaN. Built on
-    # the device itself: a copy from the host would wait for the GPU's queued work on every call.
-    coords = torch.arange(size, dtype=torch.float64, device=device) - size // 2
-    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
-    return (kernel / kernel.sum()).float()
+    coords = torch.arange(size, dtype=torch.float32, device=device) - size // 2
+    if 2.0 * sigma**2 < torch.finfo(torch.float32).tiny:
+        # A sigma so small that float32 cannot hold 2 sigma^2 (below ~1e-19) made the centre 0 / 0 = NaN; its limit
+        # is no blur at all.
+        return (coords == 0).float()
+    kernel = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    return kernel / kernel.sum()
 
 
 def gaussian_blur(images: Tensor, sigma: float, size: int | None = None) -> Tensor:
