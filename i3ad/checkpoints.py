@@ -27,7 +27,7 @@ from i3ad.data import DatasetError, check_name
 from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.normal_error import NormalError
-from i3ad.outputs import ensure_writable_folder
+from i3ad.outputs import ensure_writable_folder, sync_folder, write_staged
 from i3ad.preprocessing import Preprocessing
 from i3ad.recipes import data_license
 from i3ad.scoring import DetectionSettings
@@ -57,13 +57,14 @@ def _json_bytes(data: dict) -> bytes:
 def _write_files(folder: Path, files: dict[str, bytes | None]) -> None:
     """Write (or, for None, remove) the files of a checkpoint folder. Each is written under a temporary name first
     and all are renamed into place only once every one was written, so that a failure part-way (a full disk, an
-    interruption) leaves the checkpoint that was there whole rather than half replaced."""
+    interruption) leaves the checkpoint that was there whole rather than half replaced, and all are flushed to the
+    disk before the function returns."""
     staged: list[tuple[Path, Path]] = []
     try:
         for name, content in files.items():
             if content is not None:
-                staged.append((folder / f".{name}.partial", folder / name))
-                staged[-1][0].write_bytes(content)
+                final = folder / name
+                staged.append((write_staged(final, lambda file, content=content: file.write(content), "wb"), final))
     except BaseException:
         for partial, _ in staged:
             partial.unlink(missing_ok=True)
@@ -73,6 +74,7 @@ def _write_files(folder: Path, files: dict[str, bytes | None]) -> None:
     for name, content in files.items():
         if content is None:
             (folder / name).unlink(missing_ok=True)
+    sync_folder(folder)
 
 
 def check_free_for_checkpoint(folder: str | Path) -> None:

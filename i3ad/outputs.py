@@ -1,5 +1,6 @@
 """Where results go: output folders are checked for writing before the work that fills them, not after it; a
-checkpoint folder that a failed training run leaves empty is removed again; tables are replaced whole or not at all."""
+checkpoint folder that a failed training run leaves empty is removed again; tables and checkpoint files are replaced
+whole or not at all, and are on the disk (not only in the system's cache) once the function that writes them returns."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 
@@ -41,18 +43,49 @@ def removed_if_left_empty(folder: str | Path) -> Iterator[None]:
         raise
 
 
+def staged_path(path: Path) -> Path:
+    """Where a file is written before it replaces ``path``: beside it (a rename within one folder is atomic) and named
+    per process, so that two runs writing the same file never write into one temporary file."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def write_staged(path: Path, write: Callable[[IO], None], mode: str = "w") -> Path:
+    """Write the staged file of ``path`` (``staged_path``) with ``write(file)`` and flush it to the disk; a staged file
+    left half-written by an error is removed. Returns the staged file, for ``os.replace`` into ``path``."""
+    staged = staged_path(path)
+    try:
+        with open(staged, mode, newline=None if "b" in mode else "") as file:  # created by open(): the umask applies
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())  # else a power cut after the rename can leave an empty file in its place
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return staged
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the renames into it) to the disk. Only on POSIX systems: elsewhere a folder cannot be
+    opened for this, and the file system orders renames itself."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_csv(table: pd.DataFrame, path: str | Path, float_format: str) -> None:
     """Write ``table`` to ``path`` through a temporary file beside it, so that a run killed (or a disk filling up)
     while writing leaves the previous version whole instead of a truncated one."""
     path = Path(os.path.realpath(path))  # through a link, as writing in place did, not over it
-    # Named per process (two runs writing one table do not share it), created by open() so that the umask applies.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    staged = write_staged(path, lambda file: table.to_csv(file, index=False, float_format=float_format))
     try:
-        with open(temporary, "w", newline="") as file:
-            table.to_csv(file, index=False, float_format=float_format)
         if path.exists():
-            shutil.copymode(path, temporary)  # a table replaced keeps its permissions
-        os.replace(temporary, path)
+            shutil.copymode(path, staged)  # a table replaced keeps its permissions
+        os.replace(staged, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
         raise
+    sync_folder(path.parent)

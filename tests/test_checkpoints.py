@@ -15,6 +15,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from i3ad import outputs
 from i3ad.calibration import Calibration
 from i3ad.checkpoints import (
     CheckpointError,
@@ -147,14 +148,27 @@ def test_a_save_that_fails_part_way_leaves_the_checkpoint_there_whole(saved, mon
     _, folder = saved
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
     replacement = _detector(InpaintingUNet(channels=3, base_width=4).eval())
-    write_bytes = Path.write_bytes
+    real_open = open
 
-    def disk_full_at(path: Path, data: bytes) -> int:
-        if failing_file in path.name:
+    class DiskFullWhileWriting:
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exception):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(data[:7])
             raise OSError(errno.ENOSPC, "No space left on device")
-        return write_bytes(path, data)
 
-    monkeypatch.setattr(Path, "write_bytes", disk_full_at)
+    def disk_full_at(path, mode="r", **kwargs):
+        file = real_open(path, mode, **kwargs)
+        return DiskFullWhileWriting(file) if failing_file in Path(path).name else file
+
+    monkeypatch.setattr(outputs, "open", disk_full_at, raising=False)  # what the module's open() finds first
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(replacement, folder)
     monkeypatch.undo()
@@ -475,6 +489,26 @@ def test_model_card_licence_follows_the_training_data(category, expected):
     detector = _detector()
     detector.category = category
     assert f"\nlicense: {expected}\n" in model_card(detector)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name what a descriptor is open on")
+def test_saved_files_and_their_renames_are_flushed_to_the_disk(tmp_path, monkeypatch):
+    flushed = []
+    real_fsync = outputs.os.fsync
+
+    def recorded_fsync(descriptor: int) -> None:
+        flushed.append(Path(outputs.os.readlink(f"/proc/self/fd/{descriptor}")).name)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(outputs.os, "fsync", recorded_fsync)
+    folder = save_checkpoint(_detector(), tmp_path / "checkpoint")
+    files = sorted(path.name for path in folder.iterdir())
+    # Every file while still under its temporary name, then the folder that the renames changed.
+    staged = [re.fullmatch(r"\.(.+)\.\d+\.partial", name) for name in flushed[:-1]]
+    assert sorted(match.group(1) for match in staged) == files and flushed[-1] == "checkpoint"
+    flushed.clear()
+    write_csv(pd.DataFrame({"a": [1.0]}), tmp_path / "table.csv", float_format="%.1f")
+    assert re.fullmatch(r"\.table\.csv\.\d+\.partial", flushed[0]) and flushed[1:] == [tmp_path.name]
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder nobody can write to")
