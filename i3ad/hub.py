@@ -11,6 +11,7 @@ Environment: ``I3AD_CHECKPOINTS`` (the local folder, default ``checkpoints``), `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -69,6 +70,17 @@ def _hub_patterns(category: str, variant: str) -> list[str]:
     return [f"{category}/{variant}/{name}" for name in CHECKPOINT_FOLDER_FILES]
 
 
+def _file_versions(folder: Path) -> list[tuple[str, int, int]]:
+    """(name, inode, modification time) of each checkpoint file in ``folder``, through the cache's links: a file
+    downloaded again is a new file, even when its bytes are the same."""
+    versions = []
+    for name in CHECKPOINT_FOLDER_FILES:
+        with contextlib.suppress(OSError):
+            status = (folder / name).stat()
+            versions.append((name, status.st_ino, status.st_mtime_ns))
+    return versions
+
+
 def _describe(found: dict[str, list[str]]) -> str:
     return ", ".join(f"{c}/{v}" for c, variants in sorted(found.items()) for v in variants) or "none"
 
@@ -98,12 +110,15 @@ class CheckpointResolver:
     def __repr__(self) -> str:
         return f"CheckpointResolver(root={str(self.root)!r}, repo_id={self.repo_id!r}, revision={self.revision!r})"
 
-    def _download(self, patterns: list[str]) -> Path:
-        """The cached snapshot folder of the repo holding (at least) the files matching ``patterns``."""
+    def _download(self, patterns: list[str], *, again: bool = False) -> Path:
+        """The cached snapshot folder of the repo holding (at least) the files matching ``patterns``; ``again``
+        downloads them even if they are cached."""
         assert self.repo_id is not None
         where = f"Hub repo {self.repo_id!r}" + (f" at revision {self.revision!r}" if self.revision else "")
         try:
-            return Path(snapshot_download(self.repo_id, revision=self.revision, allow_patterns=patterns))
+            return Path(
+                snapshot_download(self.repo_id, revision=self.revision, allow_patterns=patterns, force_download=again)
+            )
         except RevisionNotFoundError:
             raise CheckpointError(f"{where}: no such revision (check {ENV_HUB_REVISION})") from None
         except GatedRepoError:  # (a kind of RepositoryNotFoundError, so before it)
@@ -168,8 +183,30 @@ class CheckpointResolver:
         return folder
 
     def load(self, category: str, variant: str, device: torch.device | str = "cpu") -> AnomalyDetector:
-        """Resolve and load a checkpoint (safetensors weights only). Raises CheckpointError."""
-        return load_checkpoint(self.resolve(category, variant), device)
+        """Resolve and load a checkpoint (safetensors weights only). A checkpoint from the Hub whose cached copy does
+        not load (e.g. a cache file damaged on the disk) is downloaded once more. Raises CheckpointError."""
+        folder = self.resolve(category, variant)
+        try:
+            return load_checkpoint(folder, device)
+        except CheckpointError as error:
+            if folder == self.root / category / variant:
+                raise
+            damaged = error
+        logger.warning("%s: downloading %s/%s from the Hub again", damaged, category, variant)
+        cached = _file_versions(folder)
+        try:
+            folder = self._download(_hub_patterns(category, variant), again=True) / category / variant
+        except CheckpointError as error:
+            raise CheckpointError(f"{damaged}; downloading it again failed: {error}") from None
+        if _file_versions(folder) == cached:  # offline, or the Hub unreachable: the cache answered with its files
+            raise CheckpointError(
+                f"{damaged}; it could not be downloaded again (offline, or the Hub cannot be reached): try again "
+                "online, or delete it from the cache (HF_HOME / HF_HUB_CACHE)"
+            )
+        try:
+            return load_checkpoint(folder, device)
+        except CheckpointError as error:
+            raise CheckpointError(f"{error} (downloaded again: the Hub's copy is damaged)") from None
 
 
 def upload_checkpoints(

@@ -270,6 +270,35 @@ def test_download_then_offline_load_from_cache(served, tmp_path):
     assert "could not get checkpoints" in offline["synth/ae"]["error"]  # never downloaded: not in the cache
 
 
+def test_a_damaged_cached_checkpoint_is_downloaded_again(served, tmp_path):
+    hub, _ = served
+    first = resolve_in_subprocess(hub_env(tmp_path, hub.url), "synth/i3ad")
+    cached_weights = (Path(first["synth/i3ad"]["folder"]) / "model.safetensors").resolve()  # the cache's blob file
+    cached_weights.write_bytes(b"damaged on the disk")
+
+    offline = resolve_in_subprocess(hub_env(tmp_path, hub.url, offline=True), "synth/i3ad")
+    error = offline["synth/i3ad"]["error"]
+    assert "is damaged or not a safetensors file" in error and "it could not be downloaded again (offline" in error
+    hub.requests.clear()
+    online = resolve_in_subprocess(hub_env(tmp_path, hub.url), "synth/i3ad")
+    assert online["synth/i3ad"]["name"] == "i3ad"
+    assert any(path.startswith("/blobs/") for _, path in hub.requests)  # the weights came again
+    assert load_checkpoint(Path(online["synth/i3ad"]["folder"])).name == "i3ad"
+
+
+def test_a_damaged_copy_on_the_hub_is_named_as_such(tmp_path):
+    repo = tmp_path / "repo"
+    save_untrained_checkpoint(repo, "synth", "i3ad", size=32)
+    (repo / "synth" / "i3ad" / "model.safetensors").write_bytes(b"not safetensors")
+    hub = FakeHub(REPO_ID, repo)
+    try:
+        answers = resolve_in_subprocess(hub_env(tmp_path, hub.url), "synth/i3ad")
+    finally:
+        hub.stop()
+    error = answers["synth/i3ad"]["error"]
+    assert "is damaged or not a safetensors file" in error and "the Hub's copy is damaged" in error
+
+
 def test_local_checkpoints_come_first(tmp_path):
     save_untrained_checkpoint(tmp_path / "local", "synth", "i3ad", size=32)
     # The repo is never asked (its endpoint does not exist): the local folder has the checkpoint.
