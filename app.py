@@ -165,6 +165,11 @@ class Handlers:
     def categories(self) -> list[str]:
         return list(self.store.available())
 
+    def category_menu(self) -> dict:
+        """The category menu's choices when a page opens: a Hub repo that could not be reached when the app started
+        adds its categories once it can be."""
+        return gr.update(choices=self.categories())
+
     def examples(self, category: str) -> list[list[str]]:
         return [[str(p)] for p in self.synthetic + data_examples(self.config.data_root, category)]
 
@@ -373,6 +378,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             preprocess=False,  # uploads are still checked to be in Gradio's cache; see Handlers.detect
         )
         benchmark_outputs = [benchmark_message, table, image_plot, pixel_plot, iterations_plot]
+        app.load(handlers.category_menu, None, category_menu, api_visibility="private")
         app.load(handlers.benchmark, None, benchmark_outputs, api_visibility="private")
         reload.click(handlers.benchmark, None, benchmark_outputs, api_visibility="private")
     app.queue(default_concurrency_limit=CPU_CONCURRENCY if handlers.store.device.type == "cpu" else GPU_CONCURRENCY)

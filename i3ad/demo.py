@@ -25,7 +25,7 @@ from torch import Tensor
 from i3ad.checkpoints import CheckpointError
 from i3ad.data import NORMAL, DatasetError, index_category
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
-from i3ad.hub import CheckpointResolver, check_name
+from i3ad.hub import CheckpointListing, CheckpointResolver, check_name
 from i3ad.plots import auroc_bars, auroc_vs_iterations
 from i3ad.results import headline, load_results
 from i3ad.scoring import DetectionResult, DetectionSettings
@@ -54,6 +54,9 @@ SYNTHETIC_SIZE = 256
 # A detection's files (heat-map, mask, scores CSV) are kept this long for the user to download, then removed.
 OUTPUT_MAX_AGE_S = 3600
 OUTPUT_PREFIX = "detection_"
+# A checkpoint listing made while the Hub repo could not be reached is kept this long before the Hub is asked again
+# (not on every request: each attempt may wait for the network's time-outs).
+HUB_RETRY_SECONDS = 60.0
 # The benchmark table's columns (the others are the same in every row at the default settings).
 TABLE_COLUMNS = (
     "category",
@@ -90,13 +93,18 @@ class ModelStore:
         self._loaded: dict[tuple[str, str], AnomalyDetector] = {}
         self._lock = threading.Lock()  # guards _model_locks
         self._model_locks: dict[tuple[str, str], threading.Lock] = {}
-        self._available: dict[str, list[str]] | None = None
+        self._listing_lock = threading.Lock()  # one listing at a time: the others wait for its answer
+        self._listing: CheckpointListing | None = None
+        self._listed_at = 0.0
 
     def available(self) -> dict[str, list[str]]:
-        """{category: [variant, ...]}, looked up once (the Hub is asked at most once per app)."""
-        if self._available is None:
-            self._available = self.resolver.available()
-        return self._available
+        """{category: [variant, ...]}, looked up once; while a Hub repo cannot be reached (the listing then holds the
+        local checkpoints only), looked up again after HUB_RETRY_SECONDS."""
+        with self._listing_lock:
+            listing, now = self._listing, time.monotonic()
+            if listing is None or (not listing.complete and now - self._listed_at >= HUB_RETRY_SECONDS):
+                self._listing, self._listed_at = self.resolver.listing(), now
+            return self._listing.checkpoints
 
     def get(self, category: str, variant: str) -> AnomalyDetector:
         """The loaded detector; CheckpointError for a category or variant without a checkpoint."""

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from huggingface_hub import HfApi, snapshot_download
@@ -85,6 +86,14 @@ def _describe(found: dict[str, list[str]]) -> str:
     return ", ".join(f"{c}/{v}" for c, variants in sorted(found.items()) for v in variants) or "none"
 
 
+class CheckpointListing(NamedTuple):
+    """{category: [variant, ...]} of the checkpoints found; ``complete`` is False when a Hub repo was asked for but
+    could not be reached (nor was it cached): the listing then holds the local checkpoints only."""
+
+    checkpoints: dict[str, list[str]]
+    complete: bool
+
+
 class CheckpointResolver:
     """Finds the checkpoint folder of a (category, variant): in ``root`` if it is there, else in the Hub repo.
 
@@ -136,23 +145,28 @@ class CheckpointResolver:
                 "HF_HOME / HF_HUB_CACHE)"
             ) from None
 
-    def hub_checkpoints(self) -> dict[str, list[str]]:
+    def hub_checkpoints(self) -> dict[str, list[str]] | None:
         """{category: [variant, ...]} of the Hub repo (only the small detector.json files are fetched); {} without
-        a repo, and {} with a logged warning when the repo cannot be reached and is not cached."""
+        a repo, and None with a logged warning when the repo cannot be reached and is not cached."""
         if self.repo_id is None:
             return {}
         try:
             return list_checkpoints(self._download([f"*/*/{DETECTOR_FILE}"]))
         except CheckpointError as error:
             logger.warning("%s", error)
-            return {}
+            return None
+
+    def listing(self) -> CheckpointListing:
+        """Every checkpoint, local or on the Hub, sorted, and whether the Hub repo (if any) could be listed."""
+        found = list_checkpoints(self.root)
+        on_hub = self.hub_checkpoints()
+        for category, variants in (on_hub or {}).items():
+            found[category] = sorted(set(found.get(category, [])) | set(variants))
+        return CheckpointListing(dict(sorted(found.items())), complete=on_hub is not None)
 
     def available(self) -> dict[str, list[str]]:
-        """{category: [variant, ...]} of every checkpoint, local or on the Hub, sorted."""
-        found = list_checkpoints(self.root)
-        for category, variants in self.hub_checkpoints().items():
-            found[category] = sorted(set(found.get(category, [])) | set(variants))
-        return dict(sorted(found.items()))
+        """{category: [variant, ...]} of every checkpoint, local or on the Hub (as far as it can be reached), sorted."""
+        return self.listing().checkpoints
 
     def resolve(self, category: str, variant: str) -> Path:
         """The folder of checkpoint ``category/variant``: the local one if present, else downloaded from the Hub.
@@ -178,7 +192,7 @@ class CheckpointResolver:
         if missing:
             raise CheckpointError(
                 f"no checkpoint {category}/{variant} under {self.root} nor in Hub repo {self.repo_id!r} "
-                f"(missing {', '.join(missing)}; the repo has: {_describe(self.hub_checkpoints())})"
+                f"(missing {', '.join(missing)}; the repo has: {_describe(self.hub_checkpoints() or {})})"
             )
         return folder
 

@@ -25,12 +25,13 @@ import torch
 from PIL import Image
 
 import app
+from i3ad import demo
 from i3ad.checkpoints import load_checkpoint, save_checkpoint
 from i3ad.data import load_images
-from i3ad.demo import OUTPUT_MAX_AGE_S, ModelStore, default_variant, new_output_folder
+from i3ad.demo import HUB_RETRY_SECONDS, OUTPUT_MAX_AGE_S, ModelStore, default_variant, new_output_folder
 from i3ad.detector import AnomalyDetector
 from i3ad.evaluation import RESULT_COLUMNS
-from i3ad.hub import CheckpointResolver
+from i3ad.hub import CheckpointListing, CheckpointResolver
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.pipeline import calibrate
 from i3ad.preprocessing import Preprocessing
@@ -359,8 +360,8 @@ def test_a_model_being_loaded_does_not_hold_up_requests_for_loaded_ones():
     started, release, loads = threading.Event(), threading.Event(), []
 
     class SlowResolver:  # stands for a resolver whose one model is a long download
-        def available(self) -> dict[str, list[str]]:
-            return {"widget": ["fast", "slow"]}
+        def listing(self) -> CheckpointListing:
+            return CheckpointListing({"widget": ["fast", "slow"]}, complete=True)
 
         def load(self, category: str, variant: str, device: object) -> object:
             loads.append(variant)
@@ -378,6 +379,30 @@ def test_a_model_being_loaded_does_not_hold_up_requests_for_loaded_ones():
         release.set()
         assert slow[0].result(timeout=10) is slow[1].result(timeout=10)
     assert loads == ["fast", "slow"]  # each model loaded once
+
+
+def test_a_hub_repo_that_could_not_be_listed_is_asked_again_after_a_while(monkeypatch):
+    answers = [
+        CheckpointListing({"local": ["i3ad"]}, complete=False),
+        CheckpointListing({"local": ["i3ad"], "hub": ["i3ad"]}, complete=True),
+    ]
+    asked = []
+
+    class UnreachableAtFirst:  # stands for a resolver whose Hub repo comes back after the first listing
+        def listing(self) -> CheckpointListing:
+            asked.append(now[0])
+            return answers[min(len(asked), len(answers)) - 1]
+
+    now = [1000.0]
+    monkeypatch.setattr(demo.time, "monotonic", lambda: now[0])
+    store = ModelStore(UnreachableAtFirst())
+    assert store.available() == {"local": ["i3ad"]}
+    now[0] += HUB_RETRY_SECONDS / 2
+    assert store.available() == {"local": ["i3ad"]} and len(asked) == 1  # not on every request
+    now[0] += HUB_RETRY_SECONDS
+    assert store.available() == {"local": ["i3ad"], "hub": ["i3ad"]}
+    now[0] += 10 * HUB_RETRY_SECONDS
+    assert store.available() == {"local": ["i3ad"], "hub": ["i3ad"]} and len(asked) == 2  # complete: kept
 
 
 def test_output_folders_older_than_their_age_are_removed(tmp_path):

@@ -173,7 +173,8 @@ from i3ad.checkpoints import CheckpointError
 from i3ad.hub import CheckpointResolver
 
 resolver = CheckpointResolver.from_env()
-answers = {"available": resolver.available()}
+listing = resolver.listing()
+answers = {"available": listing.checkpoints, "complete": listing.complete}
 for category, variant in [tuple(arg.split("/")) for arg in sys.argv[1:]]:
     try:
         detector = resolver.load(category, variant)
@@ -267,6 +268,7 @@ def test_download_then_offline_load_from_cache(served, tmp_path):
 
     assert offline["synth/i3ad"] == {"folder": str(folder), "name": "i3ad"}
     assert offline["available"] == online["available"]  # from the cached detector.json files
+    assert online["complete"] and offline["complete"]
     assert "could not get checkpoints" in offline["synth/ae"]["error"]  # never downloaded: not in the cache
 
 
@@ -444,7 +446,7 @@ def test_a_broken_download_or_an_unusable_cache_is_a_checkpoint_error(tmp_path):
         no_cache = resolve_in_subprocess(hub_env(tmp_path, hub.url) | {"HF_HOME": str(tmp_path / "a_file" / "hf")})
     assert dropped["available"] == {"synth": ["i3ad"]}  # the listing's small files still come through
     assert dropped["synth/i3ad"]["error"].startswith(f"could not get checkpoints from Hub repo '{REPO_ID}': ")
-    assert no_cache == {"available": {}}
+    assert no_cache == {"available": {}, "complete": False}  # the app asks again later (ModelStore)
 
 
 def test_an_incomplete_checkpoint_is_neither_uploaded_nor_mistaken_for_a_missing_one(served, tmp_path):
