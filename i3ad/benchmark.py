@@ -6,6 +6,7 @@ several repeats after a warm-up.
 
 from __future__ import annotations
 
+import math
 import platform
 import statistics
 import time
@@ -47,6 +48,28 @@ def median_seconds(run: Callable[[], object], device: torch.device, repeats: int
         _synchronize(device)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def convolution_time(run: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
+    """(seconds in convolutions, seconds in all) per call of ``run``, profiled over ``repeats`` calls after one
+    warm-up: every ``aten::convolution`` with what it launches, as torch.profiler measures it (GPU time on a GPU, CPU
+    time on a CPU), against the wall time of the same profiled calls (profiling slows a CPU's calls down). The first
+    is NaN where no convolution call is seen: a CUDA graph (torch.compile modes reduce-overhead and max-autotune)
+    replays its kernels without them."""
+    run()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        _synchronize(device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        _synchronize(device)
+        seconds = time.perf_counter() - started
+    convolutions = [event for event in profile.key_averages() if event.key == "aten::convolution"]
+    microseconds = sum(e.device_time_total if device.type == "cuda" else e.cpu_time_total for e in convolutions)
+    return (microseconds / 1e6 / repeats if microseconds > 0 else math.nan), seconds / repeats
 
 
 def forward_flops(model: InpaintingUNet, image_size: int) -> int:
@@ -130,13 +153,17 @@ def run_benchmark(
     compile_mode: str | None = None,
     static_shapes: bool = False,
     channels_last: bool = False,
+    profile_convolutions: bool = False,
 ) -> pd.DataFrame:
     """Rows of measurements on ``images`` [N, C, S, S] (preprocessed, on the detector's device; batches are drawn
     from them cyclically). ``sweep_images`` > 0 also times a T = 0..10 evaluation sweep over that many images.
     ``compile_mode``: run the network through torch.compile in that mode; ``static_shapes``: compile one graph per
     input shape instead of dynamo's shape-generic graph, which it switches to once a second batch size appears (step 0
     paints K times the batch) and whose kernels run slower; ``channels_last``: channels-last memory
-    for the network and its inputs (otherwise the model keeps its own layout, recorded in ``memory_format``)."""
+    for the network and its inputs (otherwise the model keeps its own layout, recorded in ``memory_format``);
+    ``profile_convolutions``: the network-forward rows also give the share of their time spent in convolutions and
+    the rate of the convolutions alone (``convolution_time``), which tells slow convolutions from time lost
+    around them (normalisation, activations, copies)."""
     check_plan(batch_sizes, iterations, repeats)
     model, device = detector.model, detector.device
     size = images.shape[-1]
@@ -174,7 +201,15 @@ def run_benchmark(
                     model(batch, masks)
 
             forward_seconds = median_seconds(forward, device, repeats)
-            rows.append(_timed_row("network forward", precision, batch_size, None, forward_seconds, 1.0, flops, device))
+            row = _timed_row("network forward", precision, batch_size, None, forward_seconds, 1.0, flops, device)
+            if profile_convolutions:
+                in_convolutions, profiled = convolution_time(forward, device, repeats)
+                # The model's FLOPs are its convolutions' (the flop counter counts no other operation of this network).
+                row |= {
+                    "convolution_share": in_convolutions / profiled,
+                    "convolution_tflops": flops * batch_size / in_convolutions / 1e12,
+                }
+            rows.append(row)
             for t in iterations:
                 run = settings.with_(iterations=t)
                 if device.type == "cuda":

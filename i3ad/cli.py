@@ -482,6 +482,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         compile_mode=args.compile,
         static_shapes=args.static_shapes,
         channels_last=args.channels_last,
+        profile_convolutions=args.profile_convolutions,
     )
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3g}".format):
         print(table.drop(columns=["date", "torch"]).to_string(index=False))
@@ -797,6 +798,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels-last",
         action="store_true",
         help="channels-last memory for the network on a GPU (on a CPU the network always runs channels-last)",
+    )
+    bench.add_argument(
+        "--profile-convolutions",
+        action="store_true",
+        help="also give the share of the network's time spent in convolutions and their own TFLOP/s (torch.profiler)",
     )
     _add_tf32_flag(bench)
     bench.add_argument("--device", default="auto")

@@ -15,7 +15,7 @@ from PIL import Image
 from tiny_checkpoints import save_untrained_checkpoint
 
 from i3ad import cli
-from i3ad.benchmark import run_benchmark
+from i3ad.benchmark import convolution_time, run_benchmark
 from i3ad.checkpoints import load_checkpoint, save_record
 from i3ad.cli import main
 from i3ad.data import index_category
@@ -476,6 +476,22 @@ def test_bench_with_no_iterations_times_the_network_only(trained, tmp_path):
     assert main(args) == 0
     table = pd.read_csv(out)
     assert table["task"].tolist() == ["network forward"] * 2 and table["batch"].tolist() == [1, 2]
+
+
+def test_bench_profiles_the_convolutions_of_the_network_forwards(trained):
+    _, checkpoints = trained
+    detector = load_checkpoint(checkpoints / "synthetic" / "i3ad")
+    common = {"batch_sizes": [2], "iterations": [0], "precisions": ["fp32"], "repeats": 2}
+    table = run_benchmark(detector, torch.rand(2, 3, 64, 64), profile_convolutions=True, **common)
+    forward, detection = table.iloc[0], table.iloc[1]
+    # Most of this network's time is its convolutions (profiled against the wall time of the same calls).
+    assert 0.3 < forward["convolution_share"] < 1
+    assert 0 < forward["convolution_tflops"] < math.inf
+    assert math.isnan(detection["convolution_share"])  # profiled: the network's forwards only
+    assert "convolution_share" not in run_benchmark(detector, torch.rand(2, 3, 64, 64), **common)
+    # No convolution seen (as under a CUDA graph's replay): unknown, not a division by zero.
+    in_convolutions, profiled = convolution_time(lambda: torch.ones(8) + 1, torch.device("cpu"), repeats=2)
+    assert math.isnan(in_convolutions) and profiled > 0
 
 
 @pytest.mark.slow
