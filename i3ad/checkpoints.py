@@ -27,7 +27,7 @@ from i3ad.data import DatasetError, check_name
 from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.normal_error import NormalError
-from i3ad.outputs import ensure_writable_folder, sync_folder, write_staged
+from i3ad.outputs import ensure_writable_folder, remove_stale_staged, sync_folder, write_staged
 from i3ad.preprocessing import Preprocessing
 from i3ad.recipes import data_license
 from i3ad.scoring import DetectionSettings
@@ -42,6 +42,11 @@ ARCHITECTURES = {"InpaintingUNet": InpaintingUNet, "ConvAutoencoder": ConvAutoen
 
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded; the message names the file and the problem."""
+
+
+class DamagedFileError(CheckpointError):
+    """A checkpoint file that cannot be read or decoded, as one damaged on the disk or in a download is (rather than a
+    whole file that describes a checkpoint this version cannot use): a copy from the Hub is worth downloading again."""
 
 
 def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -75,6 +80,8 @@ def _write_files(folder: Path, files: dict[str, bytes | None]) -> None:
         if content is None:
             (folder / name).unlink(missing_ok=True)
     sync_folder(folder)
+    for _, final in staged:
+        remove_stale_staged(final)
 
 
 def check_free_for_checkpoint(folder: str | Path) -> None:
@@ -139,9 +146,9 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: a checkpoint folder holds {', '.join(CHECKPOINT_FILES)}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error})") from None
+        raise DamagedFileError(f"{path} is not valid JSON ({error})") from None
     except OSError as error:  # a folder in its place, no permission, a failing disk
-        raise CheckpointError(f"{path} cannot be read ({error.strerror or error})") from None
+        raise DamagedFileError(f"{path} cannot be read ({error.strerror or error})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return data
@@ -170,7 +177,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
     try:
         state = safetensors.torch.load_file(weights, device="cpu")
     except (safetensors.SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{weights} is damaged or not a safetensors file ({error})") from None
+        raise DamagedFileError(f"{weights} is damaged or not a safetensors file ({error})") from None
     # Assigned, not copied, into the memoryless network: as float32, whatever precision the file stores.
     state = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
     try:
@@ -193,7 +200,7 @@ def load_normal_error(path: Path) -> NormalError:
         maps = safetensors.torch.load_file(path, device="cpu")["mean_anomaly_maps"]
         return NormalError(maps)
     except (safetensors.SafetensorError, OSError, KeyError, ValueError) as error:
-        raise CheckpointError(f"{path} is damaged or not a normal-error file ({error!r})") from None
+        raise DamagedFileError(f"{path} is damaged or not a normal-error file ({error!r})") from None
 
 
 def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> AnomalyDetector:

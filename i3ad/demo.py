@@ -87,24 +87,45 @@ def default_variant(variants: list[str], device: torch.device | str = "cpu") -> 
 class ModelStore:
     """Detectors loaded once per (category, variant) on one device and kept for later requests."""
 
-    def __init__(self, resolver: CheckpointResolver, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        resolver: CheckpointResolver,
+        device: torch.device | str = "cpu",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.resolver = resolver
         self.device = torch.device(device)
         self._loaded: dict[tuple[str, str], AnomalyDetector] = {}
         self._lock = threading.Lock()  # guards _model_locks
         self._model_locks: dict[tuple[str, str], threading.Lock] = {}
-        self._listing_lock = threading.Lock()  # one listing at a time: the others wait for its answer
+        self._listing_lock = threading.Lock()  # one listing at a time
         self._listing: CheckpointListing | None = None
         self._listed_at = 0.0
+        self._clock = clock
+
+    @property
+    def listing(self) -> CheckpointListing:
+        """The checkpoints found, and whether a Hub repo asked for could be listed (see ``available``)."""
+        self.available()
+        assert self._listing is not None
+        return self._listing
 
     def available(self) -> dict[str, list[str]]:
-        """{category: [variant, ...]}, looked up once; while a Hub repo cannot be reached (the listing then holds the
-        local checkpoints only), looked up again after HUB_RETRY_SECONDS."""
-        with self._listing_lock:
-            listing, now = self._listing, time.monotonic()
-            if listing is None or (not listing.complete and now - self._listed_at >= HUB_RETRY_SECONDS):
-                self._listing, self._listed_at = self.resolver.listing(), now
+        """{category: [variant, ...]}, looked up once; while a Hub repo cannot be listed (the listing then holds the
+        local checkpoints only), looked up again after HUB_RETRY_SECONDS. Requests that come while it is looked up
+        again get the last listing rather than wait for the network."""
+        listing = self._listing
+        if listing is not None and (listing.complete or self._clock() - self._listed_at < HUB_RETRY_SECONDS):
+            return listing.checkpoints
+        # Only the first listing, which has nothing to fall back on, waits for another request's.
+        if not self._listing_lock.acquire(blocking=listing is None):
+            return listing.checkpoints
+        try:
+            if self._listing is listing:  # not listed again by another request meanwhile
+                self._listing, self._listed_at = self.resolver.listing(), self._clock()
             return self._listing.checkpoints
+        finally:
+            self._listing_lock.release()
 
     def get(self, category: str, variant: str) -> AnomalyDetector:
         """The loaded detector; CheckpointError for a category or variant without a checkpoint."""

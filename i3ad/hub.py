@@ -11,7 +11,6 @@ Environment: ``I3AD_CHECKPOINTS`` (the local folder, default ``checkpoints``), `
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -35,6 +34,7 @@ from i3ad.checkpoints import (
     CHECKPOINT_FOLDER_FILES,
     DETECTOR_FILE,
     CheckpointError,
+    DamagedFileError,
     list_checkpoints,
     load_checkpoint,
 )
@@ -71,24 +71,18 @@ def _hub_patterns(category: str, variant: str) -> list[str]:
     return [f"{category}/{variant}/{name}" for name in CHECKPOINT_FOLDER_FILES]
 
 
-def _file_versions(folder: Path) -> list[tuple[str, int, int]]:
-    """(name, inode, modification time) of each checkpoint file in ``folder``, through the cache's links: a file
-    downloaded again is a new file, even when its bytes are the same."""
-    versions = []
-    for name in CHECKPOINT_FOLDER_FILES:
-        with contextlib.suppress(OSError):
-            status = (folder / name).stat()
-            versions.append((name, status.st_ino, status.st_mtime_ns))
-    return versions
-
-
 def _describe(found: dict[str, list[str]]) -> str:
     return ", ".join(f"{c}/{v}" for c, variants in sorted(found.items()) for v in variants) or "none"
 
 
+def _describe_hub(found: dict[str, list[str]] | None) -> str:
+    return "unknown (it could not be listed)" if found is None else _describe(found)
+
+
 class CheckpointListing(NamedTuple):
     """{category: [variant, ...]} of the checkpoints found; ``complete`` is False when a Hub repo was asked for but
-    could not be reached (nor was it cached): the listing then holds the local checkpoints only."""
+    could not be listed (unreachable and not cached, not found, gated, a wrong revision, an unusable cache folder): the
+    listing then holds the local checkpoints only."""
 
     checkpoints: dict[str, list[str]]
     complete: bool
@@ -119,15 +113,12 @@ class CheckpointResolver:
     def __repr__(self) -> str:
         return f"CheckpointResolver(root={str(self.root)!r}, repo_id={self.repo_id!r}, revision={self.revision!r})"
 
-    def _download(self, patterns: list[str], *, again: bool = False) -> Path:
-        """The cached snapshot folder of the repo holding (at least) the files matching ``patterns``; ``again``
-        downloads them even if they are cached."""
+    def _download(self, patterns: list[str]) -> Path:
+        """The cached snapshot folder of the repo holding (at least) the files matching ``patterns``."""
         assert self.repo_id is not None
         where = f"Hub repo {self.repo_id!r}" + (f" at revision {self.revision!r}" if self.revision else "")
         try:
-            return Path(
-                snapshot_download(self.repo_id, revision=self.revision, allow_patterns=patterns, force_download=again)
-            )
+            return Path(snapshot_download(self.repo_id, revision=self.revision, allow_patterns=patterns))
         except RevisionNotFoundError:
             raise CheckpointError(f"{where}: no such revision (check {ENV_HUB_REVISION})") from None
         except GatedRepoError:  # (a kind of RepositoryNotFoundError, so before it)
@@ -157,16 +148,13 @@ class CheckpointResolver:
             return None
 
     def listing(self) -> CheckpointListing:
-        """Every checkpoint, local or on the Hub, sorted, and whether the Hub repo (if any) could be listed."""
+        """Every checkpoint, local or in the Hub repo, sorted by category, and whether the repo (if any) could be
+        listed."""
         found = list_checkpoints(self.root)
         on_hub = self.hub_checkpoints()
         for category, variants in (on_hub or {}).items():
             found[category] = sorted(set(found.get(category, [])) | set(variants))
         return CheckpointListing(dict(sorted(found.items())), complete=on_hub is not None)
-
-    def available(self) -> dict[str, list[str]]:
-        """{category: [variant, ...]} of every checkpoint, local or on the Hub (as far as it can be reached), sorted."""
-        return self.listing().checkpoints
 
     def resolve(self, category: str, variant: str) -> Path:
         """The folder of checkpoint ``category/variant``: the local one if present, else downloaded from the Hub.
@@ -192,35 +180,51 @@ class CheckpointResolver:
         if missing:
             raise CheckpointError(
                 f"no checkpoint {category}/{variant} under {self.root} nor in Hub repo {self.repo_id!r} "
-                f"(missing {', '.join(missing)}; the repo has: {_describe(self.hub_checkpoints() or {})})"
+                f"(missing {', '.join(missing)}; the repo has: {_describe_hub(self.hub_checkpoints())})"
             )
         return folder
 
     def load(self, category: str, variant: str, device: torch.device | str = "cpu") -> AnomalyDetector:
-        """Resolve and load a checkpoint (safetensors weights only). A checkpoint from the Hub whose cached copy does
-        not load (e.g. a cache file damaged on the disk) is downloaded once more. Raises CheckpointError."""
+        """Resolve and load a checkpoint (safetensors weights only). A checkpoint from the Hub whose cached copy is
+        damaged (a file that cannot be read or decoded) is removed from the cache and downloaded once more. Raises
+        CheckpointError."""
         folder = self.resolve(category, variant)
         try:
             return load_checkpoint(folder, device)
-        except CheckpointError as error:
+        except DamagedFileError as error:
             if folder == self.root / category / variant:
                 raise
             damaged = error
         logger.warning("%s: downloading %s/%s from the Hub again", damaged, category, variant)
-        cached = _file_versions(folder)
         try:
-            folder = self._download(_hub_patterns(category, variant), again=True) / category / variant
+            _remove_cached_files(folder)
+        except OSError as error:  # e.g. a shared cache this user may only read
+            raise CheckpointError(f"{damaged}; removing it from the cache failed ({error.strerror or error})") from None
+        try:
+            folder = self._download(_hub_patterns(category, variant)) / category / variant
         except CheckpointError as error:
-            raise CheckpointError(f"{damaged}; downloading it again failed: {error}") from None
-        if _file_versions(folder) == cached:  # offline, or the Hub unreachable: the cache answered with its files
             raise CheckpointError(
-                f"{damaged}; it could not be downloaded again (offline, or the Hub cannot be reached): try again "
-                "online, or delete it from the cache (HF_HOME / HF_HUB_CACHE)"
+                f"{damaged}; it was removed from the cache, and downloading it again failed: {error}"
+            ) from None
+        if not all((folder / name).is_file() for name in CHECKPOINT_FILES):  # offline: the cache answered without it
+            raise CheckpointError(
+                f"{damaged}; it was removed from the cache and could not be downloaded again (offline, or the Hub "
+                "cannot be reached): try again online"
             )
         try:
             return load_checkpoint(folder, device)
-        except CheckpointError as error:
+        except DamagedFileError as error:
             raise CheckpointError(f"{error} (downloaded again: the Hub's copy is damaged)") from None
+
+
+def _remove_cached_files(folder: Path) -> None:
+    """Remove a checkpoint's files from the Hub cache's snapshot ``folder``, and the cached files they link to, so that
+    the next download fetches them anew (a cache without links holds the files themselves)."""
+    for name in CHECKPOINT_FOLDER_FILES:
+        entry = folder / name
+        target = Path(os.path.realpath(entry))
+        entry.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
 
 
 def upload_checkpoints(

@@ -1,13 +1,15 @@
 """Where results go: output folders are checked for writing before the work that fills them, not after it; a
 checkpoint folder that a failed training run leaves empty is removed again; tables and checkpoint files are replaced
-whole or not at all, and are on the disk (not only in the system's cache) once the function that writes them returns."""
+whole or not at all, and flushed to the disk (fsync) before the function that writes them returns."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -43,10 +45,24 @@ def removed_if_left_empty(folder: str | Path) -> Iterator[None]:
         raise
 
 
+# A staged file older than this was left by a run killed while writing (a write takes seconds), and is removed.
+STALE_STAGED_SECONDS = 3600
+
+
 def staged_path(path: Path) -> Path:
     """Where a file is written before it replaces ``path``: beside it (a rename within one folder is atomic) and named
-    per process, so that two runs writing the same file never write into one temporary file."""
+    per process, so that two processes writing the same file never write into one temporary file."""
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def remove_stale_staged(path: Path) -> None:
+    """Remove the staged files of ``path`` that runs killed while writing it left behind (older than
+    STALE_STAGED_SECONDS; a younger one may be another run's write in progress)."""
+    cutoff = time.time() - STALE_STAGED_SECONDS
+    for staged in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+            if staged.stat().st_mtime < cutoff:
+                staged.unlink()
 
 
 def write_staged(path: Path, write: Callable[[IO], None], mode: str = "w") -> Path:
@@ -65,15 +81,17 @@ def write_staged(path: Path, write: Callable[[IO], None], mode: str = "w") -> Pa
 
 
 def sync_folder(folder: Path) -> None:
-    """Flush a folder's entries (the renames into it) to the disk. Only on POSIX systems: elsewhere a folder cannot be
-    opened for this, and the file system orders renames itself."""
+    """Flush a folder's entries (the renames into it) to the disk, as far as the system allows: only on POSIX systems
+    (elsewhere a folder cannot be opened for this), and not on file systems that refuse it for folders (some network
+    and FUSE ones) or in a folder this user may write but not read; the files themselves are flushed already."""
     if os.name != "posix":
         return
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def write_csv(table: pd.DataFrame, path: str | Path, float_format: str) -> None:
@@ -89,3 +107,4 @@ def write_csv(table: pd.DataFrame, path: str | Path, float_format: str) -> None:
         staged.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
+    remove_stale_staged(path)

@@ -25,8 +25,7 @@ import torch
 from PIL import Image
 
 import app
-from i3ad import demo
-from i3ad.checkpoints import load_checkpoint, save_checkpoint
+from i3ad.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from i3ad.data import load_images
 from i3ad.demo import HUB_RETRY_SECONDS, OUTPUT_MAX_AGE_S, ModelStore, default_variant, new_output_folder
 from i3ad.detector import AnomalyDetector
@@ -381,28 +380,66 @@ def test_a_model_being_loaded_does_not_hold_up_requests_for_loaded_ones():
     assert loads == ["fast", "slow"]  # each model loaded once
 
 
-def test_a_hub_repo_that_could_not_be_listed_is_asked_again_after_a_while(monkeypatch):
-    answers = [
-        CheckpointListing({"local": ["i3ad"]}, complete=False),
-        CheckpointListing({"local": ["i3ad"], "hub": ["i3ad"]}, complete=True),
-    ]
-    asked = []
+class HubBackLater:
+    """Stands for a resolver whose Hub repo cannot be listed at first and answers from the second listing on, which
+    waits for ``hold`` when one is given (a slow network)."""
 
-    class UnreachableAtFirst:  # stands for a resolver whose Hub repo comes back after the first listing
-        def listing(self) -> CheckpointListing:
-            asked.append(now[0])
-            return answers[min(len(asked), len(answers)) - 1]
+    repo_id = "user/repo"
 
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.asked, self.hold, self.started = 0, hold, threading.Event()
+
+    def listing(self) -> CheckpointListing:
+        self.asked += 1
+        if self.asked == 1:
+            return CheckpointListing({"local": ["i3ad"]}, complete=False)
+        self.started.set()
+        if self.hold is not None:
+            assert self.hold.wait(10)
+        return CheckpointListing({"local": ["i3ad"], "hub": ["i3ad"]}, complete=True)
+
+
+def test_a_hub_repo_that_could_not_be_listed_is_asked_again_after_a_while():
     now = [1000.0]
-    monkeypatch.setattr(demo.time, "monotonic", lambda: now[0])
-    store = ModelStore(UnreachableAtFirst())
+    resolver = HubBackLater()
+    store = ModelStore(resolver, clock=lambda: now[0])
     assert store.available() == {"local": ["i3ad"]}
     now[0] += HUB_RETRY_SECONDS / 2
-    assert store.available() == {"local": ["i3ad"]} and len(asked) == 1  # not on every request
+    assert store.available() == {"local": ["i3ad"]} and resolver.asked == 1  # not on every request
     now[0] += HUB_RETRY_SECONDS
     assert store.available() == {"local": ["i3ad"], "hub": ["i3ad"]}
     now[0] += 10 * HUB_RETRY_SECONDS
-    assert store.available() == {"local": ["i3ad"], "hub": ["i3ad"]} and len(asked) == 2  # complete: kept
+    assert store.available() == {"local": ["i3ad"], "hub": ["i3ad"]} and resolver.asked == 2  # complete: kept
+
+
+def test_requests_do_not_wait_for_the_hub_being_asked_again():
+    now, release = [1000.0], threading.Event()
+    resolver = HubBackLater(hold=release)
+    store = ModelStore(resolver, clock=lambda: now[0])
+    store.available()
+    now[0] += HUB_RETRY_SECONDS
+    with ThreadPoolExecutor(2) as pool:
+        asking_again = pool.submit(store.available)
+        assert resolver.started.wait(10)
+        # While one request waits for the Hub, another gets the last listing at once.
+        assert pool.submit(store.available).result(timeout=5) == {"local": ["i3ad"]}
+        release.set()
+        assert asking_again.result(timeout=10) == {"local": ["i3ad"], "hub": ["i3ad"]}
+    assert resolver.asked == 2
+
+
+def test_without_local_checkpoints_an_unlisted_hub_repo_is_named(app_files):
+    class Unreachable(HubBackLater):
+        def listing(self) -> CheckpointListing:
+            return CheckpointListing({}, complete=False)
+
+    config = app.AppConfig(Unreachable(), app_files.results, device="cpu")
+    with pytest.raises(CheckpointError, match="no local checkpoints, and Hub repo 'user/repo' could not be listed"):
+        app.build_app(config)
+
+
+def test_a_page_load_lists_the_categories_again(handlers):
+    assert handlers.category_menu()["choices"] == handlers.categories()
 
 
 def test_output_folders_older_than_their_age_are_removed(tmp_path):

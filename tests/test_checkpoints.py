@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pickle
 import re
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -509,6 +511,18 @@ def test_saved_files_and_their_renames_are_flushed_to_the_disk(tmp_path, monkeyp
     flushed.clear()
     write_csv(pd.DataFrame({"a": [1.0]}), tmp_path / "table.csv", float_format="%.1f")
     assert re.fullmatch(r"\.table\.csv\.\d+\.partial", flushed[0]) and flushed[1:] == [tmp_path.name]
+
+
+def test_a_save_removes_what_saves_killed_long_ago_left_behind(tmp_path):
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    killed_long_ago, in_progress = folder / ".model.safetensors.1.partial", folder / ".model.safetensors.2.partial"
+    for staged in (killed_long_ago, in_progress):
+        staged.write_bytes(b"half a file")
+    two_hours_ago = time.time() - 2 * 3600
+    os.utime(killed_long_ago, (two_hours_ago, two_hours_ago))
+    save_checkpoint(_detector(), folder)
+    assert not killed_long_ago.exists() and in_progress.exists()  # another run's save may still be writing it
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder nobody can write to")

@@ -272,20 +272,25 @@ def test_download_then_offline_load_from_cache(served, tmp_path):
     assert "could not get checkpoints" in offline["synth/ae"]["error"]  # never downloaded: not in the cache
 
 
-def test_a_damaged_cached_checkpoint_is_downloaded_again(served, tmp_path):
+@pytest.mark.parametrize("links", [True, False], ids=["cache-with-links", "cache-without-links"])
+def test_a_damaged_cached_checkpoint_is_downloaded_again(served, tmp_path, links):
     hub, _ = served
-    first = resolve_in_subprocess(hub_env(tmp_path, hub.url), "synth/i3ad")
-    cached_weights = (Path(first["synth/i3ad"]["folder"]) / "model.safetensors").resolve()  # the cache's blob file
-    cached_weights.write_bytes(b"damaged on the disk")
-
-    offline = resolve_in_subprocess(hub_env(tmp_path, hub.url, offline=True), "synth/i3ad")
-    error = offline["synth/i3ad"]["error"]
-    assert "is damaged or not a safetensors file" in error and "it could not be downloaded again (offline" in error
+    env = hub_env(tmp_path, hub.url) | ({} if links else {"HF_HUB_DISABLE_SYMLINKS": "1"})
+    first = resolve_in_subprocess(env, "synth/i3ad")
+    cached_weights = Path(first["synth/i3ad"]["folder"]) / "model.safetensors"
+    assert cached_weights.is_symlink() == links
+    cached_weights.resolve().write_bytes(b"damaged on the disk")
     hub.requests.clear()
-    online = resolve_in_subprocess(hub_env(tmp_path, hub.url), "synth/i3ad")
-    assert online["synth/i3ad"]["name"] == "i3ad"
+
+    again = resolve_in_subprocess(env, "synth/i3ad")
+    assert again["synth/i3ad"]["name"] == "i3ad"
     assert any(path.startswith("/blobs/") for _, path in hub.requests)  # the weights came again
-    assert load_checkpoint(Path(online["synth/i3ad"]["folder"])).name == "i3ad"
+    assert load_checkpoint(Path(again["synth/i3ad"]["folder"])).name == "i3ad"
+    # Offline, a damaged copy cannot be replaced: the error says so.
+    cached_weights.resolve().write_bytes(b"damaged on the disk")
+    offline = resolve_in_subprocess(env | {"HF_HUB_OFFLINE": "1"}, "synth/i3ad")
+    error = offline["synth/i3ad"]["error"]
+    assert "is damaged or not a safetensors file" in error and "it was removed from the cache" in error
 
 
 def test_a_damaged_copy_on_the_hub_is_named_as_such(tmp_path):
@@ -299,6 +304,23 @@ def test_a_damaged_copy_on_the_hub_is_named_as_such(tmp_path):
         hub.stop()
     error = answers["synth/i3ad"]["error"]
     assert "is damaged or not a safetensors file" in error and "the Hub's copy is damaged" in error
+
+
+def test_a_checkpoint_that_loads_wrongly_but_is_whole_is_not_downloaded_again(tmp_path):
+    repo = tmp_path / "repo"
+    save_untrained_checkpoint(repo, "synth", "i3ad", size=32)
+    record_file = repo / "synth" / "i3ad" / "detector.json"
+    record = json.loads(record_file.read_text())
+    record["detection"]["iterations"] = 10**6  # whole, valid JSON, but no checkpoint this version can use
+    record_file.write_text(json.dumps(record))
+    hub = FakeHub(REPO_ID, repo)
+    try:
+        answers = resolve_in_subprocess(hub_env(tmp_path, hub.url), "synth/i3ad")
+    finally:
+        hub.stop()
+    assert "iterations" in answers["synth/i3ad"]["error"] and "downloaded again" not in answers["synth/i3ad"]["error"]
+    blobs = [path for method, path in hub.requests if method == "GET" and path.startswith("/blobs/")]
+    assert len(blobs) == len(set(blobs)) == 2  # the weights and the normal error, each fetched once
 
 
 def test_local_checkpoints_come_first(tmp_path):
