@@ -275,7 +275,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
     fill in the controls, the others on first use; the synthetic example images are written to a temporary folder."""
     handlers = Handlers(config or AppConfig.from_env())
     categories = handlers.categories()
-    if not categories and not handlers.store.listing.complete:
+    if not categories and not handlers.store.current_listing().complete:
         raise CheckpointError(
             f"no local checkpoints, and Hub repo {handlers.store.resolver.repo_id!r} could not be listed (see the "
             f"warning above; {handlers.store.resolver}): check the network and I3AD_HUB_REPO / I3AD_HUB_REVISION"

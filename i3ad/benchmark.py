@@ -187,6 +187,7 @@ def run_benchmark(
             # fp32 and bf16 recompiles until it hits dynamo's recompile limit and silently falls back to eager.
             torch._dynamo.reset()
             model = torch.compile(eager_model, mode=compile_mode, dynamic=False if static_shapes else None)
+        to_profile = []  # (row, forward) of this precision's network forwards
         for batch_size in batch_sizes:
             batch = images[torch.arange(batch_size) % len(images)]
             masks = torch.zeros(batch_size, 1, size, size, device=device)
@@ -202,14 +203,8 @@ def run_benchmark(
 
             forward_seconds = median_seconds(forward, device, repeats)
             row = _timed_row("network forward", precision, batch_size, None, forward_seconds, 1.0, flops, device)
-            if profile_convolutions:
-                in_convolutions, profiled = convolution_time(forward, device, repeats)
-                # The model's FLOPs are its convolutions' (the flop counter counts no other operation of this network).
-                row |= {
-                    "convolution_share": in_convolutions / profiled,
-                    "convolution_tflops": flops * batch_size / in_convolutions / 1e12,
-                }
             rows.append(row)
+            to_profile.append((row, forward))
             for t in iterations:
                 run = settings.with_(iterations=t)
                 if device.type == "cuda":
@@ -225,6 +220,12 @@ def run_benchmark(
                 # The same number of forwards at this batch size's bare speed, against the whole detection.
                 bare = row["forwards_per_image"] * forward_seconds
                 rows.append({**row, "network_share": bare / seconds, "vs_bare_forwards": seconds / bare})
+        # Profiled after this precision's timings, which the profiler's instrumentation might otherwise slow down.
+        for row, forward in to_profile if profile_convolutions else []:
+            in_convolutions, profiled = convolution_time(forward, device, repeats)
+            # The model's FLOPs are its convolutions' (the flop counter counts no other operation of this network).
+            row["convolution_share"] = in_convolutions / profiled
+            row["convolution_tflops"] = flops * row["batch"] / in_convolutions / 1e12
     if sweep_images > 0:
         subset = images[torch.arange(sweep_images) % len(images)]
         test = TestSet(subset, torch.arange(sweep_images, device=device) % 2, None)

@@ -8,6 +8,7 @@ silently half-loaded model.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -45,8 +46,20 @@ class CheckpointError(ValueError):
 
 
 class DamagedFileError(CheckpointError):
-    """A checkpoint file that cannot be read or decoded, as one damaged on the disk or in a download is (rather than a
-    whole file that describes a checkpoint this version cannot use): a copy from the Hub is worth downloading again."""
+    """A checkpoint file (``path``) that cannot be decoded or gives an input/output error, as one damaged on the disk
+    or in a download does (rather than a whole file that describes a checkpoint this version cannot use, or one this
+    user may not read): a copy from the Hub is worth downloading again."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _unreadable(path: Path, error: OSError) -> CheckpointError:
+    """The error for a file that could not be read: damaged for an input/output error, not for a missing permission
+    or too many open files, which downloading it again would not cure."""
+    message = f"{path} cannot be read ({error.strerror or error})"
+    return DamagedFileError(message, path) if error.errno == errno.EIO else CheckpointError(message)
 
 
 def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -146,9 +159,9 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: a checkpoint folder holds {', '.join(CHECKPOINT_FILES)}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DamagedFileError(f"{path} is not valid JSON ({error})") from None
+        raise DamagedFileError(f"{path} is not valid JSON ({error})", path) from None
     except OSError as error:  # a folder in its place, no permission, a failing disk
-        raise DamagedFileError(f"{path} cannot be read ({error.strerror or error})") from None
+        raise _unreadable(path, error) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return data
@@ -176,8 +189,10 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
         raise CheckpointError(f"{weights} is missing (only safetensors weights are loaded)")
     try:
         state = safetensors.torch.load_file(weights, device="cpu")
-    except (safetensors.SafetensorError, OSError, ValueError) as error:
-        raise DamagedFileError(f"{weights} is damaged or not a safetensors file ({error})") from None
+    except (safetensors.SafetensorError, ValueError) as error:
+        raise DamagedFileError(f"{weights} is damaged or not a safetensors file ({error})", weights) from None
+    except OSError as error:
+        raise _unreadable(weights, error) from None
     # Assigned, not copied, into the memoryless network: as float32, whatever precision the file stores.
     state = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
     try:
@@ -197,10 +212,15 @@ def load_normal_error(path: Path) -> NormalError:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing, but detector.json asks to subtract the normal error")
     try:
-        maps = safetensors.torch.load_file(path, device="cpu")["mean_anomaly_maps"]
-        return NormalError(maps)
-    except (safetensors.SafetensorError, OSError, KeyError, ValueError) as error:
-        raise DamagedFileError(f"{path} is damaged or not a normal-error file ({error!r})") from None
+        tensors = safetensors.torch.load_file(path, device="cpu")
+    except (safetensors.SafetensorError, ValueError) as error:
+        raise DamagedFileError(f"{path} is damaged or not a safetensors file ({error})", path) from None
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    try:
+        return NormalError(tensors["mean_anomaly_maps"])
+    except (KeyError, ValueError) as error:  # a whole file, but not the normal error this version reads
+        raise CheckpointError(f"{path} is not a normal-error file ({error!r})") from None
 
 
 def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> AnomalyDetector:

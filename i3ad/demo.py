@@ -103,17 +103,16 @@ class ModelStore:
         self._listed_at = 0.0
         self._clock = clock
 
-    @property
-    def listing(self) -> CheckpointListing:
-        """The checkpoints found, and whether a Hub repo asked for could be listed (see ``available``)."""
+    def current_listing(self) -> CheckpointListing:
+        """The checkpoints found, and whether a Hub repo asked for could be listed (looked up as by ``available``)."""
         self.available()
         assert self._listing is not None
         return self._listing
 
     def available(self) -> dict[str, list[str]]:
         """{category: [variant, ...]}, looked up once; while a Hub repo cannot be listed (the listing then holds the
-        local checkpoints only), looked up again after HUB_RETRY_SECONDS. Requests that come while it is looked up
-        again get the last listing rather than wait for the network."""
+        local checkpoints only), looked up again after HUB_RETRY_SECONDS: the request that comes first after that
+        waits for the Hub's answer, the others meanwhile get the last listing."""
         listing = self._listing
         if listing is not None and (listing.complete or self._clock() - self._listed_at < HUB_RETRY_SECONDS):
             return listing.checkpoints

@@ -11,8 +11,10 @@ Environment: ``I3AD_CHECKPOINTS`` (the local folder, default ``checkpoints``), `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -113,12 +115,13 @@ class CheckpointResolver:
     def __repr__(self) -> str:
         return f"CheckpointResolver(root={str(self.root)!r}, repo_id={self.repo_id!r}, revision={self.revision!r})"
 
-    def _download(self, patterns: list[str]) -> Path:
-        """The cached snapshot folder of the repo holding (at least) the files matching ``patterns``."""
+    @contextlib.contextmanager
+    def _asking_the_hub(self) -> Iterator[None]:
+        """Turns what asking the Hub repo can raise into a CheckpointError that says what went wrong."""
         assert self.repo_id is not None
         where = f"Hub repo {self.repo_id!r}" + (f" at revision {self.revision!r}" if self.revision else "")
         try:
-            return Path(snapshot_download(self.repo_id, revision=self.revision, allow_patterns=patterns))
+            yield
         except RevisionNotFoundError:
             raise CheckpointError(f"{where}: no such revision (check {ENV_HUB_REVISION})") from None
         except GatedRepoError:  # (a kind of RepositoryNotFoundError, so before it)
@@ -135,6 +138,11 @@ class CheckpointResolver:
                 f"could not get checkpoints from {where}: {error_summary(error)} (network, or the cache folder "
                 "HF_HOME / HF_HUB_CACHE)"
             ) from None
+
+    def _download(self, patterns: list[str]) -> Path:
+        """The cached snapshot folder of the repo holding (at least) the files matching ``patterns``."""
+        with self._asking_the_hub():
+            return Path(snapshot_download(self.repo_id, revision=self.revision, allow_patterns=patterns))
 
     def hub_checkpoints(self) -> dict[str, list[str]] | None:
         """{category: [variant, ...]} of the Hub repo (only the small detector.json files are fetched); {} without
@@ -185,9 +193,9 @@ class CheckpointResolver:
         return folder
 
     def load(self, category: str, variant: str, device: torch.device | str = "cpu") -> AnomalyDetector:
-        """Resolve and load a checkpoint (safetensors weights only). A checkpoint from the Hub whose cached copy is
-        damaged (a file that cannot be read or decoded) is removed from the cache and downloaded once more. Raises
-        CheckpointError."""
+        """Resolve and load a checkpoint (safetensors weights only). A file of a Hub checkpoint that is damaged in the
+        cache (it cannot be read or decoded) is removed from it and downloaded again, if the Hub can be reached.
+        Raises CheckpointError."""
         folder = self.resolve(category, variant)
         try:
             return load_checkpoint(folder, device)
@@ -195,36 +203,32 @@ class CheckpointResolver:
             if folder == self.root / category / variant:
                 raise
             damaged = error
-        logger.warning("%s: downloading %s/%s from the Hub again", damaged, category, variant)
-        try:
-            _remove_cached_files(folder)
-        except OSError as error:  # e.g. a shared cache this user may only read
-            raise CheckpointError(f"{damaged}; removing it from the cache failed ({error.strerror or error})") from None
-        try:
-            folder = self._download(_hub_patterns(category, variant)) / category / variant
+        try:  # before anything is removed: offline, the damaged copy is still better than none
+            with self._asking_the_hub():
+                HfApi().repo_info(self.repo_id, revision=self.revision)
         except CheckpointError as error:
             raise CheckpointError(
-                f"{damaged}; it was removed from the cache, and downloading it again failed: {error}"
+                f"{damaged}; it cannot be downloaded again now ({error}): try again online, or delete it from the "
+                "cache (HF_HOME / HF_HUB_CACHE)"
             ) from None
-        if not all((folder / name).is_file() for name in CHECKPOINT_FILES):  # offline: the cache answered without it
-            raise CheckpointError(
-                f"{damaged}; it was removed from the cache and could not be downloaded again (offline, or the Hub "
-                "cannot be reached): try again online"
-            )
+        logger.warning("%s: downloading it from the Hub again", damaged)
+        try:
+            _remove_cached_file(damaged.path)
+        except OSError as error:  # e.g. a shared cache this user may only read
+            raise CheckpointError(f"{damaged}; removing it from the cache failed ({error.strerror or error})") from None
+        folder = self._download(_hub_patterns(category, variant)) / category / variant
         try:
             return load_checkpoint(folder, device)
         except DamagedFileError as error:
             raise CheckpointError(f"{error} (downloaded again: the Hub's copy is damaged)") from None
 
 
-def _remove_cached_files(folder: Path) -> None:
-    """Remove a checkpoint's files from the Hub cache's snapshot ``folder``, and the cached files they link to, so that
-    the next download fetches them anew (a cache without links holds the files themselves)."""
-    for name in CHECKPOINT_FOLDER_FILES:
-        entry = folder / name
-        target = Path(os.path.realpath(entry))
-        entry.unlink(missing_ok=True)
-        target.unlink(missing_ok=True)
+def _remove_cached_file(path: Path) -> None:
+    """Remove a file from the Hub cache: its entry in a snapshot folder and the stored file it links to (the same
+    bytes wherever else they are linked from, so damaged there too); a cache without links holds the file itself."""
+    stored = Path(os.path.realpath(path))
+    path.unlink(missing_ok=True)
+    stored.unlink(missing_ok=True)
 
 
 def upload_checkpoints(

@@ -5,6 +5,7 @@ whole or not at all, and flushed to the disk (fsync) before the function that wr
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import shutil
@@ -56,10 +57,12 @@ def staged_path(path: Path) -> Path:
 
 
 def remove_stale_staged(path: Path) -> None:
-    """Remove the staged files of ``path`` that runs killed while writing it left behind (older than
-    STALE_STAGED_SECONDS; a younger one may be another run's write in progress)."""
-    cutoff = time.time() - STALE_STAGED_SECONDS
-    for staged in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+    """Remove the staged files of ``path`` (``staged_path``'s names, whatever the process number) that runs killed
+    while writing it left behind: those older than STALE_STAGED_SECONDS (a younger one may be a write in progress)."""
+    prefix, cutoff = f".{path.name}.", time.time() - STALE_STAGED_SECONDS
+    for staged in path.parent.glob(f"{glob.escape(prefix)}*.partial"):
+        if not staged.name[len(prefix) : -len(".partial")].isdigit():  # another file's, e.g. ".x.csv.bak.1.partial"
+            continue
         with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
             if staged.stat().st_mtime < cutoff:
                 staged.unlink()
@@ -80,18 +83,26 @@ def write_staged(path: Path, write: Callable[[IO], None], mode: str = "w") -> Pa
     return staged
 
 
+# What opening or flushing a folder may answer where the system does not allow it (some network and FUSE file systems,
+# a folder this user may write but not read); any other error, such as EIO, is a failed write and is raised.
+_FOLDER_SYNC_REFUSALS = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM, errno.EBADF}
+
+
 def sync_folder(folder: Path) -> None:
-    """Flush a folder's entries (the renames into it) to the disk, as far as the system allows: only on POSIX systems
-    (elsewhere a folder cannot be opened for this), and not on file systems that refuse it for folders (some network
-    and FUSE ones) or in a folder this user may write but not read; the files themselves are flushed already."""
+    """Flush a folder's entries (the renames into it) to the disk, where the system allows it: only on POSIX systems
+    (elsewhere a folder cannot be opened for this), and not where it refuses (_FOLDER_SYNC_REFUSALS); the files
+    themselves are flushed already."""
     if os.name != "posix":
         return
-    with contextlib.suppress(OSError):
+    try:
         descriptor = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+    except OSError as error:
+        if error.errno not in _FOLDER_SYNC_REFUSALS:
+            raise
 
 
 def write_csv(table: pd.DataFrame, path: str | Path, float_format: str) -> None:

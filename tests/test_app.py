@@ -438,8 +438,13 @@ def test_without_local_checkpoints_an_unlisted_hub_repo_is_named(app_files):
         app.build_app(config)
 
 
-def test_a_page_load_lists_the_categories_again(handlers):
-    assert handlers.category_menu()["choices"] == handlers.categories()
+def test_a_page_load_lists_the_categories_again(app_files):
+    now = [1000.0]
+    handlers = app.Handlers(app.AppConfig(HubBackLater(), app_files.results, device="cpu"))
+    handlers.store = ModelStore(HubBackLater(), clock=lambda: now[0])
+    assert handlers.category_menu()["choices"] == ["local"]
+    now[0] += HUB_RETRY_SECONDS
+    assert handlers.category_menu()["choices"] == ["local", "hub"]  # the Hub repo answers now
 
 
 def test_output_folders_older_than_their_age_are_removed(tmp_path):

@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import shutil
+import stat
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from i3ad import outputs
 from i3ad.calibration import Calibration
 from i3ad.checkpoints import (
     CheckpointError,
+    DamagedFileError,
     list_checkpoints,
     load_checkpoint,
     load_model,
@@ -183,14 +185,18 @@ def test_normal_error_file_missing_or_damaged(saved):
     _, folder = saved
     path = folder / "normal_error.safetensors"
     path.write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match=r"normal_error\.safetensors is damaged"):
+    with pytest.raises(DamagedFileError, match=r"normal_error\.safetensors is damaged") as damaged:
         load_checkpoint(folder)
+    assert damaged.value.path == path
+    # Whole files that are not what this version reads: not damaged (downloading them again would not help).
     safetensors.torch.save_file({"other": torch.zeros(2, 1, 4, 4)}, path)
-    with pytest.raises(CheckpointError, match=r"normal_error\.safetensors is damaged"):
+    with pytest.raises(CheckpointError, match=r"normal_error\.safetensors is not a normal-error file") as refused:
         load_checkpoint(folder)
+    assert not isinstance(refused.value, DamagedFileError)
     safetensors.torch.save_file({"mean_anomaly_maps": torch.full((2, 1, 4, 4), float("nan"))}, path)
-    with pytest.raises(CheckpointError, match="NaN"):
+    with pytest.raises(CheckpointError, match="NaN") as refused:
         load_checkpoint(folder)
+    assert not isinstance(refused.value, DamagedFileError)
     path.unlink()
     with pytest.raises(CheckpointError, match=r"normal_error\.safetensors is missing"):
         load_checkpoint(folder)
@@ -315,6 +321,19 @@ def test_an_unreadable_file_is_a_checkpoint_error(saved, file):
         load_checkpoint(folder)
     if file == "detector.json":  # and such a folder is not offered as a checkpoint
         assert list_checkpoints(folder.parent.parent) == {}
+
+
+def test_only_an_input_output_error_makes_a_file_damaged(saved, monkeypatch):
+    _, folder = saved
+    for code, damaged in ((errno.EIO, True), (errno.EACCES, False)):
+
+        def failing_read(path: Path, *args, code=code, **kwargs) -> str:
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(Path, "read_text", failing_read)
+        with pytest.raises(CheckpointError, match=r"detector\.json cannot be read") as error:
+            load_checkpoint(folder)
+        assert isinstance(error.value, DamagedFileError) == damaged
 
 
 def test_weights_with_a_missing_tensor_are_refused(saved):
@@ -519,10 +538,33 @@ def test_a_save_removes_what_saves_killed_long_ago_left_behind(tmp_path):
     killed_long_ago, in_progress = folder / ".model.safetensors.1.partial", folder / ".model.safetensors.2.partial"
     for staged in (killed_long_ago, in_progress):
         staged.write_bytes(b"half a file")
+    another_files = folder / ".model.safetensors.bak.1.partial"  # staged for a file named model.safetensors.bak
+    another_files.write_bytes(b"half a file")
     two_hours_ago = time.time() - 2 * 3600
-    os.utime(killed_long_ago, (two_hours_ago, two_hours_ago))
+    for old in (killed_long_ago, another_files):
+        os.utime(old, (two_hours_ago, two_hours_ago))
     save_checkpoint(_detector(), folder)
     assert not killed_long_ago.exists() and in_progress.exists()  # another run's save may still be writing it
+    assert another_files.exists()
+
+
+@pytest.mark.parametrize(("code", "fails"), [(errno.EINVAL, False), (errno.EIO, True)])
+def test_a_folder_that_refuses_to_be_flushed_does_not_fail_a_save_but_a_failing_disk_does(
+    tmp_path, monkeypatch, code, fails
+):
+    real_fsync = outputs.os.fsync
+
+    def fsync(descriptor: int) -> None:
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):  # e.g. a network file system that refuses it for folders
+            raise OSError(code, os.strerror(code))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(outputs.os, "fsync", fsync)
+    if fails:
+        with pytest.raises(OSError, match=os.strerror(code)):
+            save_checkpoint(_detector(), tmp_path / "checkpoint")
+    else:
+        load_checkpoint(save_checkpoint(_detector(), tmp_path / "checkpoint"))  # saved whole, and no error
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder nobody can write to")

@@ -478,7 +478,7 @@ def test_bench_with_no_iterations_times_the_network_only(trained, tmp_path):
     assert table["task"].tolist() == ["network forward"] * 2 and table["batch"].tolist() == [1, 2]
 
 
-def test_bench_profiles_the_convolutions_of_the_network_forwards(trained):
+def test_bench_profiles_the_convolutions_of_the_network_forwards(trained, tmp_path):
     _, checkpoints = trained
     detector = load_checkpoint(checkpoints / "synthetic" / "i3ad")
     common = {"batch_sizes": [2], "iterations": [0], "precisions": ["fp32"], "repeats": 2}
@@ -489,6 +489,10 @@ def test_bench_profiles_the_convolutions_of_the_network_forwards(trained):
     assert 0 < forward["convolution_tflops"] < math.inf
     assert math.isnan(detection["convolution_share"])  # profiled: the network's forwards only
     assert "convolution_share" not in run_benchmark(detector, torch.rand(2, 3, 64, 64), **common)
+    out = tmp_path / "perf.csv"
+    args = ["bench", "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--batch-sizes", "1", "--iterations"]
+    assert main([*args, "--repeats", "1", "--profile-convolutions", "--device", "cpu", "--out", str(out)]) == 0
+    assert 0 < pd.read_csv(out)["convolution_share"].item() < 1
     # No convolution seen (as under a CUDA graph's replay): unknown, not a division by zero.
     in_convolutions, profiled = convolution_time(lambda: torch.ones(8) + 1, torch.device("cpu"), repeats=2)
     assert math.isnan(in_convolutions) and profiled > 0

@@ -276,21 +276,29 @@ def test_download_then_offline_load_from_cache(served, tmp_path):
 def test_a_damaged_cached_checkpoint_is_downloaded_again(served, tmp_path, links):
     hub, _ = served
     env = hub_env(tmp_path, hub.url) | ({} if links else {"HF_HUB_DISABLE_SYMLINKS": "1"})
-    first = resolve_in_subprocess(env, "synth/i3ad")
+    checkpoints = ("synth/i3ad", "synth/ae", "other/i3ad")  # other/i3ad's files are synth/i3ad's bytes
+    first = resolve_in_subprocess(env, *checkpoints)
     cached_weights = Path(first["synth/i3ad"]["folder"]) / "model.safetensors"
     assert cached_weights.is_symlink() == links
     cached_weights.resolve().write_bytes(b"damaged on the disk")
     hub.requests.clear()
 
-    again = resolve_in_subprocess(env, "synth/i3ad")
-    assert again["synth/i3ad"]["name"] == "i3ad"
+    again = resolve_in_subprocess(env, *checkpoints)
+    assert [again[c]["name"] for c in checkpoints] == ["i3ad", "ae", "i3ad"]
     assert any(path.startswith("/blobs/") for _, path in hub.requests)  # the weights came again
     assert load_checkpoint(Path(again["synth/i3ad"]["folder"])).name == "i3ad"
-    # Offline, a damaged copy cannot be replaced: the error says so.
+    # Only the damaged file was replaced: everything else still loads from the cache alone.
+    offline_env = env | {"HF_HUB_OFFLINE": "1"}
+    offline = resolve_in_subprocess(offline_env, *checkpoints)
+    assert [offline[c]["name"] for c in checkpoints] == ["i3ad", "ae", "i3ad"]
+    assert offline["complete"] and offline["available"] == first["available"]
+    # Offline, a damaged copy cannot be replaced: the error says so, and the cache is left as it was.
     cached_weights.resolve().write_bytes(b"damaged on the disk")
-    offline = resolve_in_subprocess(env | {"HF_HUB_OFFLINE": "1"}, "synth/i3ad")
+    offline = resolve_in_subprocess(offline_env, "synth/i3ad")
     error = offline["synth/i3ad"]["error"]
-    assert "is damaged or not a safetensors file" in error and "it was removed from the cache" in error
+    assert "is damaged or not a safetensors file" in error and "it cannot be downloaded again now" in error
+    assert cached_weights.resolve().read_bytes() == b"damaged on the disk"
+    assert offline["complete"] and offline["available"] == first["available"]
 
 
 def test_a_damaged_copy_on_the_hub_is_named_as_such(tmp_path):

@@ -503,7 +503,7 @@ DAMAGES = {
     ),
     "truncated normal error": (
         lambda f: _truncate(f / "normal_error.safetensors"),
-        r"normal_error\.safetensors is damaged or not a normal-error file",
+        r"normal_error\.safetensors is damaged or not a safetensors file",
     ),
 }
 
