@@ -202,7 +202,8 @@ def threshold_table(table: pd.DataFrame, settings: DetectionSettings = Detection
     (scored like ``settings``), for each T."""
     same_scoring = _matching(table, {**_scoring_values(settings), **_step0_values(settings)})
     rows = table[same_scoring & table["ssim_threshold"].notna()]
-    tau = rows["ssim_threshold"].round(2).astype(str).where(~rows["calibrated_threshold"].astype(bool), "calibrated")
+    # Each fixed tau as written (0.795 and 0.8 stay apart; rounding merged them into one mean).
+    tau = rows["ssim_threshold"].map("{:g}".format).where(~rows["calibrated_threshold"].astype(bool), "calibrated")
     return _mean_over_categories(rows.assign(tau=tau), ["model", "tau"])
 
 

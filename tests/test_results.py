@@ -124,6 +124,14 @@ def test_means_over_different_sets_of_categories_are_not_set_side_by_side(result
     assert "categories" not in summary_tables(results)["mean_by_iterations"].columns  # one set: no column
 
 
+def test_fixed_thresholds_close_to_each_other_are_not_merged(results):
+    close = [_row(c, "i3ad", 1, tau, auroc) for c in ("a", "b") for tau, auroc in ((0.795, 0.9), (0.8, 0.7))]
+    table = pd.concat([results, pd.DataFrame(close)[list(RESULT_COLUMNS)]])
+    means = summary_tables(table, DetectionSettings(iterations=1))["thresholds"].set_index(["model", "tau"])["T=1"]
+    assert means[("i3ad", "0.795")] == pytest.approx(0.9) and means[("i3ad", "0.8")] == pytest.approx(0.7)
+    assert means[("i3ad", "0.5")] == pytest.approx(0.65) and means[("i3ad", "calibrated")] == pytest.approx(0.71)
+
+
 def test_compare_runs_reports_the_largest_change_per_model(results):
     results = results.assign(aupro=0.7)
     other = results.copy()
