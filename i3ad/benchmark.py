@@ -204,7 +204,8 @@ def run_benchmark(
             forward_seconds = median_seconds(forward, device, repeats)
             row = _timed_row("network forward", precision, batch_size, None, forward_seconds, 1.0, flops, device)
             rows.append(row)
-            to_profile.append((row, forward))
+            if profile_convolutions:
+                to_profile.append((row, forward))
             for t in iterations:
                 run = settings.with_(iterations=t)
                 if device.type == "cuda":
@@ -221,7 +222,7 @@ def run_benchmark(
                 bare = row["forwards_per_image"] * forward_seconds
                 rows.append({**row, "network_share": bare / seconds, "vs_bare_forwards": seconds / bare})
         # Profiled after this precision's timings, which the profiler's instrumentation might otherwise slow down.
-        for row, forward in to_profile if profile_convolutions else []:
+        for row, forward in to_profile:
             in_convolutions, profiled = convolution_time(forward, device, repeats)
             # The model's FLOPs are its convolutions' (the flop counter counts no other operation of this network).
             row["convolution_share"] = in_convolutions / profiled

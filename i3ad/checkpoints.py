@@ -28,7 +28,7 @@ from i3ad.data import DatasetError, check_name
 from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.normal_error import NormalError
-from i3ad.outputs import ensure_writable_folder, remove_stale_staged, sync_folder, write_staged
+from i3ad.outputs import ensure_writable_folder, sync_folder, write_staged
 from i3ad.preprocessing import Preprocessing
 from i3ad.recipes import data_license
 from i3ad.scoring import DetectionSettings
@@ -93,8 +93,6 @@ def _write_files(folder: Path, files: dict[str, bytes | None]) -> None:
         if content is None:
             (folder / name).unlink(missing_ok=True)
     sync_folder(folder)
-    for _, final in staged:
-        remove_stale_staged(final)
 
 
 def check_free_for_checkpoint(folder: str | Path) -> None:

@@ -70,7 +70,8 @@ def remove_stale_staged(path: Path) -> None:
 
 def write_staged(path: Path, write: Callable[[IO], None], mode: str = "w") -> Path:
     """Write the staged file of ``path`` (``staged_path``) with ``write(file)`` and flush it to the disk; a staged file
-    left half-written by an error is removed. Returns the staged file, for ``os.replace`` into ``path``."""
+    left half-written by an error is removed, and so are those of killed runs (``remove_stale_staged``). Returns the
+    staged file, for ``os.replace`` into ``path``."""
     staged = staged_path(path)
     try:
         with open(staged, mode, newline=None if "b" in mode else "") as file:  # created by open(): the umask applies
@@ -80,6 +81,7 @@ def write_staged(path: Path, write: Callable[[IO], None], mode: str = "w") -> Pa
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
+    remove_stale_staged(path)
     return staged
 
 
@@ -118,4 +120,3 @@ def write_csv(table: pd.DataFrame, path: str | Path, float_format: str) -> None:
         staged.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
-    remove_stale_staged(path)
