@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import subprocess
 import sys
@@ -272,3 +273,13 @@ def test_updating_cards_without_checkpoints_is_an_error(results, tmp_path, capsy
     results.to_csv(tmp_path / "results.csv", index=False)
     assert main(["report", "--results", str(tmp_path / "results.csv"), "--update-cards", str(tmp_path / "none")]) == 2
     assert f"no checkpoints under {tmp_path / 'none'}" in capsys.readouterr().err
+
+
+def test_every_committed_results_table_has_a_value_for_each_column():
+    # A row pasted from a run that wrote fewer columns would shift its values under the wrong headers.
+    tables = sorted((Path(__file__).parents[1] / "results").glob("*.csv"))
+    assert tables
+    for table in tables:
+        with table.open(newline="") as file:
+            widths = {len(row) for row in csv.reader(file)}
+        assert len(widths) == 1, f"{table.name}: rows of {sorted(widths)} fields"
