@@ -118,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             width_multipliers=tuple(args.width_multipliers),
             patch_size=args.patch_size,
             full_res_width=args.full_res_width,
+            group_norm=args.group_norm,
             latent_dim=args.latent_dim,
             augmentations=_augmentations(args.augment, category),
             grid_cell_sizes=tuple(args.grid_cell_sizes),
@@ -620,6 +621,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=TrainConfig.full_res_width,
         help="U-Net with --patch-size above 1: channels of a thin full-resolution path (0: none)",
+    )
+    train.add_argument(
+        "--no-group-norm",
+        dest="group_norm",
+        action="store_false",
+        help="U-Net without GroupNorm layers (its residual branches start at zero)",
     )
     train.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="AE bottleneck size")
     train.add_argument("--image-size", type=int, default=256, help="side of the square frame the network sees")

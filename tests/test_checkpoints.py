@@ -380,6 +380,26 @@ def test_a_folded_network_round_trips_and_older_configs_mean_no_folding(tmp_path
     assert load_model(folder).patch_size == 1 and load_model(folder).full_res_stem is None
 
 
+def test_a_network_without_group_norm_round_trips_and_older_configs_mean_group_norm(tmp_path, saved):
+    torch.manual_seed(0)
+    plain = InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), group_norm=False).eval()
+    for parameter in plain.parameters():  # away from the zero start of its residual branches
+        parameter.data.normal_(0, 0.1)
+    folder = save_checkpoint(_detector(plain), tmp_path / "plain" / "i3ad-test")
+    assert json.loads((folder / "config.json").read_text())["group_norm"] is False
+    loaded = load_checkpoint(folder).model
+    assert not any(isinstance(module, torch.nn.GroupNorm) for module in loaded.modules())
+    images, masks = torch.rand(2, 3, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, masks), plain(images, masks))
+    _, folder = saved
+    assert "group_norm" not in json.loads((folder / "config.json").read_text())
+    assert any(isinstance(module, torch.nn.GroupNorm) for module in load_model(folder).modules())
+    _rewrite_config(folder, group_norm="no")
+    with pytest.raises(CheckpointError, match="group_norm must be true or false, got 'no'"):
+        load_checkpoint(folder)
+
+
 def test_invalid_model_config(saved):
     _, folder = saved
     _rewrite_config(folder, channels=2)

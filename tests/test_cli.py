@@ -907,3 +907,12 @@ def test_evaluate_finds_a_category_without_test_images_before_evaluating_any(tmp
     assert main([*command, "--category", "aaa", "bbb", "--device", "cpu", "--out", str(out)]) == 2
     assert "bbb/test holds no test images" in cli_error()
     assert not out.exists()  # aaa was not evaluated first, only for the run to stop at bbb
+
+
+def test_train_without_group_norm_saves_a_network_without_it(synthetic_root, tmp_path):
+    data_root, _ = synthetic_root
+    args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--quiet", *SMALL, "--steps", "2", "--no-group-norm"]
+    assert main(args) == 0
+    folder = tmp_path / "ck" / "synthetic" / "i3ad"
+    assert json.loads((folder / "config.json").read_text())["group_norm"] is False
+    assert json.loads((folder / "detector.json").read_text())["info"]["training"]["group_norm"] is False

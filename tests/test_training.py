@@ -139,6 +139,20 @@ def test_train_inpainting_a_few_steps(images32):
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters(), strict=True))
 
 
+def test_train_a_network_without_group_norm_from_residual_branches_at_zero(images32):
+    fresh = InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), group_norm=False)
+    assert not any(isinstance(module, torch.nn.GroupNorm) for module in fresh.modules())
+    # Each residual block starts as its skip path alone: its branch's last convolution is zero.
+    for block in [*fresh.down_blocks, *fresh.bottleneck, *fresh.up_blocks]:
+        assert not block.body[-1].weight.any() and not block.body[-1].bias.any()
+    config = TrainConfig(steps=3, batch_size=2, base_width=8, width_multipliers=(1, 2), group_norm=False)
+    model, log = train(images32, config, progress=False)
+    assert model.config["group_norm"] is False and all(math.isfinite(entry["loss"]) for entry in log)
+    assert any(block.body[-1].weight.any() for block in model.down_blocks)  # the branches learn
+    stored = TrainConfig(**json.loads(json.dumps(config.to_dict())))
+    assert build_model(stored, channels=3, image_size=32).config == model.config
+
+
 def test_train_a_folded_network_of_other_widths(images32):
     config = TrainConfig(steps=2, batch_size=2, base_width=8, width_multipliers=(1, 2), patch_size=2, full_res_width=4)
     model, _ = train(images32, config, progress=False)
