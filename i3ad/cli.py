@@ -626,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-group-norm",
         dest="group_norm",
         action="store_false",
+        default=TrainConfig.group_norm,
         help="U-Net without GroupNorm layers (its residual branches start at zero)",
     )
     train.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="AE bottleneck size")

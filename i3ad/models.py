@@ -57,8 +57,8 @@ class ResidualBlock(nn.Module):
         )
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
         if not group_norm:
-            # Without normalisation each residual branch starts at zero (SkipInit, De & Smith 2020), so the sum of
-            # the blocks' outputs cannot grow with depth at the start of training.
+            # Without normalisation each residual branch starts at zero (its last convolution, as in Fixup, Zhang et
+            # al. 2019), so the sum of the blocks' outputs cannot grow with depth at the start of training.
             nn.init.zeros_(self.body[-1].weight)
             nn.init.zeros_(self.body[-1].bias)
 
@@ -80,10 +80,10 @@ class InpaintingUNet(nn.Module):
         full_res_width: 0, or (with patch_size > 1) the channels of a thin full-resolution path: one convolution of the
             unfolded input, joined with the unfolded head's output by two more convolutions, so that the painting's
             finest texture is not limited to what the folded levels resolve.
-        group_norm: False leaves out every GroupNorm layer: between its convolutions the network then only adds
-            biases and residuals and applies activations, element by element, where a GroupNorm first reads its
-            whole input once more for its statistics. Compiled for a GPU, that work between the convolutions took
-            about half of the shipped network's forward (``python -m i3ad bench --profile-convolutions``).
+        group_norm: False leaves out every GroupNorm layer, and the last convolution of each residual branch starts
+            at zero instead. Compiled for a GPU, the work between the convolutions took about half of the shipped
+            network's forward (``python -m i3ad bench --profile-convolutions``), and a GroupNorm's share of it reads
+            its whole input once more for its statistics before it can normalise.
     """
 
     def __init__(

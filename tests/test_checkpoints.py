@@ -380,7 +380,8 @@ def test_a_folded_network_round_trips_and_older_configs_mean_no_folding(tmp_path
     assert load_model(folder).patch_size == 1 and load_model(folder).full_res_stem is None
 
 
-def test_a_network_without_group_norm_round_trips_and_older_configs_mean_group_norm(tmp_path, saved):
+@pytest.mark.parametrize("damaged", ["no", 0, 1, None])  # 0 and 1 are not booleans in JSON (True == 1 in Python)
+def test_a_network_without_group_norm_round_trips_and_older_configs_mean_group_norm(tmp_path, saved, damaged):
     torch.manual_seed(0)
     plain = InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), group_norm=False).eval()
     for parameter in plain.parameters():  # away from the zero start of its residual branches
@@ -395,8 +396,9 @@ def test_a_network_without_group_norm_round_trips_and_older_configs_mean_group_n
     _, folder = saved
     assert "group_norm" not in json.loads((folder / "config.json").read_text())
     assert any(isinstance(module, torch.nn.GroupNorm) for module in load_model(folder).modules())
-    _rewrite_config(folder, group_norm="no")
-    with pytest.raises(CheckpointError, match="group_norm must be true or false, got 'no'"):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "group_norm": damaged}))
+    with pytest.raises(CheckpointError, match=re.escape(f"group_norm must be true or false, got {damaged!r}")):
         load_checkpoint(folder)
 
 

@@ -275,7 +275,7 @@ def test_updating_cards_without_checkpoints_is_an_error(results, tmp_path, capsy
     assert f"no checkpoints under {tmp_path / 'none'}" in capsys.readouterr().err
 
 
-def test_every_committed_results_table_has_a_value_for_each_column():
+def test_every_committed_results_table_has_as_many_fields_in_each_row_as_in_its_header():
     # A row pasted from a run that wrote fewer columns would shift its values under the wrong headers.
     tables = sorted((Path(__file__).parents[1] / "results").glob("*.csv"))
     assert tables
