@@ -154,6 +154,7 @@ def run_benchmark(
     static_shapes: bool = False,
     channels_last: bool = False,
     profile_convolutions: bool = False,
+    on_rows: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
     """Rows of measurements on ``images`` [N, C, S, S] (preprocessed, on the detector's device; batches are drawn
     from them cyclically). ``sweep_images`` > 0 also times a T = 0..10 evaluation sweep over that many images.
@@ -163,7 +164,8 @@ def run_benchmark(
     for the network and its inputs (otherwise the model keeps its own layout, recorded in ``memory_format``);
     ``profile_convolutions``: the network-forward rows also give the share of their time spent in convolutions and
     the rate of the convolutions alone (``convolution_time``), which tells slow convolutions from time lost
-    around them (normalisation, activations, copies)."""
+    around them (normalisation, activations, copies). ``on_rows`` is given the table measured so far after each batch
+    size, precision and sweep, so that a long run stopped early keeps what it measured."""
     check_plan(batch_sizes, iterations, repeats)
     model, device = detector.model, detector.device
     size = images.shape[-1]
@@ -180,6 +182,26 @@ def run_benchmark(
     eager_model = model
     settings = detector.settings
     rows = []
+
+    def table() -> pd.DataFrame:
+        measured = pd.DataFrame(rows)
+        measured.insert(
+            0, "device", torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+        )
+        measured.insert(1, "threads", torch.get_num_threads())
+        measured.insert(2, "model", f"{detector.category}/{detector.name}")
+        compiled = "eager" if compile_mode is None else compile_mode + (" static" if static_shapes else "")
+        measured.insert(3, "compile", compiled)
+        measured.insert(4, "memory_format", memory_format)
+        measured.insert(5, "tf32_convolutions", device.type == "cuda" and torch.backends.cudnn.allow_tf32)
+        measured["date"] = date.today().isoformat()
+        measured["torch"] = torch.__version__
+        return measured
+
+    def measured_so_far() -> None:
+        if on_rows is not None:
+            on_rows(table())
+
     for precision in precisions:
         dtype = PRECISIONS[precision]
         if compile_mode is not None:
@@ -221,12 +243,15 @@ def run_benchmark(
                 # The same number of forwards at this batch size's bare speed, against the whole detection.
                 bare = row["forwards_per_image"] * forward_seconds
                 rows.append({**row, "network_share": bare / seconds, "vs_bare_forwards": seconds / bare})
+            measured_so_far()
         # Profiled after this precision's timings, which the profiler's instrumentation might otherwise slow down.
         for row, forward in to_profile:
             in_convolutions, profiled = convolution_time(forward, device, repeats)
             # The model's FLOPs are its convolutions' (the flop counter counts no other operation of this network).
             row["convolution_share"] = in_convolutions / profiled
             row["convolution_tflops"] = flops * row["batch"] / in_convolutions / 1e12
+        if to_profile:
+            measured_so_far()
     if sweep_images > 0:
         subset = images[torch.arange(sweep_images) % len(images)]
         test = TestSet(subset, torch.arange(sweep_images, device=device) % 2, None)
@@ -251,15 +276,4 @@ def run_benchmark(
                 "latency_ms": 1000 * seconds,
             }
         )
-    table = pd.DataFrame(rows)
-    table.insert(
-        0, "device", torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    )
-    table.insert(1, "threads", torch.get_num_threads())
-    table.insert(2, "model", f"{detector.category}/{detector.name}")
-    table.insert(3, "compile", "eager" if compile_mode is None else compile_mode + (" static" if static_shapes else ""))
-    table.insert(4, "memory_format", memory_format)
-    table.insert(5, "tf32_convolutions", device.type == "cuda" and torch.backends.cudnn.allow_tf32)
-    table["date"] = date.today().isoformat()
-    table["torch"] = torch.__version__
-    return table
+    return table()

@@ -472,6 +472,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
                 test_per_defect=4,
             )
             images = load_images(sorted(root.glob("test/*/*.png")), detector.preprocessing)
+    earlier = pd.read_csv(out) if out is not None and args.append and out.exists() else None
+
+    def save(table: pd.DataFrame) -> None:
+        if earlier is not None:  # rows written before a column existed get it empty
+            table = pd.concat([earlier, table], ignore_index=True)
+        write_csv(table, out, float_format="%.4g")
+
     table = run_benchmark(
         detector,
         images.to(device),
@@ -484,13 +491,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
         static_shapes=args.static_shapes,
         channels_last=args.channels_last,
         profile_convolutions=args.profile_convolutions,
+        # Saved as it is measured: a long run (a CPU grid takes most of an hour) stopped early keeps its rows.
+        on_rows=save if out is not None else None,
     )
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3g}".format):
         print(table.drop(columns=["date", "torch"]).to_string(index=False))
     if out is not None:
-        if args.append and out.exists():  # rows written before a column existed get it empty
-            table = pd.concat([pd.read_csv(out), table], ignore_index=True)
-        write_csv(table, out, float_format="%.4g")
+        save(table)
         print(f"wrote {out}")
 
 
@@ -894,7 +901,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the computer ran out of memory; {_MEMORY_ADVICE}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # What was finished is on disk: evaluate's rows up to the last model, detect's up to the last image.
+        # What was finished is on disk: evaluate's rows up to the last model, detect's up to the last image, bench's
+        # up to the last batch size.
         print("\ninterrupted: what was finished before is kept", file=sys.stderr)
         return 130
     finally:

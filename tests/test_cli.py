@@ -478,6 +478,27 @@ def test_bench_with_no_iterations_times_the_network_only(trained, tmp_path):
     assert table["task"].tolist() == ["network forward"] * 2 and table["batch"].tolist() == [1, 2]
 
 
+def test_bench_stopped_early_keeps_the_batch_sizes_it_measured(trained, tmp_path, monkeypatch):
+    _, checkpoints = trained
+    out = tmp_path / "perf.csv"
+    pd.DataFrame({"device": ["earlier run"], "images_per_s": [100.0]}).to_csv(out, index=False)
+    timed = []
+
+    def interrupted_at_the_third_timing(run, device, repeats, warmup=2):
+        timed.append(run)
+        if len(timed) == 3:  # the network forwards of the second batch size, after both timings of the first
+            raise KeyboardInterrupt
+        return 0.01
+
+    monkeypatch.setattr("i3ad.benchmark.median_seconds", interrupted_at_the_third_timing)
+    args = ["bench", "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--batch-sizes", "1", "2"]
+    args += ["--iterations", "0", "--repeats", "1", "--device", "cpu", "--out", str(out), "--append"]
+    assert main(args) == 130
+    table = pd.read_csv(out)
+    assert table["device"].iloc[0] == "earlier run"
+    assert table["task"].iloc[1:].tolist() == ["network forward", "detection"] and (table["batch"].iloc[1:] == 1).all()
+
+
 def test_bench_profiles_the_convolutions_of_the_network_forwards(trained, tmp_path):
     _, checkpoints = trained
     detector = load_checkpoint(checkpoints / "synthetic" / "i3ad")
