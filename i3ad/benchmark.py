@@ -165,7 +165,7 @@ def run_benchmark(
     ``profile_convolutions``: the network-forward rows also give the share of their time spent in convolutions and
     the rate of the convolutions alone (``convolution_time``), which tells slow convolutions from time lost
     around them (normalisation, activations, copies). ``on_rows`` is given the table measured so far after each batch
-    size, precision and sweep, so that a long run stopped early keeps what it measured."""
+    size, profiling and sweep (last: the whole table), so that a long run stopped early keeps what it measured."""
     check_plan(batch_sizes, iterations, repeats)
     model, device = detector.model, detector.device
     size = images.shape[-1]
@@ -276,4 +276,5 @@ def run_benchmark(
                 "latency_ms": 1000 * seconds,
             }
         )
+        measured_so_far()
     return table()

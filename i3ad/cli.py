@@ -496,8 +496,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3g}".format):
         print(table.drop(columns=["date", "torch"]).to_string(index=False))
-    if out is not None:
-        save(table)
+    if out is not None:  # saved by run_benchmark as it measured
         print(f"wrote {out}")
 
 

@@ -478,6 +478,17 @@ def test_bench_with_no_iterations_times_the_network_only(trained, tmp_path):
     assert table["task"].tolist() == ["network forward"] * 2 and table["batch"].tolist() == [1, 2]
 
 
+def test_bench_saves_the_evaluation_sweep_with_the_rest(trained, tmp_path):
+    _, checkpoints = trained
+    out = tmp_path / "perf.csv"
+    args = ["bench", "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--batch-sizes", "1", "--iterations"]
+    args += ["--sweep-images", "2", "--repeats", "1", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    table = pd.read_csv(out)
+    assert table["task"].tolist() == ["network forward", "evaluation sweep T=0..10, 2 images"]
+    assert table["images_per_s"].iloc[1] > 0
+
+
 def test_bench_stopped_early_keeps_the_batch_sizes_it_measured(trained, tmp_path, monkeypatch):
     _, checkpoints = trained
     out = tmp_path / "perf.csv"
