@@ -131,12 +131,14 @@ def _timed_row(
     }
 
 
-def check_plan(batch_sizes: list[int], iterations: list[int], repeats: int) -> None:
+def check_plan(batch_sizes: list[int], iterations: list[int], repeats: int, sweep_images: int = 0) -> None:
     """Refuse a benchmark plan that cannot be timed, before any image is loaded. ValueError naming the value."""
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if sweep_images < 0:
+        raise ValueError(f"the evaluation sweep needs >= 0 images (0: no sweep), got {sweep_images}")
     for t in iterations:
         check_iterations(t)
 
@@ -166,7 +168,7 @@ def run_benchmark(
     the rate of the convolutions alone (``convolution_time``), which tells slow convolutions from time lost
     around them (normalisation, activations, copies). ``on_rows`` is given the table measured so far after each batch
     size, profiling and sweep (last: the whole table), so that a long run stopped early keeps what it measured."""
-    check_plan(batch_sizes, iterations, repeats)
+    check_plan(batch_sizes, iterations, repeats, sweep_images)
     model, device = detector.model, detector.device
     size = images.shape[-1]
     flops = forward_flops(model, size)

@@ -22,9 +22,9 @@ import safetensors.torch
 import torch
 
 from i3ad import __version__
-from i3ad.calibration import Calibration
+from i3ad.calibration import MAX_CALIBRATED_ITERATIONS, Calibration
 from i3ad.checks import error_summary, shown
-from i3ad.data import DatasetError, check_name
+from i3ad.data import DatasetError, check_category_name, check_name
 from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
 from i3ad.normal_error import NormalError
@@ -221,8 +221,39 @@ def load_normal_error(path: Path) -> NormalError:
         raise CheckpointError(f"{path} is not a normal-error file ({error!r})") from None
 
 
-def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> AnomalyDetector:
-    """Load a checkpoint folder written by ``save_checkpoint``. Raises CheckpointError with the reason."""
+def _check_defaults(detector: AnomalyDetector, folder: Path) -> None:
+    """Refuse default settings that no detection could use as they stand (see ``load_checkpoint``)."""
+    try:
+        check_iterations(detector.settings.iterations)
+    except ValueError as error:  # else every detection at the defaults would fail, as if the user had asked for T
+        raise CheckpointError(
+            f"{folder / DETECTOR_FILE}: its default {error}; run `python -m i3ad calibrate {folder} --iterations T`"
+        ) from None
+    thresholds = len(detector.calibration.score_thresholds)
+    if detector.kind == "i3ad" and thresholds != MAX_CALIBRATED_ITERATIONS + 1:
+        # Each T has its own threshold; with fewer, a detection at a larger T would borrow a smaller T's one.
+        raise CheckpointError(
+            f"{folder / DETECTOR_FILE}: it holds {thresholds} score thresholds, not one for each T = 0.."
+            f"{MAX_CALIBRATED_ITERATIONS}; run `python -m i3ad calibrate {folder}` to calibrate them again"
+        )
+    tau, calibrated_tau = detector.settings.ssim_threshold, detector.calibration.ssim_threshold
+    if detector.kind == "i3ad" and tau != calibrated_tau:
+        # The score thresholds hold only at the tau they were calibrated at; the app starts at that one, the CLI at
+        # the detection settings' one, so a file where the two differ would give two different verdicts.
+        raise CheckpointError(
+            f"{folder / DETECTOR_FILE}: the detection tau {shown(tau)} is not the calibrated tau "
+            f"{shown(calibrated_tau)}; run `python -m i3ad calibrate {folder}` to set both"
+        )
+
+
+def load_checkpoint(
+    folder: str | Path, device: torch.device | str = "cpu", *, check_defaults: bool = True
+) -> AnomalyDetector:
+    """Load a checkpoint folder written by ``save_checkpoint``. Raises CheckpointError with the reason.
+
+    ``check_defaults=False`` accepts default settings that no detection could use as they stand (a T beyond the
+    calibrated range, a tau or a count of score thresholds that does not match the calibration): for ``calibrate``,
+    which replaces them, and which the errors about them point to."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
@@ -239,7 +270,7 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> A
             preprocessing=Preprocessing(**record["preprocessing"]),
             settings=settings,
             calibration=calibration,
-            category=str(record["category"]),
+            category=check_category_name(record["category"]),  # it names folders (checkpoints, data, outputs)
             # The folder names the variant, as in every listing: a copied or renamed checkpoint (e.g. i3ad kept as
             # i3ad-backup) is no longer reported under the name it was trained with.
             name=Path(os.path.abspath(folder)).name,  # the link's own name for a linked folder, as listings show
@@ -249,20 +280,8 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> A
         raise  # a damaged normal-error file says so itself
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{folder / DETECTOR_FILE} is incomplete or invalid: {error!r}") from None
-    try:
-        check_iterations(detector.settings.iterations)
-    except ValueError as error:  # else every detection at the defaults would fail, as if the user had asked for T
-        raise CheckpointError(
-            f"{folder / DETECTOR_FILE}: its default {error}; run `python -m i3ad calibrate {folder} --iterations T`"
-        ) from None
-    tau, calibrated_tau = detector.settings.ssim_threshold, detector.calibration.ssim_threshold
-    if detector.kind == "i3ad" and tau != calibrated_tau:
-        # The score thresholds hold only at the tau they were calibrated at; the app starts at that one, the CLI at
-        # the detection settings' one, so a file where the two differ would give two different verdicts.
-        raise CheckpointError(
-            f"{folder / DETECTOR_FILE}: the detection tau {shown(tau)} is not the calibrated tau "
-            f"{shown(calibrated_tau)}; run `python -m i3ad calibrate {folder}` to set both"
-        )
+    if check_defaults:
+        _check_defaults(detector, folder)
     if detector.preprocessing.channels != model.config["channels"]:
         raise CheckpointError(
             f"{folder}: preprocessing has {detector.preprocessing.channels} channels, "

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import csv
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -307,7 +308,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     # in the last one does not come after the first ones were rewritten.
     plans = []
     for folder in args.checkpoint:
-        detector = load_checkpoint(folder, device)
+        detector = load_checkpoint(folder, device, check_defaults=False)  # defaults it is asked to repair, too
         ensure_writable_folder(folder)
         if detector.kind != "i3ad" and {"iterations", "step0_cell_size", "step0_hidden_groups"} & set(changes):
             raise ValueError(f"{folder} is an autoencoder: it has no iterations or step-0 masks to set")
@@ -346,7 +347,9 @@ def _inputs(paths: list[str], heatmaps: Path) -> list[Path]:
         inside = path.relative_to(folder)
         if any(map(is_hidden, inside.parts)) or any(is_output(folder / parent) for parent in inside.parents[:-1]):
             return False
-        return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+        # A link to nothing is kept, so that its row in scores.csv says so rather than it going missing.
+        exists = path.is_file() or (path.is_symlink() and not path.exists())
+        return exists and path.suffix.lower() in IMAGE_EXTENSIONS
 
     for item in map(Path, paths):
         if item.is_dir():
@@ -359,6 +362,22 @@ def _inputs(paths: list[str], heatmaps: Path) -> list[Path]:
         else:
             files.append(item)
     return files
+
+
+def _clear_earlier_detections(out: Path, overwrite: bool) -> None:
+    """An earlier run's scores.csv in ``out`` is refused (its rows would be lost, its heat-maps mixed with this run's
+    under the same numbers); with ``overwrite``, it and the heat-maps and masks it wrote are removed first."""
+    if not (out / "scores.csv").exists():
+        return
+    if not overwrite:
+        raise ValueError(
+            f"--out {out} holds the scores.csv of an earlier run; give another folder, or --overwrite to replace it"
+        )
+    # Only this command's numbered pictures go: anything else a user put into the folder stays.
+    for picture in (out / "heatmaps").glob("*.png"):
+        if re.fullmatch(r"\d{5,}_.+\.png", picture.name):
+            picture.unlink()
+    (out / "scores.csv").unlink()
 
 
 def cmd_detect(args: argparse.Namespace) -> None:
@@ -392,6 +411,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
         )
     out = Path(args.out)
     inputs = _inputs(args.inputs, out / "heatmaps")
+    _clear_earlier_detections(out, args.overwrite)
     _writable_out(out / "heatmaps", out)
     threshold = args.score_threshold if own_threshold else detector.calibration.score_threshold(iterations)
     scored = failures = 0
@@ -445,7 +465,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    check_plan(args.batch_sizes, args.iterations, args.repeats)
+    check_plan(args.batch_sizes, args.iterations, args.repeats, args.sweep_images)
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     out = _output_file(args.out) if args.out else None
@@ -509,8 +529,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         return
     results = load_results(args.results)
     if args.compare:
+        changes = compare_runs(results, load_results(args.compare))
         print(f"Largest change from {args.results} to {args.compare} over the settings both hold:\n")
-        print(markdown_table(compare_runs(results, load_results(args.compare)), digits=4))
+        print(markdown_table(changes, digits=4))
         return
     if args.update_cards:
         for category, names in _checkpoints_under(args.update_cards).items():
@@ -751,6 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
         "very large inputs",
     )
     detect.add_argument("--save-masks", action="store_true", help="also save the binary anomaly masks (same size)")
+    detect.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's scores.csv and heat-maps in OUT (refused otherwise)",
+    )
     detect.add_argument("--device", default="auto")
     detect.set_defaults(run=cmd_detect)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,10 @@ def _name(source: str | Path | bytes | Image.Image) -> str:
         return "the uploaded data"
     if isinstance(source, Image.Image):
         return getattr(source, "filename", "") or "the image"
-    return str(source)
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    # An open file names itself; anything else (an array, say) would fill the message with its contents.
+    return str(getattr(source, "name", "")) or f"the {type(source).__name__} given"
 
 
 def _reason(error: Exception) -> str:

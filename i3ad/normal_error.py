@@ -24,6 +24,8 @@ class NormalError:
     def __init__(self, maps: Tensor) -> None:
         if maps.dim() != 4 or maps.shape[1] != 1 or len(maps) == 0 or maps.shape[-1] == 0 or maps.shape[-2] == 0:
             raise ValueError(f"normal-error maps must have the shape [steps, 1, h, w], got {tuple(maps.shape)}")
+        if not maps.is_floating_point():  # error maps are fractions: whole numbers are some other tensor
+            raise ValueError(f"normal-error maps must hold floating-point values, got {maps.dtype}")
         if not torch.isfinite(maps).all():
             raise ValueError("normal-error maps hold NaN or infinite values")
         self.maps = maps.float()

@@ -109,6 +109,8 @@ class Preprocessing:
             raise ValueError(
                 f"expected images of shape [B, {self.channels}, H, W] with H, W > 0, got {tuple(images.shape)}"
             )
+        if min(batch.shape[-2:]) < MIN_SIDE:  # as read() refuses files: too few pixels to inspect
+            raise ValueError(f"images must be at least {MIN_SIDE} px a side, got {tuple(batch.shape[-2:])}")
         if batch.dtype == torch.uint8:
             batch = batch.float() / 255.0
         elif not batch.is_floating_point():

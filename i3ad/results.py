@@ -23,6 +23,8 @@ METRIC_LABELS = {
 def load_results(path: str | Path) -> pd.DataFrame:
     """Read a results CSV written by ``python -m i3ad evaluate``; a clear error when it is missing or not one."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a results CSV, such as {path / 'benchmark.csv'}")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; create it with `python -m i3ad evaluate ... --out {path}`")
     try:
@@ -40,6 +42,8 @@ def load_results(path: str | Path) -> pd.DataFrame:
             "a per-defect table (--by-defect) is summarised when it holds the flagged_share column that evaluate "
             "now writes"
         )
+    if table.empty:
+        raise ValueError(f"{path} has no rows: its evaluation wrote only the header (was it interrupted?)")
     return table
 
 

@@ -59,7 +59,7 @@ class DetectionSettings:
         if not 0 <= self.iterations <= MAX_ITERATIONS:
             raise ValueError(f"iterations must lie between 0 and {MAX_ITERATIONS}, got {self.iterations}")
         if not is_finite_number(self.ssim_threshold) or not -1.0 <= self.ssim_threshold <= 1.0:
-            raise ValueError(f"ssim_threshold must lie in [-1, 1] (SSIM's range), got {self.ssim_threshold}")
+            raise ValueError(f"ssim_threshold must lie in [-1, 1] (SSIM's range), got {self.ssim_threshold!r}")
         if not is_count(self.step0_masks) or self.step0_masks < 2:
             raise ValueError(
                 f"step0_masks must be a whole number >= 2 so that no pixel sees itself, got {self.step0_masks!r}"
@@ -74,7 +74,7 @@ class DetectionSettings:
         if isinstance(self.mask_dilation, bool) or not isinstance(self.mask_dilation, int) or self.mask_dilation < 0:
             raise ValueError(f"the mask dilation must be a whole number >= 0 px, got {self.mask_dilation!r}")
         if not is_finite_number(self.smoothing_sigma) or self.smoothing_sigma < 0:
-            raise ValueError(f"the smoothing sigma must be a finite number >= 0, got {self.smoothing_sigma}")
+            raise ValueError(f"the smoothing sigma must be a finite number >= 0, got {self.smoothing_sigma!r}")
         if self.anomaly_measure not in ANOMALY_MEASURES:
             raise ValueError(f"anomaly_measure must be one of {ANOMALY_MEASURES}, got {self.anomaly_measure!r}")
         if not isinstance(self.subtract_normal_error, bool):

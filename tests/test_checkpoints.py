@@ -52,7 +52,7 @@ def _detector(model=None, channels: int = 3) -> AnomalyDetector:
         model=model,
         preprocessing=Preprocessing(image_size=32, channels=channels, normalization="standardize"),
         settings=DetectionSettings(iterations=2, ssim_threshold=0.4321, step0_cell_size=4, smoothing_sigma=2.0),
-        calibration=Calibration(0.4321, 0.01, [0.11, 0.22, 0.33], 5, _normal_error(3)),
+        calibration=Calibration(0.4321, 0.01, [0.11 * (t + 1) for t in range(11)], 5, _normal_error(3)),
         category="widget",
         name="i3ad-test",
         info={
@@ -445,21 +445,24 @@ def test_weights_holding_nan_are_refused(saved):
 
 
 @pytest.mark.parametrize(
-    ("detection", "message"),
+    ("section", "change", "message"),
     [
         # The score thresholds hold at the calibrated tau only (the tests' checkpoint is calibrated elsewhere).
-        ({"ssim_threshold": 0.9}, r"the detection tau 0\.9 is not the calibrated tau.*i3ad calibrate"),
+        ("detection", {"ssim_threshold": 0.9}, r"the detection tau 0\.9 is not the calibrated tau.*i3ad calibrate"),
         # Beyond the calibrated T every detection at the defaults would fail, as if the user had asked for it.
-        ({"iterations": 99}, r"its default iterations must be between 0 and 10.*got 99.*--iterations T"),
+        ("detection", {"iterations": 99}, r"its default iterations must be between 0 and 10.*got 99.*--iterations T"),
+        # One threshold for every T: with fewer, T = 2 would have borrowed T = 0's (a lower one: false alarms).
+        ("calibration", {"score_thresholds": [0.1]}, r"holds 1 score thresholds, not one for each T = 0\.\.10"),
     ],
 )
-def test_default_settings_that_no_detection_could_use_are_refused(saved, detection, message):
+def test_default_settings_that_no_detection_could_use_are_refused(saved, section, change, message):
     _, folder = saved
     record = json.loads((folder / "detector.json").read_text())
-    record["detection"].update(detection)
+    record[section].update(change)
     (folder / "detector.json").write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(folder)
+    load_checkpoint(folder, check_defaults=False)  # as `calibrate`, which the message points to, loads it
 
 
 def test_a_copied_checkpoint_is_named_after_its_folder(saved):
@@ -620,6 +623,11 @@ def test_a_table_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     write_csv(pd.DataFrame({"a": [3.0]}), link, float_format="%.1f")
     assert link.is_symlink() and path.read_text() == "a\n3.0\n"  # written through the link, not over it
     assert path.stat().st_mode & 0o777 == 0o664
+
+
+def test_detect_refuses_images_too_small_to_inspect_as_reading_a_file_does():
+    with pytest.raises(ValueError, match=r"images must be at least 8 px a side, got \(4, 30\)"):
+        _detector().detect(torch.rand(3, 4, 30))
 
 
 @pytest.mark.parametrize("geometry", ["stretch", "fit"])

@@ -16,6 +16,7 @@ from tiny_checkpoints import save_untrained_checkpoint
 
 from i3ad import cli
 from i3ad.benchmark import convolution_time, run_benchmark
+from i3ad.calibration import MAX_CALIBRATED_ITERATIONS
 from i3ad.checkpoints import load_checkpoint, save_record
 from i3ad.cli import main
 from i3ad.data import index_category
@@ -217,6 +218,47 @@ def test_an_interrupted_detect_keeps_the_rows_it_finished(trained, tmp_path, mon
 
 
 @pytest.mark.slow
+def test_detect_keeps_an_earlier_run_unless_told_to_replace_it(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    images = sorted((data_root / "synthetic" / "test" / "good").iterdir())
+    out = tmp_path / "detections"
+    args = ["--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--out", str(out), "--device", "cpu"]
+    assert main(["detect", *map(str, images[:3]), *args]) == 0
+    earlier = (out / "scores.csv").read_bytes()
+    pictures = sorted(p.name for p in (out / "heatmaps").iterdir())
+    assert len(pictures) == 3
+    # A second run into the same folder would have lost the first one's rows and left its heat-maps unlisted.
+    assert main(["detect", str(images[3]), *args]) == 2
+    error = cli_error()
+    assert "holds the scores.csv of an earlier run" in error and "--overwrite" in error
+    assert (out / "scores.csv").read_bytes() == earlier
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == pictures
+    # Replaced: only this run's pictures remain, beside what else the folder held.
+    (out / "heatmaps" / "notes.png").write_bytes(b"not one of ours")
+    assert main(["detect", str(images[3]), *args, "--overwrite"]) == 0
+    with open(out / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["file"] for row in rows] == [str(images[3])]
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == sorted([Path(rows[0]["heatmap"]).name, "notes.png"])
+
+
+@pytest.mark.slow
+def test_detect_reports_a_link_to_nothing_in_a_folder(trained, tmp_path):
+    data_root, checkpoints = trained
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(next((data_root / "synthetic" / "test" / "good").iterdir()), inputs / "real.png")
+    (inputs / "gone.png").symlink_to(tmp_path / "deleted.png")
+    out = tmp_path / "detections"
+    args = ["detect", str(inputs), "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--out", str(out)]
+    assert main([*args, "--device", "cpu"]) == 0
+    with open(out / "scores.csv", newline="") as handle:
+        rows = {Path(row["file"]).name: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"real.png", "gone.png"}
+    assert rows["real.png"]["score"] and rows["gone.png"]["error"] and not rows["gone.png"]["score"]
+
+
+@pytest.mark.slow
 def test_detect_fails_when_no_image_is_readable(trained, tmp_path):
     _, checkpoints = trained
     broken = tmp_path / "broken.png"
@@ -242,8 +284,8 @@ def test_detect_leaves_out_what_it_wrote_before_hidden_files_and_refuses_a_missi
     # The output folder inside the input folder: a second run must not score the first one's heat-maps.
     args = ["detect", str(inputs), "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--device", "cpu"]
     args += ["--out", str(inputs / "detections"), "--save-masks"]
-    for _ in range(2):
-        assert main(args) == 0
+    for again in ([], ["--overwrite"]):
+        assert main([*args, *again]) == 0
         with open(inputs / "detections" / "scores.csv", newline="") as handle:
             assert len(list(csv.DictReader(handle))) == count
     # Nor an earlier run's heat-maps in another output folder (they were scored as images).
@@ -254,8 +296,8 @@ def test_detect_leaves_out_what_it_wrote_before_hidden_files_and_refuses_a_missi
     # The output folder the input folder itself: the images are scored, the heat-maps left out.
     shutil.rmtree(inputs / "detections")
     same = [*args[:-3], "--out", str(inputs)]
-    for _ in range(2):
-        assert main(same) == 0
+    for again in ([], ["--overwrite"]):
+        assert main([*same, *again]) == 0
         with open(inputs / "scores.csv", newline="") as handle:
             assert len(list(csv.DictReader(handle))) == count
     missing = tmp_path / "missing.png"
@@ -389,6 +431,23 @@ def test_model_cards_take_metrics_only_from_rows_at_the_checkpoints_own_tau(trai
     assert main(["report", "--results", str(results), "--update-cards", str(root)]) == 0
     assert "was re-calibrated" in capsys.readouterr().err
     assert (folder / "detector.json").read_bytes() == card
+
+
+@pytest.mark.slow
+def test_calibrate_repairs_a_checkpoint_that_detect_refuses(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    folder = tmp_path / "synthetic" / "i3ad"
+    shutil.copytree(checkpoints / "synthetic" / "i3ad", folder)
+    record = json.loads((folder / "detector.json").read_text())
+    record["calibration"]["score_thresholds"] = record["calibration"]["score_thresholds"][:1]
+    (folder / "detector.json").write_text(json.dumps(record))
+    image = next((data_root / "synthetic" / "test" / "good").iterdir())
+    detect = ["detect", str(image), "--checkpoint", str(folder), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(detect) == 2
+    assert f"run `python -m i3ad calibrate {folder}`" in cli_error()
+    assert main(["calibrate", str(folder), "--data-root", str(data_root), "--device", "cpu"]) == 0
+    assert len(load_checkpoint(folder).calibration.score_thresholds) == MAX_CALIBRATED_ITERATIONS + 1
+    assert main(detect) == 0
 
 
 @pytest.mark.slow
@@ -889,6 +948,7 @@ def test_evaluate_and_bench_check_their_values_before_loading(tmp_path, cli_erro
         ("--repeats", "0", "repeats must be >= 1, got 0"),
         ("--iterations", "11", "iterations must be between 0 and 10 (the score thresholds are calibrated up to there)"),
         ("--threads", "-2", "--threads must be >= 1, got -2"),
+        ("--sweep-images", "-1", "the evaluation sweep needs >= 0 images (0: no sweep), got -1"),
         ("--out", str(tmp_path), f"--out {tmp_path} is a folder"),
     ]:
         assert main([*bench, flag, value]) == 2

@@ -122,6 +122,10 @@ def test_bytes_input_and_pil_input():
     torch.testing.assert_close(from_pil, from_bytes)
     with pytest.raises(ImageReadError, match="uploaded data"):
         read_image(b"definitely not an image", 3)
+    # An array is no file: the message names its type, not its thousands of values.
+    with pytest.raises(ImageReadError, match=r"^the ndarray given: not a readable image") as error:
+        read_image(np.zeros((64, 64, 3)), 3)
+    assert len(str(error.value)) < 200
 
 
 @pytest.mark.parametrize("format_", ["PNG", "JPEG"])

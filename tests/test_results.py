@@ -269,6 +269,23 @@ def test_report_refuses_a_table_that_evaluate_did_not_write(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: {text} is not a results table of `python -m i3ad evaluate`")
 
 
+def test_report_names_a_folder_an_empty_table_and_a_bad_comparison_before_printing(
+    results, tmp_path, capsys, cli_error
+):
+    assert main(["report", "--results", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder; give a results CSV" in cli_error()
+    header_only = tmp_path / "interrupted.csv"
+    results.head(0).to_csv(header_only, index=False)
+    assert main(["report", "--results", str(header_only)]) == 2
+    assert f"{header_only} has no rows" in cli_error()
+    # A comparison that cannot be made prints the error only, not the heading of a table that never comes.
+    table = tmp_path / "results.csv"
+    results.to_csv(table, index=False)
+    assert main(["report", "--results", str(table), "--compare", str(header_only)]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and f"{header_only} has no rows" in printed.err
+
+
 def test_updating_cards_without_checkpoints_is_an_error(results, tmp_path, capsys):
     results.to_csv(tmp_path / "results.csv", index=False)
     assert main(["report", "--results", str(tmp_path / "results.csv"), "--update-cards", str(tmp_path / "none")]) == 2

@@ -23,6 +23,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 from tiny_checkpoints import save_untrained_checkpoint
@@ -500,6 +501,20 @@ DAMAGES = {
     "a score threshold as text": (
         lambda f: _edit_record(f, lambda record: record["calibration"].update(score_thresholds="0.3")),
         r"detector\.json is incomplete or invalid: .*score_thresholds must be a non-empty list",
+    ),
+    "no category": (
+        lambda f: _edit_record(f, lambda record: record.update(category=None)),
+        r"detector\.json is incomplete or invalid: .*category None is not a valid name",
+    ),
+    "a category naming a parent folder": (
+        lambda f: _edit_record(f, lambda record: record.update(category="../rgb")),
+        r"detector\.json is incomplete or invalid: .*category .*\.\./rgb.* is not a valid name",
+    ),
+    "a normal error of whole numbers": (
+        lambda f: safetensors.torch.save_file(
+            {"mean_anomaly_maps": torch.zeros(11, 1, 8, 8, dtype=torch.int8)}, f / "normal_error.safetensors"
+        ),
+        r"normal_error\.safetensors is not a normal-error file .*floating-point values, got torch\.int8",
     ),
     "truncated normal error": (
         lambda f: _truncate(f / "normal_error.safetensors"),

@@ -286,6 +286,11 @@ def test_detection_settings_reject_bad_values(changes):
         DetectionSettings(**changes)
 
 
+def test_detection_settings_show_a_value_of_the_wrong_type_as_such():
+    with pytest.raises(ValueError, match=r"ssim_threshold must lie in \[-1, 1\] \(SSIM's range\), got '0\.5'"):
+        DetectionSettings(ssim_threshold="0.5")
+
+
 def test_detection_settings_round_trip():
     settings = DetectionSettings(iterations=3, ssim_threshold=0.25, anomaly_measure="ssim")
     assert DetectionSettings(**settings.to_dict()) == settings
