@@ -43,6 +43,7 @@ from i3ad.pipeline import (
     load_test_set,
     recalibrate,
     resolve_device,
+    split_for_calibration,
     train_category,
 )
 from i3ad.preprocessing import GEOMETRIES, NORMALIZATIONS
@@ -108,8 +109,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.overwrite:  # every category's folder, before the first one trains
         for category in categories:
             check_free_for_checkpoint(Path(args.out) / category / name)
-    indexes = [index_category(args.data_root, category) for category in categories]  # each one's data, too
-    for category, index in zip(categories, indexes, strict=True):
+    settings = DetectionSettings(iterations=args.iterations, ssim_threshold=args.ssim_threshold)
+    plans = []  # every category's data and held-out split, before the first one trains
+    for category in categories:
+        index = index_category(args.data_root, category)
         config = TrainConfig(
             model=args.model,
             steps=args.steps,
@@ -129,6 +132,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             compile=args.compile,
             max_minutes=args.max_minutes,
         )
+        split_for_calibration(index, config, settings)
+        plans.append((category, index, config))
+    for category, index, config in plans:
         out = Path(args.out) / category / name
         started = time.perf_counter()
         detector = train_category(
@@ -138,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             image_size=args.image_size,
             normalization=args.normalization,
             geometry=args.geometry,
-            settings=DetectionSettings(iterations=args.iterations, ssim_threshold=args.ssim_threshold),
+            settings=settings,
             ssim_quantile=None if args.ssim_quantile == 0 else args.ssim_quantile,
             device=device,
             out=out,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from i3ad.images import IMAGE_EXTENSIONS, is_greyscale, read_image, read_mask, read_size
+from i3ad.images import IMAGE_EXTENSIONS, ImageReadError, is_greyscale, read_image, read_mask, read_size
 from i3ad.preprocessing import Preprocessing
 
 NORMAL = "good"
@@ -141,8 +142,8 @@ def index_category(data_root: str | Path, category: str) -> CategoryIndex:
     test: list[Sample] = []
     truth_dirs = {folder.name.lower(): folder for folder in _subfolders(truth_dir)}
     for defect_dir in _subfolders(test_dir):
-        defect = defect_dir.name
-        # Masks are paired case-insensitively (an archive written on Windows may say Scratch/000_MASK.PNG).
+        # Names are matched case-insensitively (an archive written on Windows may say Good/ or Scratch/000_MASK.PNG).
+        defect = NORMAL if defect_dir.name.lower() == NORMAL else defect_dir.name
         truth = truth_dirs.get(defect.lower()) if defect != NORMAL else None
         masks = {p.stem.lower(): p for p in _images_in(truth)} if truth else {}
         for image in _images_in(defect_dir):
@@ -162,12 +163,27 @@ def index_category(data_root: str | Path, category: str) -> CategoryIndex:
     return CategoryIndex(category, root, tuple(train), tuple(test))
 
 
+def _naming_the_file(path: Path, work: Callable[[Path], Tensor]) -> Tensor:
+    """``work(path)``; a refusal that does not name the file (an image too elongated for the model's frame, say)
+    gets its path, so that the one file among hundreds can be found."""
+    try:
+        return work(path)
+    except ImageReadError:
+        raise  # it starts with the path
+    except ValueError as error:
+        raise DatasetError(f"{path}: {error}") from None
+
+
 def load_images(paths: list[Path] | tuple[Path, ...], preprocessing: Preprocessing, workers: int = 4) -> Tensor:
     """Decode and preprocess images in parallel threads. Returns [N, C, S, S] float32 on the CPU."""
     if not paths:
         return torch.empty(0, preprocessing.channels, preprocessing.image_size, preprocessing.image_size)
+
+    def load(path: Path) -> Tensor:
+        return preprocessing(read_image(path, preprocessing.channels))[0]
+
     with ThreadPoolExecutor(workers) as pool:
-        images = list(pool.map(lambda p: preprocessing(read_image(p, preprocessing.channels))[0], paths))
+        images = list(pool.map(lambda p: _naming_the_file(p, load), paths))
     return torch.stack(images)
 
 
@@ -178,7 +194,7 @@ def load_regions(paths: list[Path] | tuple[Path, ...], preprocessing: Preprocess
         return torch.ones(len(paths), 1, size, size)
     if not paths:
         return torch.empty(0, 1, size, size)
-    return torch.cat([preprocessing.region(*read_size(p)) for p in paths])
+    return torch.cat([_naming_the_file(p, lambda path: preprocessing.region(*read_size(path))) for p in paths])
 
 
 def _check_mask_fits_image(sample: Sample, mask_size: tuple[int, int]) -> None:

@@ -51,6 +51,22 @@ def resolve_device(device: str = "auto") -> torch.device:
     return chosen
 
 
+def split_for_calibration(
+    index: CategoryIndex, config: TrainConfig, settings: DetectionSettings
+) -> tuple[list[int], list[int]]:
+    """The indices (train, held out) of the category's train/good images; ValueError when too few are held out for
+    calibrating at ``settings`` (checked for every category before the first one trains)."""
+    train_ids, holdout_ids = split_holdout(len(index.train), config.holdout_fraction, config.seed)
+    needed = MIN_HOLDOUT_WITH_NORMAL_ERROR if settings.subtract_normal_error else 1
+    if len(holdout_ids) < needed:
+        raise ValueError(
+            f"{index.name}: {len(index.train)} image(s) in train/good at holdout fraction {config.holdout_fraction} "
+            f"leave {len(holdout_ids)} held out to calibrate on, and calibration needs {needed}; use at least "
+            f"{2 * needed} images and a fraction of at least {needed}/N (--holdout)"
+        )
+    return train_ids, holdout_ids
+
+
 def train_category(
     index: CategoryIndex,
     config: TrainConfig,
@@ -87,14 +103,7 @@ def train_category(
         image_size=image_size, channels=1 if index.greyscale else 3, normalization=normalization, geometry=geometry
     )
     build_model(config, preprocessing.channels, image_size)  # its sizes are checked before any image is loaded
-    train_ids, holdout_ids = split_holdout(len(index.train), config.holdout_fraction, config.seed)
-    needed = MIN_HOLDOUT_WITH_NORMAL_ERROR if settings.subtract_normal_error else 1
-    if len(holdout_ids) < needed:
-        raise ValueError(
-            f"{index.name}: {len(index.train)} image(s) in train/good at holdout fraction {config.holdout_fraction} "
-            f"leave {len(holdout_ids)} held out to calibrate on, and calibration needs {needed}; use at least "
-            f"{2 * needed} images and a fraction of at least {needed}/N (--holdout)"
-        )
+    train_ids, holdout_ids = split_for_calibration(index, config, settings)
     # A run that fails or is interrupted leaves no empty checkpoint folder behind.
     with removed_if_left_empty(out) if out is not None else contextlib.nullcontext():
         if out is not None:

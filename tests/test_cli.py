@@ -759,6 +759,13 @@ def test_train_refuses_a_category_too_small_to_hold_images_out_before_training(t
         in (cli_error())
     )
     assert not (tmp_path / "ck").exists()
+    # Named after a category that can be trained, the small one is still found before the first one trains.
+    make_synthetic_category(tmp_path / "data", "a_large", train=20, test_good=1, test_per_defect=1)
+    args = _train(tmp_path / "data", "a_large", tmp_path / "ck")
+    args[args.index("--category") + 1 : args.index("--category") + 2] = ["a_large", "few"]
+    assert main([*args, "--steps", "1"]) == 2
+    assert "few: 6 image(s) in train/good" in cli_error()
+    assert not (tmp_path / "ck").exists()
 
 
 @pytest.mark.parametrize("device", ["gpu", "mps", "cuda:x"])
@@ -792,6 +799,13 @@ def test_synth_command(tmp_path, capsys):
         assert "is not a valid name" in capsys.readouterr().err
     assert not (tmp_path / "small").exists() and not (tmp_path / "huge").exists()
     assert not (tmp_path / "named").exists() and not (tmp_path / "escaped").exists()
+    # An existing category is left as it is: some of its images would have been replaced, the rest mixed in.
+    before = {path: path.read_bytes() for path in (tmp_path / "tiny").rglob("*.png")}
+    assert main(["synth", "--out", str(tmp_path), "--category", "tiny", "--seed", "5"]) == 2
+    assert f"{tmp_path / 'tiny'} already exists" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path / "seeded"), "--seed", "-1"]) == 2
+    assert "the seed must be a whole number >= 0, got -1" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in (tmp_path / "tiny").rglob("*.png")} == before
 
 
 # --- errors ----------------------------------------------------------------------------------------------------------

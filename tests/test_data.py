@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from i3ad.data import (
     list_categories,
     load_images,
     load_masks,
+    load_regions,
 )
 from i3ad.preprocessing import Preprocessing
 from i3ad.synthetic import DEFECTS, make_synthetic_category
@@ -199,6 +201,25 @@ def test_masks_are_paired_whatever_the_case_of_their_names(small_category):
     shutil.copytree(small_category / "test" / "spot", small_category / "test" / "SPOT")
     index = index_category(small_category.parent, "cat")
     assert sorted(s.defect for s in index.test if s.defect.lower() == "spot") == ["SPOT"] * 2 + ["spot"] * 2
+
+
+def test_a_normal_test_folder_of_another_case_holds_normal_images(small_category):
+    (small_category / "test" / "good").rename(small_category / "test" / "Good")
+    index = index_category(small_category.parent, "cat")
+    # It was taken for a defect type without masks: every image AUROC empty, or "has no masks for ['Good']".
+    normal = [s for s in index.test if s.image.parent.name == "Good"]
+    assert normal and all(s.label == 0 and s.defect == "good" and s.mask is None for s in normal)
+    assert index.has_masks
+
+
+def test_an_image_too_elongated_for_the_frame_is_named(small_category):
+    strip = small_category / "train" / "good" / "strip.png"
+    Image.fromarray(np.zeros((8, 400, 3), dtype=np.uint8)).save(strip)
+    preprocessing = Preprocessing(image_size=32, channels=3, geometry="fit")
+    paths = sorted((small_category / "train" / "good").iterdir())
+    for load in (load_images, load_regions):
+        with pytest.raises(DatasetError, match=rf"^{re.escape(str(strip))}: a 400x8 image is too elongated"):
+            load(paths, preprocessing)
 
 
 def test_hidden_files_and_folders_are_no_data(small_category):
