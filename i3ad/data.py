@@ -145,13 +145,17 @@ def index_category(data_root: str | Path, category: str) -> CategoryIndex:
         # Names are matched case-insensitively (an archive written on Windows may say Good/ or Scratch/000_MASK.PNG).
         defect = NORMAL if defect_dir.name.lower() == NORMAL else defect_dir.name
         truth = truth_dirs.get(defect.lower()) if defect != NORMAL else None
-        masks = {p.stem.lower(): p for p in _images_in(truth)} if truth else {}
+        masks = _by_stem(_images_in(truth)) if truth else {}
+        paired: dict[Path, Path] = {}  # mask -> its image
         for image in _images_in(defect_dir):
             mask = None
             if truth:
                 mask = masks.get(f"{image.stem}_mask".lower())
                 if mask is None:
                     raise DatasetError(f"{image} has no mask: expected {truth / (image.stem + '_mask.png')}")
+                if mask in paired:  # 000.png and 000.jpg: one of them would be scored against the other's mask
+                    raise DatasetError(f"{paired[mask]} and {image} would share the mask {mask}: keep one of them")
+                paired[mask] = image
             test.append(Sample(image, int(defect != NORMAL), defect, mask))
     with_masks = {s.defect for s in test if s.mask is not None}
     without_masks = {s.defect for s in test if s.label and s.mask is None}
@@ -161,6 +165,17 @@ def index_category(data_root: str | Path, category: str) -> CategoryIndex:
             "give every defect type masks, or none"
         )
     return CategoryIndex(category, root, tuple(train), tuple(test))
+
+
+def _by_stem(masks: list[Path]) -> dict[str, Path]:
+    """Masks by their lower-case stem; two whose names differ only in case or extension are an error (which one was
+    meant cannot be told, and one of them would be dropped without a word)."""
+    found: dict[str, Path] = {}
+    for mask in masks:
+        other = found.setdefault(mask.stem.lower(), mask)
+        if other != mask:
+            raise DatasetError(f"{other} and {mask} are masks of the same image: keep one of them")
+    return found
 
 
 def _naming_the_file(path: Path, work: Callable[[Path], Tensor]) -> Tensor:

@@ -203,6 +203,17 @@ def test_masks_are_paired_whatever_the_case_of_their_names(small_category):
     assert sorted(s.defect for s in index.test if s.defect.lower() == "spot") == ["SPOT"] * 2 + ["spot"] * 2
 
 
+def test_images_or_masks_that_would_pair_twice_are_an_error(small_category):
+    spot, truth = small_category / "test" / "spot", small_category / "ground_truth" / "spot"
+    shutil.copy(truth / "000_mask.png", truth / "000_MASK.bmp")
+    with pytest.raises(DatasetError, match=r"000_MASK\.bmp and .*000_mask\.png are masks of the same image"):
+        index_category(small_category.parent, "cat")
+    (truth / "000_MASK.bmp").unlink()
+    shutil.copy(spot / "000.png", spot / "000.bmp")
+    with pytest.raises(DatasetError, match=r"000\.bmp and .*000\.png would share the mask .*000_mask\.png"):
+        index_category(small_category.parent, "cat")
+
+
 def test_a_normal_test_folder_of_another_case_holds_normal_images(small_category):
     (small_category / "test" / "good").rename(small_category / "test" / "Good")
     index = index_category(small_category.parent, "cat")
