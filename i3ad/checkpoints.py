@@ -230,10 +230,10 @@ def _check_defaults(detector: AnomalyDetector, folder: Path) -> None:
             f"{folder / DETECTOR_FILE}: its default {error}; run `python -m i3ad calibrate {folder} --iterations T`"
         ) from None
     thresholds = len(detector.calibration.score_thresholds)
-    if detector.kind == "i3ad" and thresholds != MAX_CALIBRATED_ITERATIONS + 1:
+    if detector.kind == "i3ad" and thresholds < MAX_CALIBRATED_ITERATIONS + 1:
         # Each T has its own threshold; with fewer, a detection at a larger T would borrow a smaller T's one.
         raise CheckpointError(
-            f"{folder / DETECTOR_FILE}: it holds {thresholds} score thresholds, not one for each T = 0.."
+            f"{folder / DETECTOR_FILE}: its score thresholds ({thresholds}) do not cover every T = 0.."
             f"{MAX_CALIBRATED_ITERATIONS}; run `python -m i3ad calibrate {folder}` to calibrate them again"
         )
     tau, calibrated_tau = detector.settings.ssim_threshold, detector.calibration.ssim_threshold

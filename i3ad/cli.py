@@ -381,9 +381,17 @@ def _clear_earlier_detections(out: Path, overwrite: bool) -> None:
         )
     # Only this command's numbered pictures go: anything else a user put into the folder stays.
     for picture in (out / "heatmaps").glob("*.png"):
-        if re.fullmatch(r"\d{5,}_.+\.png", picture.name):
+        if _PICTURE_NAME.fullmatch(picture.name):
             picture.unlink()
     (out / "scores.csv").unlink()
+
+
+# detect's pictures: numbered, so that equal names from different folders do not collide (masks add "_mask").
+_PICTURE_NAME = re.compile(r"\d{5,}_.+\.png")
+
+
+def _picture_name(number: int, stem: str) -> str:
+    return f"{number:05d}_{stem}.png"
 
 
 def cmd_detect(args: argparse.Namespace) -> None:
@@ -417,8 +425,8 @@ def cmd_detect(args: argparse.Namespace) -> None:
         )
     out = Path(args.out)
     inputs = _inputs(args.inputs, out / "heatmaps")
+    _writable_out(out / "heatmaps", out)  # first: a folder it cannot write to is left as it is
     _clear_earlier_detections(out, args.overwrite)
-    _writable_out(out / "heatmaps", out)
     threshold = args.score_threshold if own_threshold else detector.calibration.score_threshold(iterations)
     scored = failures = 0
     # Each row is written as soon as its image is done, so that an interrupted run keeps what it finished.
@@ -440,8 +448,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
                     print(f"note: {path}: {note}", file=sys.stderr)
                 result = detector.detect(image, iterations=iterations, ssim_threshold=ssim_threshold)
                 score = result.scores[0].item()
-                # Numbered, so that equal names from different folders do not collide; cut to fit the file system.
-                heatmap = out / "heatmaps" / f"{number:05d}_{output_name(path)}.png"
+                heatmap = out / "heatmaps" / _picture_name(number, output_name(path))  # cut to fit the file system
                 anomaly_map = detector.crop(result.anomaly_map, image)[0].cpu()
                 heatmap_picture(image, anomaly_map, threshold).save(heatmap)
                 if args.save_masks:

@@ -211,7 +211,10 @@ def recalibrate(
         detector.model, holdout, settings, ssim_quantile=ssim_quantile, regions=regions
     )
     if ssim_quantile is None:
-        calibration = replace(calibration, ssim_quantile=detector.calibration.ssim_quantile)
+        # The recorded quantile still describes tau only when tau stayed the calibrated one (a repaired checkpoint
+        # whose detection tau had been set by hand keeps that tau, which no quantile produced).
+        same_tau = new_settings.ssim_threshold == detector.calibration.ssim_threshold
+        calibration = replace(calibration, ssim_quantile=detector.calibration.ssim_quantile if same_tau else None)
     info = detector.info
     if new_settings != detector.settings:
         # The recorded metrics were measured at the old defaults (`report --update-cards` measures the new ones).

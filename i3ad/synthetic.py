@@ -5,6 +5,7 @@ They let tests, CI and the notebooks' quick mode run the whole pipeline without 
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +67,12 @@ def make_synthetic_category(
     if not MIN_SIDE <= size <= MAX_SYNTHETIC_SIZE:
         raise ValueError(f"synthetic images must be {MIN_SIDE} to {MAX_SYNTHETIC_SIZE} px a side, got {size}")
     check_category_name(category)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"the seed must be a whole number >= 0, got {seed!r}")
     rng = np.random.default_rng(seed)
     root = Path(data_root) / category
-    if root.exists():  # writing into it would replace some of its images and mix the rest with synthetic ones
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        # Writing into it would replace some of its images and mix the rest with synthetic ones.
         raise ValueError(f"{root} already exists: synthetic data goes into a new category folder; choose another")
     for i in range(train):
         _save(_texture(rng, size, channels), root / "train" / "good" / f"{i:03d}.png")

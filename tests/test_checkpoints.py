@@ -452,7 +452,7 @@ def test_weights_holding_nan_are_refused(saved):
         # Beyond the calibrated T every detection at the defaults would fail, as if the user had asked for it.
         ("detection", {"iterations": 99}, r"its default iterations must be between 0 and 10.*got 99.*--iterations T"),
         # One threshold for every T: with fewer, T = 2 would have borrowed T = 0's (a lower one: false alarms).
-        ("calibration", {"score_thresholds": [0.1]}, r"holds 1 score thresholds, not one for each T = 0\.\.10"),
+        ("calibration", {"score_thresholds": [0.1]}, r"its score thresholds \(1\) do not cover every T = 0\.\.10"),
     ],
 )
 def test_default_settings_that_no_detection_could_use_are_refused(saved, section, change, message):

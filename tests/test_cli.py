@@ -447,7 +447,16 @@ def test_calibrate_repairs_a_checkpoint_that_detect_refuses(trained, tmp_path, c
     assert f"run `python -m i3ad calibrate {folder}`" in cli_error()
     assert main(["calibrate", str(folder), "--data-root", str(data_root), "--device", "cpu"]) == 0
     assert len(load_checkpoint(folder).calibration.score_thresholds) == MAX_CALIBRATED_ITERATIONS + 1
-    assert main(detect) == 0
+    assert main([*detect, "--overwrite"]) == 0
+    # A detection tau set by hand: calibrated at that tau, which no quantile produced, so none is recorded.
+    record = json.loads((folder / "detector.json").read_text())
+    record["detection"]["ssim_threshold"] = 0.9
+    (folder / "detector.json").write_text(json.dumps(record))
+    assert main([*detect, "--overwrite"]) == 2
+    assert "is not the calibrated tau" in cli_error()
+    assert main(["calibrate", str(folder), "--data-root", str(data_root), "--device", "cpu"]) == 0
+    calibration = load_checkpoint(folder).calibration
+    assert calibration.ssim_threshold == 0.9 and calibration.ssim_quantile is None
 
 
 @pytest.mark.slow
