@@ -370,6 +370,14 @@ def _inputs(paths: list[str], heatmaps: Path) -> list[Path]:
     return files
 
 
+# detect's pictures: numbered, so that equal names from different folders do not collide (masks add "_mask").
+_PICTURE_NAME = re.compile(r"\d{5,}_.+\.png")
+
+
+def _picture_name(number: int, stem: str) -> str:
+    return f"{number:05d}_{stem}.png"
+
+
 def _clear_earlier_detections(out: Path, overwrite: bool) -> None:
     """An earlier run's scores.csv in ``out`` is refused (its rows would be lost, its heat-maps mixed with this run's
     under the same numbers); with ``overwrite``, it and the heat-maps and masks it wrote are removed first."""
@@ -384,14 +392,6 @@ def _clear_earlier_detections(out: Path, overwrite: bool) -> None:
         if _PICTURE_NAME.fullmatch(picture.name):
             picture.unlink()
     (out / "scores.csv").unlink()
-
-
-# detect's pictures: numbered, so that equal names from different folders do not collide (masks add "_mask").
-_PICTURE_NAME = re.compile(r"\d{5,}_.+\.png")
-
-
-def _picture_name(number: int, stem: str) -> str:
-    return f"{number:05d}_{stem}.png"
 
 
 def cmd_detect(args: argparse.Namespace) -> None:
