@@ -113,7 +113,8 @@ def save_checkpoint(detector: AnomalyDetector, folder: str | Path, *, half_preci
     folder = ensure_writable_folder(folder)
     model = detector.model
     state = {
-        k: v.detach().to("cpu", torch.float16 if half_precision else v.dtype).contiguous()
+        # Only floating-point tensors are halved: a BatchNorm's step counter stays an integer.
+        k: v.detach().to("cpu", torch.float16 if half_precision and v.is_floating_point() else v.dtype).contiguous()
         for k, v in model.state_dict().items()
     }
     config = {**model.config, "architecture": type(model).__name__, "i3ad_version": __version__}
@@ -175,6 +176,13 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
         raise CheckpointError(
             f"{folder / CONFIG_FILE}: unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})"
         )
+    if "group_norm" in config:
+        # Written before the U-Net's normalisation became a choice of three (norm_layer): false meant none.
+        legacy = config.pop("group_norm")
+        if not isinstance(legacy, bool):
+            raise CheckpointError(f"{folder / CONFIG_FILE}: group_norm must be true or false, got {legacy!r}")
+        if not legacy:
+            config.setdefault("norm_layer", "none")
     try:
         # Built without memory (the weights are assigned below), so that a config naming absurd sizes is refused by
         # the strict weight check instead of allocating (or failing to allocate) a network of that size first.
@@ -202,6 +210,10 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
     if broken:
         # NaN weights paint NaN, whose SSIM masks nothing: every image would pass as normal.
         raise CheckpointError(f"{weights} holds NaN or infinite values (in {broken[0]!r}): retrain the model")
+    # A BatchNorm divides by the square root of its variance: a negative one paints NaN just the same.
+    negative = [name for name, tensor in state.items() if name.endswith(".running_var") and (tensor < 0).any()]
+    if negative:
+        raise CheckpointError(f"{weights} holds a negative variance (in {negative[0]!r}): retrain the model")
     return for_device(model, device).eval()
 
 

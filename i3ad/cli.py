@@ -34,6 +34,7 @@ from i3ad.data import (
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.evaluation import METRIC_COLUMNS, TestSet
 from i3ad.images import IMAGE_EXTENSIONS, ImageReadError
+from i3ad.models import NORM_LAYERS
 from i3ad.outputs import ensure_writable_folder, write_csv
 from i3ad.pipeline import (
     evaluate_by_defect,
@@ -122,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             width_multipliers=tuple(args.width_multipliers),
             patch_size=args.patch_size,
             full_res_width=args.full_res_width,
-            group_norm=args.group_norm,
+            norm_layer=args.norm_layer,
             latent_dim=args.latent_dim,
             augmentations=_augmentations(args.augment, category),
             grid_cell_sizes=tuple(args.grid_cell_sizes),
@@ -663,11 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="U-Net with --patch-size above 1: channels of a thin full-resolution path (0: none)",
     )
     train.add_argument(
-        "--no-group-norm",
-        dest="group_norm",
-        action="store_false",
-        default=TrainConfig.group_norm,
-        help="U-Net without GroupNorm layers (its residual branches start at zero)",
+        "--norm-layer",
+        choices=NORM_LAYERS,
+        default=TrainConfig.norm_layer,
+        help="U-Net: GroupNorm, BatchNorm (fixed statistics at detection), or none (residual branches start at zero)",
     )
     train.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="AE bottleneck size")
     train.add_argument("--image-size", type=int, default=256, help="side of the square frame the network sees")

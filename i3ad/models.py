@@ -34,9 +34,15 @@ def check_sizes(**sizes: object) -> None:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
-def _group_norm(channels: int, enabled: bool = True) -> nn.Module:
-    if not enabled:
+# The U-Net's normalisation layers: GroupNorm (the shipped networks), BatchNorm, or none.
+NORM_LAYERS = ("group", "batch", "none")
+
+
+def _norm(channels: int, kind: str) -> nn.Module:
+    if kind == "none":
         return nn.Identity()
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
     # Up to 8 groups, as many as divide the channels: a width such as 12 or 20 gets 4 (GroupNorm refused it).
     groups = min(8, channels)
     while channels % groups:
@@ -45,18 +51,18 @@ def _group_norm(channels: int, enabled: bool = True) -> nn.Module:
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, group_norm: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm_layer: str = "group") -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _group_norm(in_channels, group_norm),
+            _norm(in_channels, norm_layer),
             nn.SiLU(),
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
-            _group_norm(out_channels, group_norm),
+            _norm(out_channels, norm_layer),
             nn.SiLU(),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
-        if not group_norm:
+        if norm_layer == "none":
             # Without normalisation each residual branch starts at zero (its last convolution, as in Fixup, Zhang et
             # al. 2019), so the sum of the blocks' outputs cannot grow with depth at the start of training.
             nn.init.zeros_(self.body[-1].weight)
@@ -80,10 +86,13 @@ class InpaintingUNet(nn.Module):
         full_res_width: 0, or (with patch_size > 1) the channels of a thin full-resolution path: one convolution of the
             unfolded input, joined with the unfolded head's output by two more convolutions, so that the painting's
             finest texture is not limited to what the folded levels resolve.
-        group_norm: False leaves out every GroupNorm layer, and the last convolution of each residual branch starts
-            at zero instead. Compiled for a GPU, the work between the convolutions took about half of the shipped
-            network's forward (``python -m i3ad bench --profile-convolutions``), and a GroupNorm's share of it reads
-            its whole input once more for its statistics before it can normalise.
+        norm_layer: "group" (GroupNorm, the shipped networks), "batch" (BatchNorm) or "none" (no normalisation; the
+            last convolution of each residual branch then starts at zero). Compiled for a GPU, the work between the
+            convolutions took about half of the shipped network's forward (``python -m i3ad bench
+            --profile-convolutions``), and a GroupNorm reads its whole input once more for its statistics before it
+            can normalise. A BatchNorm normalises with the statistics of the batch while training, and with fixed
+            ones learnt in training at detection, where it is a per-channel scale and shift that the compiler merges
+            with the activation after it; so a detection's result does not depend on the other images of its batch.
     """
 
     def __init__(
@@ -94,7 +103,7 @@ class InpaintingUNet(nn.Module):
         bottleneck_blocks: int = 2,
         patch_size: int = 1,
         full_res_width: int = 0,
-        group_norm: bool = True,
+        norm_layer: str = "group",
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
@@ -103,8 +112,8 @@ class InpaintingUNet(nn.Module):
         check_sizes(**{f"width multiplier {i + 1}": m for i, m in enumerate(width_multipliers)})
         if bottleneck_blocks != 0:
             check_sizes(bottleneck_blocks=bottleneck_blocks)
-        if not isinstance(group_norm, bool):
-            raise ValueError(f"group_norm must be true or false, got {group_norm!r}")
+        if not isinstance(norm_layer, str) or norm_layer not in NORM_LAYERS:
+            raise ValueError(f"norm_layer must be one of {', '.join(NORM_LAYERS)}, got {norm_layer!r}")
         if full_res_width != 0:
             check_sizes(full_res_width=full_res_width)
             if patch_size == 1:
@@ -125,35 +134,35 @@ class InpaintingUNet(nn.Module):
             self.config["patch_size"] = patch_size
         if full_res_width:
             self.config["full_res_width"] = full_res_width
-        if not group_norm:
-            self.config["group_norm"] = False
+        if norm_layer != "group":
+            self.config["norm_layer"] = norm_layer
         widths = [base_width * m for m in width_multipliers]
         self.patch_size = patch_size
         self.stem = nn.Conv2d((channels + 1) * patch_size**2, widths[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         for i, width in enumerate(widths):
-            self.down_blocks.append(ResidualBlock(widths[max(i - 1, 0)], width, group_norm))
+            self.down_blocks.append(ResidualBlock(widths[max(i - 1, 0)], width, norm_layer))
             if i < len(widths) - 1:
                 self.downsamples.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
         self.bottleneck = nn.Sequential(
-            *[ResidualBlock(widths[-1], widths[-1], group_norm) for _ in range(bottleneck_blocks)]
+            *[ResidualBlock(widths[-1], widths[-1], norm_layer) for _ in range(bottleneck_blocks)]
         )
         self.upsamples = nn.ModuleList()
         self.up_blocks = nn.ModuleList()
         for i in reversed(range(len(widths) - 1)):
             self.upsamples.append(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1))
-            self.up_blocks.append(ResidualBlock(2 * widths[i], widths[i], group_norm))
+            self.up_blocks.append(ResidualBlock(2 * widths[i], widths[i], norm_layer))
         head_channels = full_res_width or channels  # per unfolded pixel
         self.head = nn.Sequential(
-            _group_norm(widths[0], group_norm),
+            _norm(widths[0], norm_layer),
             nn.SiLU(),
             nn.Conv2d(widths[0], head_channels * patch_size**2, 3, padding=1),
         )
         self.full_res_stem = nn.Conv2d(channels + 1, full_res_width, 3, padding=1) if full_res_width else None
         self.full_res_head = (
             nn.Sequential(
-                _group_norm(2 * full_res_width, group_norm),
+                _norm(2 * full_res_width, norm_layer),
                 nn.SiLU(),
                 nn.Conv2d(2 * full_res_width, full_res_width, 3, padding=1),
                 nn.SiLU(),
@@ -224,14 +233,14 @@ class ConvAutoencoder(nn.Module):
         previous = channels
         for width in widths:
             # A 4x4 stride-2 convolution, then a 3x3 one at the new resolution, as in the paper's encoder.
-            encoder += [nn.Conv2d(previous, width, 4, stride=2, padding=1), _group_norm(width), act()]
-            encoder += [nn.Conv2d(width, width, 3, padding=1), _group_norm(width), act()]
+            encoder += [nn.Conv2d(previous, width, 4, stride=2, padding=1), _norm(width, "group"), act()]
+            encoder += [nn.Conv2d(width, width, 3, padding=1), _norm(width, "group"), act()]
             previous = width
         encoder += [nn.Conv2d(previous, latent_dim, 8)]
-        decoder: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, previous, 8), _group_norm(previous), act()]
+        decoder: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, previous, 8), _norm(previous, "group"), act()]
         for width in reversed(widths):
-            decoder += [nn.Conv2d(previous, width, 3, padding=1), _group_norm(width), act()]
-            decoder += [nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), _group_norm(width), act()]
+            decoder += [nn.Conv2d(previous, width, 3, padding=1), _norm(width, "group"), act()]
+            decoder += [nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), _norm(width, "group"), act()]
             previous = width
         decoder += [nn.Conv2d(previous, channels, 3, padding=1), nn.Sigmoid()]
         self.encoder = nn.Sequential(*encoder)

@@ -35,7 +35,7 @@ class TrainConfig:
     width_multipliers: tuple[int, ...] = (1, 2, 4, 4, 4)  # U-Net channels per level, times base_width
     patch_size: int = 1  # U-Net: pixels folded into channels per side before the first level (ignored for the AE)
     full_res_width: int = 0  # U-Net with patch_size > 1: channels of its thin full-resolution path (0: none)
-    group_norm: bool = True  # U-Net: False leaves out its GroupNorm layers (ignored for the AE)
+    norm_layer: str = "group"  # U-Net: "group", "batch" or "none" (ignored for the AE)
     latent_dim: int = 128  # autoencoder bottleneck size (ignored for i3ad)
     l2_weight: float = 1.0  # loss = (1 - SSIM) + l2_weight * MSE, on the re-painted image
     augmentations: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"; only what the category allows
@@ -85,7 +85,7 @@ def build_model(config: TrainConfig, channels: int, image_size: int) -> Inpainti
             width_multipliers=tuple(config.width_multipliers),
             patch_size=config.patch_size,
             full_res_width=config.full_res_width,
-            group_norm=config.group_norm,
+            norm_layer=config.norm_layer,
         )
     return ConvAutoencoder(
         channels=channels, image_size=image_size, base_width=config.base_width, latent_dim=config.latent_dim

@@ -380,25 +380,63 @@ def test_a_folded_network_round_trips_and_older_configs_mean_no_folding(tmp_path
     assert load_model(folder).patch_size == 1 and load_model(folder).full_res_stem is None
 
 
-@pytest.mark.parametrize("damaged", ["no", 0, 1, None])  # 0 and 1 are not booleans in JSON (True == 1 in Python)
-def test_a_network_without_group_norm_round_trips_and_older_configs_mean_group_norm(tmp_path, saved, damaged):
+def test_a_network_without_normalisation_round_trips_and_older_configs_mean_group_norm(tmp_path, saved):
     torch.manual_seed(0)
-    plain = InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), group_norm=False).eval()
+    plain = InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), norm_layer="none").eval()
     for parameter in plain.parameters():  # away from the zero start of its residual branches
         parameter.data.normal_(0, 0.1)
     folder = save_checkpoint(_detector(plain), tmp_path / "plain" / "i3ad-test")
-    assert json.loads((folder / "config.json").read_text())["group_norm"] is False
+    assert json.loads((folder / "config.json").read_text())["norm_layer"] == "none"
     loaded = load_checkpoint(folder).model
     assert not any(isinstance(module, torch.nn.GroupNorm) for module in loaded.modules())
     images, masks = torch.rand(2, 3, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
     with torch.no_grad():
         torch.testing.assert_close(loaded(images, masks), plain(images, masks))
-    _, folder = saved
-    assert "group_norm" not in json.loads((folder / "config.json").read_text())
-    assert any(isinstance(module, torch.nn.GroupNorm) for module in load_model(folder).modules())
+    # Written before norm_layer existed, the same network said "group_norm": false.
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "group_norm": damaged}))
-    with pytest.raises(CheckpointError, match=re.escape(f"group_norm must be true or false, got {damaged!r}")):
+    del config["norm_layer"]
+    (folder / "config.json").write_text(json.dumps({**config, "group_norm": False}))
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(folder).model(images, masks), plain(images, masks))
+    _, folder = saved
+    assert "norm_layer" not in json.loads((folder / "config.json").read_text())
+    assert any(isinstance(module, torch.nn.GroupNorm) for module in load_model(folder).modules())
+
+
+@pytest.mark.parametrize(
+    ("key", "damaged", "message"),
+    [
+        ("group_norm", value, f"group_norm must be true or false, got {value!r}")
+        for value in ["no", 0, 1, None]  # 0 and 1 are not booleans in JSON (True == 1 in Python)
+    ]
+    + [("norm_layer", value, f"norm_layer must be one of group, batch, none, got {value!r}") for value in ["x", 1]],
+)
+def test_a_damaged_normalisation_in_config_is_refused(saved, key, damaged, message):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, key: damaged}))
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_checkpoint(folder)
+
+
+def test_a_batch_norm_network_round_trips_in_half_precision_and_a_negative_variance_is_refused(tmp_path):
+    torch.manual_seed(0)
+    model = InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), norm_layer="batch")
+    images, masks = torch.rand(4, 3, 32, 32), (torch.rand(4, 1, 32, 32) > 0.5).float()
+    model(images, masks)  # one training forward: statistics of its own
+    model.eval()
+    folder = save_checkpoint(_detector(model), tmp_path / "bn" / "i3ad-test", half_precision=True)
+    stored = safetensors.torch.load_file(folder / "model.safetensors")
+    assert stored["stem.weight"].dtype == torch.float16
+    # The step counter stays an integer (halved, it would be assigned as a float buffer).
+    assert stored["down_blocks.0.body.0.num_batches_tracked"].dtype == torch.int64
+    loaded = load_checkpoint(folder).model
+    assert loaded.down_blocks[0].body[0].num_batches_tracked.dtype == torch.int64
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, masks), model(images, masks), atol=2e-3, rtol=0)
+    stored["down_blocks.0.body.0.running_var"][0] = -1.0
+    safetensors.torch.save_file(stored, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"negative variance \(in 'down_blocks.0.body.0.running_var'\)"):
         load_checkpoint(folder)
 
 

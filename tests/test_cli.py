@@ -1024,10 +1024,13 @@ def test_evaluate_finds_a_category_without_test_images_before_evaluating_any(tmp
     assert not out.exists()  # aaa was not evaluated first, only for the run to stop at bbb
 
 
-def test_train_without_group_norm_saves_a_network_without_it(synthetic_root, tmp_path):
+@pytest.mark.parametrize(("norm_layer", "module"), [("none", None), ("batch", torch.nn.BatchNorm2d)])
+def test_train_with_another_norm_layer_saves_a_network_with_it(synthetic_root, tmp_path, norm_layer, module):
     data_root, _ = synthetic_root
-    args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--quiet", *SMALL, "--steps", "2", "--no-group-norm"]
-    assert main(args) == 0
+    args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--quiet", *SMALL, "--steps", "2"]
+    assert main([*args, "--norm-layer", norm_layer]) == 0
     folder = tmp_path / "ck" / "synthetic" / "i3ad"
-    assert json.loads((folder / "config.json").read_text())["group_norm"] is False
-    assert json.loads((folder / "detector.json").read_text())["info"]["training"]["group_norm"] is False
+    assert json.loads((folder / "config.json").read_text())["norm_layer"] == norm_layer
+    assert json.loads((folder / "detector.json").read_text())["info"]["training"]["norm_layer"] == norm_layer
+    layers = {type(layer) for layer in load_checkpoint(folder).model.modules()}
+    assert torch.nn.GroupNorm not in layers and (module is None or module in layers)

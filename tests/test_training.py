@@ -139,18 +139,40 @@ def test_train_inpainting_a_few_steps(images32):
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters(), strict=True))
 
 
-def test_train_a_network_without_group_norm_from_residual_branches_at_zero(images32):
-    fresh = InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), group_norm=False)
+def test_train_a_network_without_normalisation_from_residual_branches_at_zero(images32):
+    fresh = InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), norm_layer="none")
     assert not any(isinstance(module, torch.nn.GroupNorm) for module in fresh.modules())
     # Each residual block starts as its skip path alone: its branch's last convolution is zero.
     for block in [*fresh.down_blocks, *fresh.bottleneck, *fresh.up_blocks]:
         assert not block.body[-1].weight.any() and not block.body[-1].bias.any()
-    config = TrainConfig(steps=3, batch_size=2, base_width=8, width_multipliers=(1, 2), group_norm=False)
+    config = TrainConfig(steps=3, batch_size=2, base_width=8, width_multipliers=(1, 2), norm_layer="none")
     model, log = train(images32, config, progress=False)
-    assert model.config["group_norm"] is False and all(math.isfinite(entry["loss"]) for entry in log)
+    assert model.config["norm_layer"] == "none" and all(math.isfinite(entry["loss"]) for entry in log)
     assert any(block.body[-1].weight.any() for block in model.down_blocks)  # the branches learn
     stored = TrainConfig(**json.loads(json.dumps(config.to_dict())))
     assert build_model(stored, channels=3, image_size=32).config == model.config
+
+
+def test_a_batch_norm_network_learns_its_statistics_and_paints_each_image_alone(images32):
+    config = TrainConfig(steps=3, batch_size=4, base_width=8, width_multipliers=(1, 2), norm_layer="batch")
+    model, _ = train(images32, config, progress=False)
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert norms and not any(isinstance(module, torch.nn.GroupNorm) for module in model.modules())
+    assert all(int(norm.num_batches_tracked) == 3 and norm.running_var.ne(1).any() for norm in norms)
+    # Returned for detection: the learnt statistics, not the batch's, so an image paints the same in any company.
+    assert not model.training
+    images = torch.cat([images32, images32.flip(-1)])
+    masks = (torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    with torch.no_grad():
+        together = model(images, masks)
+        alone = model(images[:1], masks[:1])
+    torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_an_unknown_norm_layer_is_refused():
+    for damaged in ["layer", "", None, False]:
+        with pytest.raises(ValueError, match="norm_layer must be one of group, batch, none"):
+            InpaintingUNet(channels=3, base_width=8, norm_layer=damaged)
 
 
 def test_train_a_folded_network_of_other_widths(images32):
