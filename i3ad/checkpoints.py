@@ -181,8 +181,10 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
         legacy = config.pop("group_norm")
         if not isinstance(legacy, bool):
             raise CheckpointError(f"{folder / CONFIG_FILE}: group_norm must be true or false, got {legacy!r}")
+        if "norm_layer" in config:
+            raise CheckpointError(f"{folder / CONFIG_FILE} names both group_norm and norm_layer: keep norm_layer")
         if not legacy:
-            config.setdefault("norm_layer", "none")
+            config["norm_layer"] = "none"
     try:
         # Built without memory (the weights are assigned below), so that a config naming absurd sizes is refused by
         # the strict weight check instead of allocating (or failing to allocate) a network of that size first.
@@ -199,6 +201,19 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Inpain
         raise DamagedFileError(f"{weights} is damaged or not a safetensors file ({error})", weights) from None
     except OSError as error:
         raise _unreadable(weights, error) from None
+    # Each tensor must be of the kind the network holds there: an integer variance or a fractional step counter
+    # would be assigned as it is, and fail (or count wrongly) only at detection.
+    expected = model.state_dict()
+    mistyped = [
+        name
+        for name, tensor in state.items()
+        if name in expected and tensor.is_floating_point() != expected[name].is_floating_point()
+    ]
+    if mistyped:
+        name = mistyped[0]
+        kinds = ("whole numbers", "fractions")
+        stored, held = kinds[::-1] if state[name].is_floating_point() else kinds
+        raise CheckpointError(f"{weights} stores {stored} in {name!r}, where the network holds {held}: retrain it")
     # Assigned, not copied, into the memoryless network: as float32, whatever precision the file stores.
     state = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
     try:

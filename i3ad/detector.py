@@ -33,6 +33,10 @@ class AnomalyDetector:
     name: str
     info: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A detector only detects: a BatchNorm must use its learnt statistics, neither the batch's nor updating them.
+        self.model.eval()
+
     @property
     def kind(self) -> str:
         """ "i3ad" for the inpainting model, "ae" for the autoencoder baseline."""

@@ -114,7 +114,8 @@ def train_category(
             # Calibrate the weights exactly as they will be stored, so the thresholds fit the saved model.
             with torch.no_grad():
                 for tensor in model.state_dict().values():
-                    tensor.copy_(tensor.half())
+                    if tensor.is_floating_point():  # a BatchNorm's step counter stays a whole number
+                        tensor.copy_(tensor.half())
         holdout_regions = load_regions([index.train[i] for i in holdout_ids], preprocessing)
         settings, calibration = calibrate(
             model,
@@ -157,6 +158,7 @@ def calibrate(
     everywhere): tau (inpainting model) and the score thresholds. Returns the settings with the calibrated tau, and
     the calibration. In float32 for a model trained with bfloat16 autocast too: every verdict is given in float32,
     and thresholds found under autocast were a few per cent off the scores that detect then compared with them."""
+    model.eval()  # as every verdict is given: a BatchNorm with its learnt statistics, not the held-out batch's
     if isinstance(model, InpaintingUNet):
         calibration = calibrate_inpainting(model, holdout, settings, ssim_quantile=ssim_quantile, regions=regions)
         return settings.with_(ssim_threshold=calibration.ssim_threshold), calibration

@@ -34,6 +34,7 @@ from i3ad.detector import AnomalyDetector
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
 from i3ad.outputs import ensure_writable_folder, write_csv
+from i3ad.pipeline import calibrate
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionSettings
 
@@ -434,9 +435,42 @@ def test_a_batch_norm_network_round_trips_in_half_precision_and_a_negative_varia
     assert loaded.down_blocks[0].body[0].num_batches_tracked.dtype == torch.int64
     with torch.no_grad():
         torch.testing.assert_close(loaded(images, masks), model(images, masks), atol=2e-3, rtol=0)
-    stored["down_blocks.0.body.0.running_var"][0] = -1.0
-    safetensors.torch.save_file(stored, folder / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"negative variance \(in 'down_blocks.0.body.0.running_var'\)"):
+    damaged = {
+        "down_blocks.0.body.0.running_var": (-1.0, r"negative variance \(in 'down_blocks.0.body.0.running_var'\)"),
+        # Of the wrong kind, each would be assigned as it is: a variance in whole numbers fails only at detection.
+        "stem.bias": (torch.zeros(8, dtype=torch.int64), r"stores whole numbers in 'stem.bias', where the network"),
+        "head.0.num_batches_tracked": (torch.tensor(3.0), r"stores fractions in 'head.0.num_batches_tracked'"),
+    }
+    for name, (value, message) in damaged.items():
+        broken = dict(stored)
+        broken[name] = value if isinstance(value, torch.Tensor) else torch.full_like(stored[name], value)
+        safetensors.torch.save_file(broken, folder / "model.safetensors")
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(folder)
+
+
+def test_a_batch_norm_network_detects_and_calibrates_with_its_learnt_statistics():
+    torch.manual_seed(0)
+    model = InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), norm_layer="batch")
+    images = torch.rand(4, 3, 32, 32)
+    model(images, (torch.rand(4, 1, 32, 32) > 0.5).float())  # statistics of its own, left in training mode
+    learnt = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    detector = _detector(model)
+    together, alone = detector.run(images).anomaly_maps, detector.run(images[:1]).anomaly_maps
+    for step_together, step_alone in zip(together, alone, strict=True):  # one map per step
+        torch.testing.assert_close(step_together[:1], step_alone, atol=1e-5, rtol=1e-5)
+    model.train()
+    calibrate(model, images, detector.settings, ssim_quantile=0.01)
+    # Neither detecting nor calibrating moved the statistics (the batch's would have been used and learnt from).
+    for name, buffer in model.named_buffers():
+        torch.testing.assert_close(buffer, learnt[name])
+
+
+def test_a_config_naming_both_the_old_and_the_new_normalisation_key_is_refused(saved):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "group_norm": False, "norm_layer": "group"}))
+    with pytest.raises(CheckpointError, match="names both group_norm and norm_layer"):
         load_checkpoint(folder)
 
 

@@ -1034,3 +1034,15 @@ def test_train_with_another_norm_layer_saves_a_network_with_it(synthetic_root, t
     assert json.loads((folder / "detector.json").read_text())["info"]["training"]["norm_layer"] == norm_layer
     layers = {type(layer) for layer in load_checkpoint(folder).model.modules()}
     assert torch.nn.GroupNorm not in layers and (module is None or module in layers)
+
+
+def test_a_batch_norm_network_saved_in_half_precision_keeps_its_step_count(synthetic_root, tmp_path):
+    data_root, _ = synthetic_root
+    tiny = ["--image-size", "16", "--base-width", "4", "--width-multipliers", "1", "2", "--batch-size", "2"]
+    # 2,049 is the first count that float16 cannot hold: rounded like the weights, it would be stored as 2,048.
+    args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--quiet", *tiny, "--steps", "2049", "--save-fp16"]
+    assert main([*args, "--norm-layer", "batch"]) == 0
+    model = load_checkpoint(tmp_path / "ck" / "synthetic" / "i3ad").model
+    assert {int(layer.num_batches_tracked) for layer in model.modules() if hasattr(layer, "num_batches_tracked")} == {
+        2049
+    }
