@@ -204,7 +204,9 @@ def detect_by_inpainting(
     normal_error: NormalError | None = None,
     region: Tensor | None = None,
 ) -> DetectionResult:
-    """Iterative SSIM-masked inpainting on a batch of preprocessed images [B, C, H, W] in [0, 1].
+    """Iterative SSIM-masked inpainting on a batch of preprocessed images [B, C, H, W] in [0, 1], by a ``model`` in
+    eval mode (a BatchNorm network in training mode would use and update the batch's statistics; ``AnomalyDetector``
+    and calibration put it in eval mode).
 
     step0: the step-0 reconstruction of these images if already computed (it does not depend on the threshold, so
         a sweep over thresholds computes it once). autocast_dtype: e.g. torch.bfloat16 for the network on a GPU.
