@@ -124,6 +124,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             patch_size=args.patch_size,
             full_res_width=args.full_res_width,
             norm_layer=args.norm_layer,
+            norm_free_levels=args.norm_free_levels,
             latent_dim=args.latent_dim,
             augmentations=_augmentations(args.augment, category),
             grid_cell_sizes=tuple(args.grid_cell_sizes),
@@ -668,6 +669,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=NORM_LAYERS,
         default=TrainConfig.norm_layer,
         help="U-Net: GroupNorm, BatchNorm (fixed statistics at detection), or none (residual branches start at zero)",
+    )
+    train.add_argument(
+        "--norm-free-levels",
+        type=int,
+        default=TrainConfig.norm_free_levels,
+        help="U-Net: how many levels, from full resolution down, have no normalisation layers (0: none)",
     )
     train.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="AE bottleneck size")
     train.add_argument("--image-size", type=int, default=256, help="side of the square frame the network sees")

@@ -93,6 +93,10 @@ class InpaintingUNet(nn.Module):
             can normalise. A BatchNorm normalises with the statistics of the batch while training, and with fixed
             ones learnt in training at detection, where it is a per-channel scale and shift that the compiler merges
             with the activation after it; so a detection's result does not depend on the other images of its batch.
+        norm_free_levels: how many levels, from full resolution down, have no normalisation layers whatever
+            ``norm_layer`` says (their residual branches then start at zero; the head and a full-resolution path
+            belong to the first level). A GroupNorm costs in proportion to the size of its input, so most of its
+            cost sits at the first levels, where the convolutions are narrowest.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class InpaintingUNet(nn.Module):
         patch_size: int = 1,
         full_res_width: int = 0,
         norm_layer: str = "group",
+        norm_free_levels: int = 0,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
@@ -114,6 +119,11 @@ class InpaintingUNet(nn.Module):
             check_sizes(bottleneck_blocks=bottleneck_blocks)
         if not isinstance(norm_layer, str) or norm_layer not in NORM_LAYERS:
             raise ValueError(f"norm_layer must be one of {', '.join(NORM_LAYERS)}, got {norm_layer!r}")
+        if not (norm_free_levels == 0 or is_count(norm_free_levels)) or norm_free_levels > len(width_multipliers):
+            raise ValueError(
+                f"norm_free_levels must be a whole number from 0 to the {len(width_multipliers)} levels, "
+                f"got {norm_free_levels!r}"
+            )
         if full_res_width != 0:
             check_sizes(full_res_width=full_res_width)
             if patch_size == 1:
@@ -136,33 +146,39 @@ class InpaintingUNet(nn.Module):
             self.config["full_res_width"] = full_res_width
         if norm_layer != "group":
             self.config["norm_layer"] = norm_layer
+        if norm_free_levels:
+            self.config["norm_free_levels"] = norm_free_levels
+
+        def level_norm(level: int) -> str:
+            return "none" if level < norm_free_levels else norm_layer
+
         widths = [base_width * m for m in width_multipliers]
         self.patch_size = patch_size
         self.stem = nn.Conv2d((channels + 1) * patch_size**2, widths[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         for i, width in enumerate(widths):
-            self.down_blocks.append(ResidualBlock(widths[max(i - 1, 0)], width, norm_layer))
+            self.down_blocks.append(ResidualBlock(widths[max(i - 1, 0)], width, level_norm(i)))
             if i < len(widths) - 1:
                 self.downsamples.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
         self.bottleneck = nn.Sequential(
-            *[ResidualBlock(widths[-1], widths[-1], norm_layer) for _ in range(bottleneck_blocks)]
+            *[ResidualBlock(widths[-1], widths[-1], level_norm(len(widths) - 1)) for _ in range(bottleneck_blocks)]
         )
         self.upsamples = nn.ModuleList()
         self.up_blocks = nn.ModuleList()
         for i in reversed(range(len(widths) - 1)):
             self.upsamples.append(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1))
-            self.up_blocks.append(ResidualBlock(2 * widths[i], widths[i], norm_layer))
+            self.up_blocks.append(ResidualBlock(2 * widths[i], widths[i], level_norm(i)))
         head_channels = full_res_width or channels  # per unfolded pixel
         self.head = nn.Sequential(
-            _norm(widths[0], norm_layer),
+            _norm(widths[0], level_norm(0)),
             nn.SiLU(),
             nn.Conv2d(widths[0], head_channels * patch_size**2, 3, padding=1),
         )
         self.full_res_stem = nn.Conv2d(channels + 1, full_res_width, 3, padding=1) if full_res_width else None
         self.full_res_head = (
             nn.Sequential(
-                _norm(2 * full_res_width, norm_layer),
+                _norm(2 * full_res_width, level_norm(0)),
                 nn.SiLU(),
                 nn.Conv2d(2 * full_res_width, full_res_width, 3, padding=1),
                 nn.SiLU(),

@@ -36,6 +36,7 @@ class TrainConfig:
     patch_size: int = 1  # U-Net: pixels folded into channels per side before the first level (ignored for the AE)
     full_res_width: int = 0  # U-Net with patch_size > 1: channels of its thin full-resolution path (0: none)
     norm_layer: str = "group"  # U-Net: "group", "batch" or "none" (ignored for the AE)
+    norm_free_levels: int = 0  # U-Net: levels from full resolution down without normalisation (ignored for the AE)
     latent_dim: int = 128  # autoencoder bottleneck size (ignored for i3ad)
     l2_weight: float = 1.0  # loss = (1 - SSIM) + l2_weight * MSE, on the re-painted image
     augmentations: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"; only what the category allows
@@ -86,6 +87,7 @@ def build_model(config: TrainConfig, channels: int, image_size: int) -> Inpainti
             patch_size=config.patch_size,
             full_res_width=config.full_res_width,
             norm_layer=config.norm_layer,
+            norm_free_levels=config.norm_free_levels,
         )
     return ConvAutoencoder(
         channels=channels, image_size=image_size, base_width=config.base_width, latent_dim=config.latent_dim

@@ -410,7 +410,8 @@ def test_a_network_without_normalisation_round_trips_and_older_configs_mean_grou
         ("group_norm", value, f"group_norm must be true or false, got {value!r}")
         for value in ["no", 0, 1, None]  # 0 and 1 are not booleans in JSON (True == 1 in Python)
     ]
-    + [("norm_layer", value, f"norm_layer must be one of group, batch, none, got {value!r}") for value in ["x", 1]],
+    + [("norm_layer", value, f"norm_layer must be one of group, batch, none, got {value!r}") for value in ["x", 1]]
+    + [("norm_free_levels", value, "norm_free_levels must be a whole number from 0 to the") for value in [-1, 99, "1"]],
 )
 def test_a_damaged_normalisation_in_config_is_refused(saved, key, damaged, message):
     _, folder = saved

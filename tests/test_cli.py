@@ -1036,6 +1036,17 @@ def test_train_with_another_norm_layer_saves_a_network_with_it(synthetic_root, t
     assert torch.nn.GroupNorm not in layers and (module is None or module in layers)
 
 
+def test_train_with_levels_without_normalisation_saves_a_network_with_them(synthetic_root, tmp_path):
+    data_root, _ = synthetic_root
+    args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--quiet", *SMALL, "--steps", "2"]
+    assert main([*args, "--norm-free-levels", "1"]) == 0
+    folder = tmp_path / "ck" / "synthetic" / "i3ad"
+    assert json.loads((folder / "config.json").read_text())["norm_free_levels"] == 1
+    model = load_checkpoint(folder).model
+    assert not any(isinstance(layer, torch.nn.GroupNorm) for layer in model.down_blocks[0].modules())
+    assert any(isinstance(layer, torch.nn.GroupNorm) for layer in model.down_blocks[1].modules())
+
+
 def test_a_batch_norm_network_saved_in_half_precision_keeps_its_step_count(synthetic_root, tmp_path):
     data_root, _ = synthetic_root
     tiny = ["--image-size", "16", "--base-width", "4", "--width-multipliers", "1", "2", "--batch-size", "2"]
