@@ -674,7 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--norm-free-levels",
         type=int,
         default=TrainConfig.norm_free_levels,
-        help="U-Net: how many levels, from full resolution down, have no normalisation layers (0: none)",
+        help="U-Net: how many levels, from full resolution down, go without normalisation layers "
+        "(0: all have them; at most the number of --width-multipliers)",
     )
     train.add_argument("--latent-dim", type=int, default=TrainConfig.latent_dim, help="AE bottleneck size")
     train.add_argument("--image-size", type=int, default=256, help="side of the square frame the network sees")

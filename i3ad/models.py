@@ -38,6 +38,12 @@ def check_sizes(**sizes: object) -> None:
 NORM_LAYERS = ("group", "batch", "none")
 
 
+def check_norm_free_levels(value: object, levels: int) -> None:
+    """Refuse a count of U-Net levels without normalisation that is not a whole number from 0 to ``levels``."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= levels):
+        raise ValueError(f"norm_free_levels must be a whole number from 0 to the {levels} levels, got {value!r}")
+
+
 def _norm(channels: int, kind: str) -> nn.Module:
     if kind == "none":
         return nn.Identity()
@@ -95,8 +101,9 @@ class InpaintingUNet(nn.Module):
             with the activation after it; so a detection's result does not depend on the other images of its batch.
         norm_free_levels: how many levels, from full resolution down, have no normalisation layers whatever
             ``norm_layer`` says (their residual branches then start at zero; the head and a full-resolution path
-            belong to the first level). A GroupNorm costs in proportion to the size of its input, so most of its
-            cost sits at the first levels, where the convolutions are narrowest.
+            belong to the first level, the bottleneck to the last, so all levels means no normalisation at all).
+            A GroupNorm costs in proportion to the size of its input, so most of its cost sits at the first levels,
+            where the convolutions are narrowest.
     """
 
     def __init__(
@@ -119,11 +126,7 @@ class InpaintingUNet(nn.Module):
             check_sizes(bottleneck_blocks=bottleneck_blocks)
         if not isinstance(norm_layer, str) or norm_layer not in NORM_LAYERS:
             raise ValueError(f"norm_layer must be one of {', '.join(NORM_LAYERS)}, got {norm_layer!r}")
-        if not (norm_free_levels == 0 or is_count(norm_free_levels)) or norm_free_levels > len(width_multipliers):
-            raise ValueError(
-                f"norm_free_levels must be a whole number from 0 to the {len(width_multipliers)} levels, "
-                f"got {norm_free_levels!r}"
-            )
+        check_norm_free_levels(norm_free_levels, len(width_multipliers))
         if full_res_width != 0:
             check_sizes(full_res_width=full_res_width)
             if patch_size == 1:

@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from i3ad.masks import GRID_CELL_SIZES, check_cell_sizes, random_training_masks
-from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
+from i3ad.models import ConvAutoencoder, InpaintingUNet, check_norm_free_levels, for_device
 from i3ad.scoring import autocast_for, network_autocast, paint
 
 MODEL_KINDS = ("i3ad", "ae")
@@ -57,6 +57,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
         check_cell_sizes(self.grid_cell_sizes)
+        check_norm_free_levels(self.norm_free_levels, len(self.width_multipliers))
         if self.steps < 1:
             raise ValueError(f"the number of training steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:

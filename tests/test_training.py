@@ -169,27 +169,36 @@ def test_a_batch_norm_network_learns_its_statistics_and_paints_each_image_alone(
     torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-5)
 
 
+def _normalised(module: torch.nn.Module) -> bool:
+    return any(isinstance(layer, torch.nn.GroupNorm) for layer in module.modules())
+
+
 def test_the_first_levels_of_a_network_can_go_without_normalisation(images32):
-    config = TrainConfig(steps=3, batch_size=2, base_width=8, width_multipliers=(1, 2, 4), norm_free_levels=2)
+    config = TrainConfig(steps=3, batch_size=2, base_width=8, width_multipliers=(1, 2, 4), norm_free_levels=1)
     model, log = train(images32, config, progress=False)
-    assert model.config["norm_free_levels"] == 2 and all(math.isfinite(entry["loss"]) for entry in log)
-
-    def normalised(module: torch.nn.Module) -> bool:
-        return any(isinstance(layer, torch.nn.GroupNorm) for layer in module.modules())
-
-    # Levels 0 and 1 (full and half resolution) on the way down and up, and the head, go without; level 2 keeps it.
+    assert model.config["norm_free_levels"] == 1 and all(math.isfinite(entry["loss"]) for entry in log)
+    # Level 0 (full resolution) on the way down and up, and the head, go without; the deeper levels keep it.
     down, up = model.down_blocks, model.up_blocks  # up_blocks run from level 1 back to level 0
-    assert not any(normalised(block) for block in [down[0], down[1], up[0], up[1], model.head])
-    assert normalised(down[2]) and normalised(model.bottleneck)
+    assert not any(_normalised(block) for block in [down[0], up[1], model.head])
+    assert all(_normalised(block) for block in [down[1], down[2], model.bottleneck, up[0]])
     stored = TrainConfig(**json.loads(json.dumps(config.to_dict())))
     assert build_model(stored, channels=3, image_size=32).config == model.config
     assert "norm_free_levels" not in InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2)).config
 
 
+def test_a_full_resolution_path_belongs_to_the_first_level_and_the_bottleneck_to_the_last():
+    folded = InpaintingUNet(base_width=8, width_multipliers=(1, 2), patch_size=2, full_res_width=4, norm_free_levels=1)
+    assert not _normalised(folded.full_res_head) and _normalised(folded.bottleneck)
+    assert not _normalised(InpaintingUNet(base_width=8, width_multipliers=(1, 2), norm_free_levels=2))
+
+
 def test_a_wrong_count_of_levels_without_normalisation_is_refused():
-    for damaged in [-1, 3, 1.0, True, "1", None]:
+    for damaged in [-1, 3, 1.0, 0.0, True, False, "1", None]:
         with pytest.raises(ValueError, match="norm_free_levels must be a whole number from 0 to the 2 levels"):
             InpaintingUNet(channels=3, base_width=8, width_multipliers=(1, 2), norm_free_levels=damaged)
+        # Refused before any training starts, for either network.
+        with pytest.raises(ValueError, match="norm_free_levels must be a whole number from 0 to the 2 levels"):
+            TrainConfig(model="ae", width_multipliers=(1, 2), norm_free_levels=damaged)
 
 
 def test_an_unknown_norm_layer_is_refused():
