@@ -1,0 +1,50 @@
+"""scripts/train_all.sh, the command that retrains the shipped checkpoints, gives each variant its shipped shape."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from i3ad.synthetic import make_synthetic_category
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_train_all_trains_each_variant_in_its_shipped_shape(tmp_path):
+    make_synthetic_category(tmp_path / "data", "synthetic", train=20, test_good=2, test_per_defect=2)
+    env = {
+        **os.environ,
+        # The script runs `python`: make that the interpreter running these tests, whether or not its venv is active.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "STEPS": "1",
+        "BATCH": "2",
+        "DEVICES": "cpu",
+        "LOG_DIR": str(tmp_path / "logs"),
+    }
+    run = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "train_all.sh"), str(tmp_path / "data"), str(tmp_path / "ck"), "synthetic"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    def config(name: str) -> dict:
+        return json.loads((tmp_path / "ck" / "synthetic" / name / "config.json").read_text())
+
+    # The shipped i3ad checkpoints have their first two levels without GroupNorm; i3ad-small and the AE do not.
+    assert config("i3ad")["norm_free_levels"] == 2 and config("i3ad")["base_width"] == 32
+    assert "norm_free_levels" not in config("i3ad-small") and config("i3ad-small")["base_width"] == 16
+    assert config("ae")["architecture"] == "ConvAutoencoder"
+    for shipped in (ROOT / "checkpoints").glob("*/i3ad*/config.json"):
+        name = shipped.parent.name
+        assert json.loads(shipped.read_text()).get("norm_free_levels") == config(name).get("norm_free_levels"), shipped
