@@ -235,8 +235,11 @@ def run_benchmark(
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
 
+                # As the detector runs it (``AnomalyDetector.run``), its normal error subtracted from the final map.
                 def detect(batch=batch, run=run, dtype=dtype, model=model):
-                    return detect_by_inpainting(model, batch, run, autocast_dtype=dtype)
+                    normal_error = detector.normal_error_for(run)
+                    result = detect_by_inpainting(model, batch, run, autocast_dtype=dtype, normal_error=normal_error)
+                    return result.anomaly_map
 
                 seconds = median_seconds(detect, device, repeats)
                 with counting_forwards(model) as painted:

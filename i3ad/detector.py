@@ -13,6 +13,7 @@ from i3ad.calibration import MAX_CALIBRATED_ITERATIONS, Calibration
 from i3ad.checks import is_number, is_whole_number, shown
 from i3ad.images import read_image
 from i3ad.models import ConvAutoencoder, InpaintingUNet, for_device
+from i3ad.normal_error import NormalError
 from i3ad.preprocessing import Preprocessing
 from i3ad.scoring import DetectionResult, DetectionSettings, detect_by_autoencoder, detect_by_inpainting
 
@@ -93,11 +94,19 @@ class AnomalyDetector:
         """Detection on images already preprocessed for this model and on its device, at ``settings`` (default: the
         checkpoint's); ``region``: where the images lie in their frames (``Preprocessing.region``; None: everywhere)."""
         settings = settings or self.settings
-        normal_error = self.calibration.normal_error if settings.subtract_normal_error else None
         detect = detect_by_inpainting if self.kind == "i3ad" else detect_by_autoencoder
         return detect(
-            self.model, batch, settings, autocast_dtype=autocast_dtype, normal_error=normal_error, region=region
+            self.model,
+            batch,
+            settings,
+            autocast_dtype=autocast_dtype,
+            normal_error=self.normal_error_for(settings),
+            region=region,
         )
+
+    def normal_error_for(self, settings: DetectionSettings) -> NormalError | None:
+        """The normal error that detection at ``settings`` subtracts from its maps (None: they are not subtracted)."""
+        return self.calibration.normal_error if settings.subtract_normal_error else None
 
     def crop(self, frames: Tensor, image: Tensor) -> Tensor:
         """The part of frames [B, C, S, S] (maps, masks, reconstructions) that shows ``image`` [..., H, W]."""

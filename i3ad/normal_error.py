@@ -29,6 +29,9 @@ class NormalError:
         if not torch.isfinite(maps).all():
             raise ValueError("normal-error maps hold NaN or infinite values")
         self.maps = maps.float()
+        # The maps on each device they were used on: copying them from the host at every step would make the host
+        # wait for the GPU each time.
+        self._copies: dict[torch.device, Tensor] = {}
 
     @classmethod
     def from_mean_maps(cls, mean_maps: Tensor) -> NormalError:
@@ -44,7 +47,10 @@ class NormalError:
 
     def template(self, step: int, size: tuple[int, int], device: torch.device) -> Tensor:
         """The normal error after ``step`` steps, at ``size``: [1, 1, H, W]."""
-        stored = self.maps[min(step, self.steps - 1)][None].to(device)
+        device = torch.device(device)
+        if device not in self._copies:
+            self._copies[device] = self.maps.to(device)
+        stored = self._copies[device][min(step, self.steps - 1)][None]
         return F.interpolate(stored, size=size, mode="bilinear", align_corners=False)
 
     def subtract(self, anomaly_maps: Tensor, step: int) -> Tensor:

@@ -7,7 +7,7 @@ the evaluation can score T = 0..T_max from one pass.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -89,29 +89,48 @@ class DetectionSettings:
 
 @dataclass
 class DetectionResult:
-    """Every step of one detection run on a batch of B images (all tensors on the input's device).
+    """Every step of one detection run on a batch of B images [B, C, H, W] (all tensors on the images' device).
 
     reconstructions[t]: x_hat_t [B, C, H, W]; masks[t]: m_t [B, 1, H, W] (step 0 hides every pixel once, so its
-    mask is all ones); ssim_maps[t]: s_t [B, 1, H, W]; anomaly_maps[t]: the smoothed anomaly map after t steps (its
-    excess over the normal error when one was given). region: [B or 1, 1, H, W], 1 where the image lies in the frame
-    (``Preprocessing.region``); only there is it scored. None: the whole frame.
+    mask is all ones); ssim_maps[t]: s_t [B, 1, H, W]. The anomaly map of step t (``step_map``) is computed when first
+    asked for, from these and the ``settings``: a detection at T = 5 scores only its last step unless the maps of the
+    others are wanted too (the app's gallery, calibration). normal_error: the maps become their excess over it.
+    region: [B or 1, 1, H, W], 1 where the image lies in the frame (``Preprocessing.region``); only there is it scored.
+    None: the whole frame.
     """
 
+    images: Tensor
+    settings: DetectionSettings
     reconstructions: list[Tensor]
     masks: list[Tensor]
     ssim_maps: list[Tensor]
-    anomaly_maps: list[Tensor]
+    normal_error: NormalError | None = None
     region: Tensor | None = None
+    _maps: dict[int, Tensor] = field(default_factory=dict, init=False, repr=False)
+
+    @torch.inference_mode()
+    def step_map(self, step: int) -> Tensor:
+        """The smoothed anomaly map after ``step`` steps [B, 1, H, W] (negative: counted from the last step)."""
+        step = range(len(self.reconstructions))[step]  # IndexError beyond the steps run
+        if step not in self._maps:
+            raw = anomaly_map(self.images, self.reconstructions[step], self.settings, self.ssim_maps[step])
+            self._maps[step] = raw if self.normal_error is None else self.normal_error.subtract(raw, step)
+        return self._maps[step]
+
+    @property
+    def anomaly_maps(self) -> list[Tensor]:
+        """The map of every step, t = 0..T."""
+        return [self.step_map(t) for t in range(len(self.reconstructions))]
 
     @property
     def anomaly_map(self) -> Tensor:
         """The final map [B, 1, H, W]: high on anomalies, near zero elsewhere."""
-        return self.anomaly_maps[-1]
+        return self.step_map(-1)
 
     @property
     def scores(self) -> Tensor:
         """Image anomaly scores [B] after the last step."""
-        return self.step_scores[-1]
+        return image_scores(self.anomaly_map, self.region)
 
     @property
     def step_scores(self) -> Tensor:
@@ -128,18 +147,6 @@ def anomaly_map(
     if settings.anomaly_measure == "ssim+gms":
         dissimilarity = 0.5 * (dissimilarity + 1.0 - gradient_magnitude_similarity(images, reconstructions))
     return gaussian_blur(dissimilarity, settings.smoothing_sigma)
-
-
-def _scored_map(
-    images: Tensor,
-    reconstruction: Tensor,
-    settings: DetectionSettings,
-    ssim: Tensor,
-    normal_error: NormalError | None,
-    step: int,
-) -> Tensor:
-    raw = anomaly_map(images, reconstruction, settings, ssim)
-    return raw if normal_error is None else normal_error.subtract(raw, step)
 
 
 def image_scores(anomaly_maps: Tensor, region: Tensor | None = None) -> Tensor:
@@ -221,36 +228,38 @@ def detect_by_inpainting(
     if step0 is None:
         step0 = inpaint_step0(model, images, settings, autocast_dtype=autocast_dtype)
     reconstruction = step0
-    mask = torch.ones(batch, 1, height, width, device=images.device)
-    ssim = ssim_map(images, reconstruction)
     result = DetectionResult(
+        images,
+        settings,
         [reconstruction],
-        [mask],
-        [ssim],
-        [_scored_map(images, reconstruction, settings, ssim, normal_error, 0)],
+        [torch.ones(batch, 1, height, width, device=images.device)],
+        [ssim_map(images, reconstruction)],
+        normal_error,
         region,
     )
 
     previous_mask = None
-    for step in range(1, settings.iterations + 1):
+    for _ in range(settings.iterations):
         # 2. The SSIM map of the last step becomes the mask: hide what does not look like its reconstruction.
-        mask = dilate((ssim < settings.ssim_threshold).float(), settings.mask_dilation)
+        mask = dilate((result.ssim_maps[-1] < settings.ssim_threshold).float(), settings.mask_dilation)
         # 3. Re-paint the hidden pixels from their visible surroundings. With an empty mask the input passes through;
         #    a mask equal to the last step's gives the same painting again (the network is deterministic).
         hides_pixels = mask.flatten(1).amax(dim=1) > 0
         same_mask = (
             torch.zeros_like(hides_pixels) if previous_mask is None else (mask == previous_mask).flatten(1).all(1)
         )
-        to_paint = hides_pixels & ~same_mask
+        # The one wait for the device in a step: which images to paint decides the network's batch.
+        to_paint = (hides_pixels & ~same_mask).nonzero().squeeze(1)
         reconstruction = torch.where(hides_pixels.view(-1, 1, 1, 1), reconstruction, images)
-        if to_paint.any():
-            reconstruction[to_paint] = paint(model, images[to_paint], mask[to_paint], autocast_dtype)
-        # 4. Score the new reconstruction against the input.
-        ssim = ssim_map(images, reconstruction)
+        if len(to_paint) == batch:
+            reconstruction = paint(model, images, mask, autocast_dtype)
+        elif len(to_paint) > 0:
+            painted = paint(model, images[to_paint], mask[to_paint], autocast_dtype)
+            reconstruction = reconstruction.index_copy(0, to_paint, painted)
+        # 4. Compare the new reconstruction with the input (the anomaly map follows from it when asked for).
         result.reconstructions.append(reconstruction)
         result.masks.append(mask)
-        result.ssim_maps.append(ssim)
-        result.anomaly_maps.append(_scored_map(images, reconstruction, settings, ssim, normal_error, step))
+        result.ssim_maps.append(ssim_map(images, reconstruction))
         previous_mask = mask
     return result
 
@@ -271,6 +280,4 @@ def detect_by_autoencoder(
     with network_autocast(images.device, autocast_dtype):
         reconstruction = model(images).float()
     ssim = ssim_map(images, reconstruction)
-    mask = torch.ones_like(ssim)
-    scored = _scored_map(images, reconstruction, settings, ssim, normal_error, 0)
-    return DetectionResult([reconstruction], [mask], [ssim], [scored], region)
+    return DetectionResult(images, settings, [reconstruction], [torch.ones_like(ssim)], [ssim], normal_error, region)

@@ -7,6 +7,7 @@ window and constants but reflect padding; its mean over the valid region equals 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -45,17 +46,27 @@ def gaussian_blur(images: Tensor, sigma: float, size: int | None = None) -> Tens
     # it is not built: a huge sigma costs no memory.
     widest = 2 * max(images.shape[-2:]) - 1
     size = min(gaussian_window_size(sigma) if size is None else size, widest)
-    kernel = gaussian_kernel_1d(sigma, size, images.device).to(images.dtype)
-    pad = kernel.numel() // 2
-    channels = images.shape[1]
     # Reflect padding needs pad < size; clamp for tiny images (replicate beyond that is not worth the code).
-    pad_h, pad_w = min(pad, images.shape[2] - 1), min(pad, images.shape[3] - 1)
+    pad_h, pad_w = min(size // 2, images.shape[2] - 1), min(size // 2, images.shape[3] - 1)
+    row, col = _separable_weights(sigma, size, pad_h, pad_w, images.shape[1], images.device, images.dtype)
     out = F.pad(images, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w > 0 else images
-    row = kernel[pad - pad_w : pad + pad_w + 1].view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-    out = F.conv2d(out, row / row.sum(dim=-1, keepdim=True), groups=channels)
+    out = F.conv2d(out, row, groups=images.shape[1])
     out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect") if pad_h > 0 else out
-    col = kernel[pad - pad_h : pad + pad_h + 1].view(1, 1, -1, 1).expand(channels, 1, -1, 1)
-    return F.conv2d(out, col / col.sum(dim=-2, keepdim=True), groups=channels)
+    return F.conv2d(out, col, groups=images.shape[1])
+
+
+@functools.lru_cache(maxsize=64)
+def _separable_weights(
+    sigma: float, size: int, pad_h: int, pad_w: int, channels: int, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """The row and column weights of ``gaussian_blur``, each cut to its padding and normalised, built once per shape:
+    on a GPU at batch 1, building them took more kernel launches than the blur itself."""
+    with torch.inference_mode(False):  # usable outside inference mode too, e.g. by a blur that autograd records
+        kernel = gaussian_kernel_1d(sigma, size, device).to(dtype)
+        pad = size // 2
+        row = kernel[pad - pad_w : pad + pad_w + 1].view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+        col = kernel[pad - pad_h : pad + pad_h + 1].view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+        return row / row.sum(dim=-1, keepdim=True), col / col.sum(dim=-2, keepdim=True)
 
 
 def ssim_map(
@@ -96,8 +107,9 @@ def gradient_magnitude_similarity(
     multiple = 2 ** (scales - 1)
     x, y = (F.pad(t, (0, -width % multiple, 0, -height % multiple), mode="replicate") for t in (x, y))
     size = x.shape[-2:]
-    # Prewitt kernels, as in the GMS paper (Xue et al. 2014).
-    prewitt = torch.tensor([[1.0, 0.0, -1.0]] * 3, device=x.device) / 3.0
+    # Prewitt kernels, as in the GMS paper (Xue et al. 2014), built on the device: copying a constant from the host
+    # would make the host wait for the GPU at every call.
+    prewitt = (1.0 - torch.arange(3.0, device=x.device)).expand(3, 3) / 3.0  # rows of [1, 0, -1] / 3
     kernels = torch.stack([prewitt, prewitt.t()]).unsqueeze(1)
     total = torch.zeros_like(x)
     for scale in range(scales):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from i3ad import scoring
 from i3ad.masks import complementary_grid_masks, step0_grid_masks
 from i3ad.scoring import (
     DetectionSettings,
@@ -130,6 +131,23 @@ def test_step_scores_are_the_maxima_of_each_steps_map(unet, images32):
         assert torch.equal(result.step_scores[t], result.anomaly_maps[t].flatten(1).amax(1))
     assert torch.equal(result.scores, result.step_scores[-1])
     assert result.anomaly_map is result.anomaly_maps[-1]
+
+
+def test_maps_are_computed_only_for_the_steps_asked_for(unet, images32, monkeypatch):
+    computed = []
+    measure = scoring.anomaly_map
+    monkeypatch.setattr(
+        scoring, "anomaly_map", lambda images, r, *args: computed.append(r) or measure(images, r, *args)
+    )
+    result = detect_by_inpainting(unet, images32, DetectionSettings(iterations=3, ssim_threshold=0.7))
+    assert computed == []  # the loop needs the SSIM maps only
+    scores = result.scores
+    assert len(computed) == 1 and computed[0] is result.reconstructions[3]
+    assert result.step_map(-1) is result.step_map(3)  # computed once, kept
+    assert torch.equal(result.step_scores[-1], scores)
+    assert len(computed) == 4
+    with pytest.raises(IndexError):
+        result.step_map(4)
 
 
 # --- step 0 ----------------------------------------------------------------------------------------------------------
