@@ -236,8 +236,9 @@ def run_benchmark(
                     torch.cuda.reset_peak_memory_stats(device)
 
                 # As the detector runs it (``AnomalyDetector.run``), its normal error subtracted from the final map.
-                def detect(batch=batch, run=run, dtype=dtype, model=model):
-                    normal_error = detector.normal_error_for(run)
+                normal_error = detector.normal_error_for(run)
+
+                def detect(batch=batch, run=run, dtype=dtype, model=model, normal_error=normal_error):
                     result = detect_by_inpainting(model, batch, run, autocast_dtype=dtype, normal_error=normal_error)
                     return result.anomaly_map
 

@@ -94,7 +94,8 @@ class DetectionResult:
     reconstructions[t]: x_hat_t [B, C, H, W]; masks[t]: m_t [B, 1, H, W] (step 0 hides every pixel once, so its
     mask is all ones); ssim_maps[t]: s_t [B, 1, H, W]. The anomaly map of step t (``step_map``) is computed when first
     asked for, from these and the ``settings``: a detection at T = 5 scores only its last step unless the maps of the
-    others are wanted too (the app's gallery, calibration). normal_error: the maps become their excess over it.
+    others are wanted too (the app's gallery, calibration). images: the detection's input in float32 (not copied:
+    changing it in place would change the maps computed later). normal_error: the maps become their excess over it.
     region: [B or 1, 1, H, W], 1 where the image lies in the frame (``Preprocessing.region``); only there is it scored.
     None: the whole frame.
     """
@@ -250,12 +251,13 @@ def detect_by_inpainting(
         )
         # The one wait for the device in a step: which images to paint decides the network's batch.
         to_paint = (hides_pixels & ~same_mask).nonzero().squeeze(1)
-        reconstruction = torch.where(hides_pixels.view(-1, 1, 1, 1), reconstruction, images)
-        if len(to_paint) == batch:
+        if len(to_paint) == batch > 0:
             reconstruction = paint(model, images, mask, autocast_dtype)
-        elif len(to_paint) > 0:
-            painted = paint(model, images[to_paint], mask[to_paint], autocast_dtype)
-            reconstruction = reconstruction.index_copy(0, to_paint, painted)
+        else:
+            reconstruction = torch.where(hides_pixels.view(-1, 1, 1, 1), reconstruction, images)
+            if len(to_paint) > 0:
+                painted = paint(model, images[to_paint], mask[to_paint], autocast_dtype)
+                reconstruction = reconstruction.index_copy(0, to_paint, painted)
         # 4. Compare the new reconstruction with the input (the anomaly map follows from it when asked for).
         result.reconstructions.append(reconstruction)
         result.masks.append(mask)

@@ -48,11 +48,12 @@ def gaussian_blur(images: Tensor, sigma: float, size: int | None = None) -> Tens
     size = min(gaussian_window_size(sigma) if size is None else size, widest)
     # Reflect padding needs pad < size; clamp for tiny images (replicate beyond that is not worth the code).
     pad_h, pad_w = min(size // 2, images.shape[2] - 1), min(size // 2, images.shape[3] - 1)
-    row, col = _separable_weights(sigma, size, pad_h, pad_w, images.shape[1], images.device, images.dtype)
+    channels = images.shape[1]
+    row, col = _separable_weights(sigma, size, pad_h, pad_w, channels, images.device, images.dtype)
     out = F.pad(images, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w > 0 else images
-    out = F.conv2d(out, row, groups=images.shape[1])
+    out = F.conv2d(out, row, groups=channels)
     out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect") if pad_h > 0 else out
-    return F.conv2d(out, col, groups=images.shape[1])
+    return F.conv2d(out, col, groups=channels)
 
 
 @functools.lru_cache(maxsize=64)

@@ -244,6 +244,13 @@ def test_empty_mask_image_passes_through_while_the_other_is_painted(unet, images
     assert torch.equal(result.reconstructions[1][1], paint(unet, images32[1:], result.masks[1][1:])[0])
 
 
+def test_an_empty_batch_paints_nothing_after_step_0(unet):
+    with PaintCounter(unet) as counter:
+        result = detect_by_inpainting(unet, torch.rand(0, 3, 32, 32), DetectionSettings(iterations=2))
+    assert counter.batches == [0]  # step 0's one (empty) forward; no step paints an empty batch
+    assert result.scores.shape == (0,) and len(result.reconstructions) == 3
+
+
 @pytest.mark.parametrize("tau", [0.3, 0.8])
 def test_every_step_equals_painting_with_its_own_mask(unet, tau):
     """Whatever is skipped or reused, step t's reconstruction is what painting with step t's mask gives."""
