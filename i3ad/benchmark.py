@@ -196,6 +196,7 @@ def run_benchmark(
         measured.insert(3, "compile", compiled)
         measured.insert(4, "memory_format", memory_format)
         measured.insert(5, "tf32_convolutions", device.type == "cuda" and torch.backends.cudnn.allow_tf32)
+        measured.insert(6, "cudnn_benchmark", device.type == "cuda" and torch.backends.cudnn.benchmark)
         measured["date"] = date.today().isoformat()
         measured["torch"] = torch.__version__
         return measured

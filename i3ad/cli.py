@@ -165,9 +165,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
 
 
-def _apply_tf32_choice(args: argparse.Namespace) -> None:
+def _apply_convolution_choices(args: argparse.Namespace) -> None:
     if args.no_tf32:  # PyTorch runs cuDNN convolutions in TF32 unless told otherwise (matrix products it does not)
         torch.backends.cudnn.allow_tf32 = False
+    if args.cudnn_benchmark:  # cuDNN times its algorithms for each new input shape and keeps the fastest
+        torch.backends.cudnn.benchmark = True
 
 
 def _writable_out(folder: Path, out: Path) -> Path:
@@ -197,7 +199,7 @@ def _checkpoints_under(root: str) -> dict[str, list[str]]:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    _apply_tf32_choice(args)
+    _apply_convolution_choices(args)
     # The grid's values are checked before anything is written, loaded or computed (DetectionSettings holds the
     # rules for T, cell sizes and sigmas).
     for threshold in args.thresholds:
@@ -485,7 +487,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     out = _output_file(args.out) if args.out else None
     device = resolve_device(args.device)
-    _apply_tf32_choice(args)
+    _apply_convolution_choices(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     detector = load_checkpoint(args.checkpoint, device)
@@ -616,9 +618,15 @@ def cmd_upload(args: argparse.Namespace) -> None:
     print(f"uploaded {', '.join(uploaded)} to Hub repo {args.repo_id}")
 
 
-def _add_tf32_flag(parser: argparse.ArgumentParser) -> None:
+def _add_convolution_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-tf32", action="store_true", help="full float32 CUDA convolutions instead of TF32 (slower; less rounding)"
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN time its convolution algorithms for each input shape and keep the fastest (a GPU warm-up per "
+        "shape; the chosen algorithms may round differently)",
     )
 
 
@@ -765,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
     evaluate.add_argument("--compile", action="store_true", help="run the networks through torch.compile")
-    _add_tf32_flag(evaluate)
+    _add_convolution_flags(evaluate)
     evaluate.add_argument(
         "--by-defect",
         action="store_true",
@@ -865,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also give the share of the network's time spent in convolutions and their own TFLOP/s (torch.profiler)",
     )
-    _add_tf32_flag(bench)
+    _add_convolution_flags(bench)
     bench.add_argument("--device", default="auto")
     bench.add_argument("--out", help="write (or with --append, add to) a CSV")
     bench.add_argument("--append", action="store_true")
@@ -925,8 +933,13 @@ _MEMORY_ADVICE = (
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # --no-tf32 and --threads change process-wide torch settings; whoever calls main() gets its own back.
-    tf32, threads = torch.backends.cudnn.allow_tf32, torch.get_num_threads()
+    # --no-tf32, --cudnn-benchmark and --threads change process-wide torch settings; whoever calls main() gets its own
+    # back.
+    tf32, cudnn_benchmark, threads = (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.get_num_threads(),
+    )
     try:
         args.run(args)
         sys.stdout.flush()  # a reader that went away shows up here, not in the interpreter's flush at exit
@@ -953,5 +966,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         torch.set_num_threads(threads)
     return 0

@@ -100,21 +100,23 @@ def test_evaluate_by_defect_gives_one_row_per_defect_type(trained, tmp_path, cap
     assert (scores["verdict"] == "anomalous").mean() == pytest.approx(flagged, abs=1e-4)
 
 
-def test_evaluate_without_tf32_turns_it_off_for_convolutions_during_the_run(trained, tmp_path, monkeypatch):
+def test_evaluate_convolution_flags_hold_during_the_run_only(trained, tmp_path, monkeypatch):
     data_root, checkpoints = trained
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # restored after the test
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     seen = []
     real_evaluate = cli.evaluate_detector
 
     def evaluate_detector(*args, **kwargs):
-        seen.append(torch.backends.cudnn.allow_tf32)
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark))
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(cli, "evaluate_detector", evaluate_detector)
     args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--model", "ae"]
-    assert main([*args, "--iterations", "0", "--device", "cpu", "--no-tf32", "--out", str(tmp_path / "r.csv")]) == 0
-    assert seen == [False]
-    assert torch.backends.cudnn.allow_tf32  # the caller's setting is back
+    args += ["--iterations", "0", "--device", "cpu", "--no-tf32", "--cudnn-benchmark", "--out", str(tmp_path / "r.csv")]
+    assert main(args) == 0
+    assert seen == [(False, True)]
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.benchmark  # the caller's settings are back
 
 
 @pytest.mark.slow
@@ -520,6 +522,7 @@ def test_bench_command_prints_and_appends_its_table(trained, tmp_path, capsys):
     assert (detection.loc[detection["iterations"] == 1, "forwards_per_image"] <= 5.0).all()
     assert (table["images_per_s"] > 0).all() and (table["gflop_per_image"] > 0).all()
     assert not table["tf32_convolutions"].any()  # only CUDA convolutions use TF32
+    assert not table["cudnn_benchmark"].any()
 
 
 def test_bench_appends_to_a_table_written_before_a_column_existed(trained, tmp_path, monkeypatch):
