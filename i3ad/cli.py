@@ -512,8 +512,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     earlier = pd.read_csv(out) if out is not None and args.append and out.exists() else None
 
     def save(table: pd.DataFrame) -> None:
-        if earlier is not None:  # rows written before a column existed get it empty
-            table = pd.concat([earlier, table], ignore_index=True)
+        if earlier is not None:  # rows written before a column existed get it empty; the columns keep today's order
+            older_only = [column for column in earlier.columns if column not in table.columns]
+            table = pd.concat([earlier, table], ignore_index=True)[[*table.columns, *older_only]]
         write_csv(table, out, float_format="%.4g")
 
     table = run_benchmark(

@@ -251,7 +251,7 @@ def detect_by_inpainting(
         )
         # The one wait for the device in a step: which images to paint decides the network's batch.
         to_paint = (hides_pixels & ~same_mask).nonzero().squeeze(1)
-        if len(to_paint) == batch > 0:
+        if batch > 0 and len(to_paint) == batch:
             reconstruction = paint(model, images, mask, autocast_dtype)
         else:
             reconstruction = torch.where(hides_pixels.view(-1, 1, 1, 1), reconstruction, images)

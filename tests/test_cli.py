@@ -528,15 +528,21 @@ def test_bench_command_prints_and_appends_its_table(trained, tmp_path, capsys):
 def test_bench_appends_to_a_table_written_before_a_column_existed(trained, tmp_path, monkeypatch):
     _, checkpoints = trained
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # restored after the test
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     out = tmp_path / "perf.csv"
-    pd.DataFrame({"device": ["earlier GPU"], "images_per_s": [100.0]}).to_csv(out, index=False)
+    pd.DataFrame({"device": ["earlier GPU"], "images_per_s": [100.0], "retired": ["x"]}).to_csv(out, index=False)
     args = ["bench", "--checkpoint", str(checkpoints / "synthetic" / "i3ad"), "--batch-sizes", "1", "--iterations"]
-    args += ["0", "--repeats", "1", "--device", "cpu", "--no-tf32", "--out", str(out), "--append"]
+    args += ["0", "--repeats", "1", "--device", "cpu", "--no-tf32", "--cudnn-benchmark", "--out", str(out), "--append"]
     assert main(args) == 0
-    assert torch.backends.cudnn.allow_tf32  # --no-tf32 held for the run only
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.benchmark  # the flags held for the run only
     table = pd.read_csv(out)
     assert table.loc[0, "device"] == "earlier GPU" and table.loc[0, "images_per_s"] == 100
-    assert pd.isna(table.loc[0, "tf32_convolutions"]) and len(table) > 1 and table["task"].iloc[1:].notna().all()
+    assert pd.isna(table.loc[0, "tf32_convolutions"]) and pd.isna(table.loc[0, "cudnn_benchmark"])
+    assert len(table) > 1 and table["task"].iloc[1:].notna().all()
+    # Today's columns in today's order, then those only the older rows have.
+    first = ["device", "threads", "model", "compile", "memory_format", "tf32_convolutions", "cudnn_benchmark"]
+    assert table.columns[:7].tolist() == first
+    assert table.columns[-1] == "retired"
 
 
 def test_bench_with_no_iterations_times_the_network_only(trained, tmp_path):
