@@ -190,6 +190,13 @@ def inpaint_step0(
     """Paint K grid masks in turn and stitch the paintings: a reconstruction [B, C, H, W] in which every pixel was
     painted without seeing itself (the mean of its paintings when each mask hides several grid groups)."""
     _check_images(images, model.config["channels"])
+    return _paint_step0(model, images, settings, autocast_dtype)
+
+
+def _paint_step0(
+    model: InpaintingUNet, images: Tensor, settings: DetectionSettings, autocast_dtype: torch.dtype | None
+) -> Tensor:
+    """``inpaint_step0`` on images already checked."""
     batch, _, height, width = images.shape
     masks = step0_grid_masks(
         settings.step0_masks, settings.step0_hidden_groups, settings.step0_cell_size, height, width, images.device
@@ -227,7 +234,7 @@ def detect_by_inpainting(
 
     # 1. Step 0: a full reconstruction in which no pixel sees itself.
     if step0 is None:
-        step0 = inpaint_step0(model, images, settings, autocast_dtype=autocast_dtype)
+        step0 = _paint_step0(model, images, settings, autocast_dtype)  # the images were checked above
     reconstruction = step0
     result = DetectionResult(
         images,
