@@ -128,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             latent_dim=args.latent_dim,
             augmentations=_augmentations(args.augment, category),
             grid_cell_sizes=tuple(args.grid_cell_sizes),
+            synthetic_defects=args.synthetic_defects,
             holdout_fraction=args.holdout,
             seed=args.seed,
             bf16=args.bf16,
@@ -705,6 +706,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=TrainConfig.grid_cell_sizes,
         help="cell sizes (px) of the random grid masks the inpainting network learns to fill",
+    )
+    train.add_argument(
+        "--synthetic-defects",
+        type=float,
+        default=TrainConfig.synthetic_defects,
+        metavar="SHARE",
+        help="share of training images given a synthetic defect (strokes or blobs) that the inpainting network learns "
+        "to paint over with normal texture instead of continuing it into a hole (i3ad only)",
     )
     train.add_argument(
         "--holdout", type=float, default=TrainConfig.holdout_fraction, help="share of train/good kept for calibration"

@@ -88,7 +88,10 @@ def random_grid_masks(
     return out
 
 
-def _blob_masks(batch: int, size: tuple[int, int], coverage: Tensor, generator, device) -> Tensor:
+def blob_masks(
+    batch: int, size: tuple[int, int], coverage: Tensor, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """Smooth blobs at one of ``BLOB_SIGMAS`` per sample, hiding the share ``coverage`` [batch] of it."""
     height, width = size
     # Smoothed noise at a quarter of the resolution, thresholded at the sample's coverage.
     noise = torch.rand(batch, 1, height // 4, width // 4, generator=generator, device=device)
@@ -100,7 +103,8 @@ def _blob_masks(batch: int, size: tuple[int, int], coverage: Tensor, generator, 
     return (field > ordered.gather(1, rank).view(-1, 1, 1, 1)).float()
 
 
-def _stroke_masks(batch: int, size: tuple[int, int], generator, device) -> Tensor:
+def stroke_masks(batch: int, size: tuple[int, int], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Up to ``STROKES`` thin straight segments per sample."""
     height, width = size
     ys = torch.linspace(0, 1, height, device=device).view(1, 1, height, 1)
     xs = torch.linspace(0, 1, width, device=device).view(1, 1, 1, width)
@@ -151,8 +155,8 @@ def random_training_masks(
     kinds = torch.stack(
         [
             random_grid_masks(batch, size, coverage, grid_cell_sizes, generator, device),
-            _blob_masks(batch, size, coverage, generator, device),
-            _stroke_masks(batch, size, generator, device),
+            blob_masks(batch, size, coverage, generator, device),
+            stroke_masks(batch, size, generator, device),
             _rectangle_masks(batch, size, generator, device),
         ]
     )

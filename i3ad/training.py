@@ -15,6 +15,7 @@ from tqdm import tqdm
 from i3ad.masks import GRID_CELL_SIZES, check_cell_sizes, random_training_masks
 from i3ad.models import ConvAutoencoder, InpaintingUNet, check_norm_free_levels, for_device
 from i3ad.scoring import autocast_for, network_autocast, paint
+from i3ad.synthetic_defects import add_synthetic_defects, check_defect_share
 
 MODEL_KINDS = ("i3ad", "ae")
 AUGMENTATIONS = ("hflip", "vflip", "rot90")
@@ -41,6 +42,7 @@ class TrainConfig:
     l2_weight: float = 1.0  # loss = (1 - SSIM) + l2_weight * MSE, on the re-painted image
     augmentations: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"; only what the category allows
     grid_cell_sizes: tuple[int, ...] = GRID_CELL_SIZES  # cell sizes (px) of the random grid masks it learns to fill
+    synthetic_defects: float = 0.0  # i3ad: share of training images given a synthetic defect the network must not copy
     holdout_fraction: float = 0.1  # share of train/good kept out of training, for calibration
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast on CUDA; off: on an H200 it ran slower than float32/TF32 for these nets
@@ -57,6 +59,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
         check_cell_sizes(self.grid_cell_sizes)
+        check_defect_share(self.synthetic_defects)
+        if self.model != "i3ad" and self.synthetic_defects > 0:
+            raise ValueError("synthetic defects teach the inpainting network; the autoencoder baseline trains without")
         check_norm_free_levels(self.norm_free_levels, len(self.width_multipliers))
         if self.steps < 1:
             raise ValueError(f"the number of training steps must be >= 1, got {self.steps}")
@@ -188,12 +193,18 @@ def train(
                 device=device,
                 grid_cell_sizes=config.grid_cell_sizes,
             )
-            reconstructions = paint(network, batch, masks, autocast_dtype)
+            inputs = (
+                add_synthetic_defects(batch, config.synthetic_defects, generator) if config.synthetic_defects else batch
+            )
+            reconstructions = paint(network, inputs, masks, autocast_dtype)
+            # Hidden pixels are to be painted normal; kept ones pass through, so their target is the input itself.
+            targets = torch.where(masks > 0.5, batch, inputs)
         else:
             with network_autocast(device, autocast_dtype):
                 reconstructions = network(batch)
+            targets = batch
         # 3. Loss on the image as detection will see it (kept pixels are exact, so only hidden ones teach).
-        loss = reconstruction_loss(reconstructions, batch, config.l2_weight)
+        loss = reconstruction_loss(reconstructions, targets, config.l2_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRADIENT_NORM)

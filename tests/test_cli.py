@@ -1056,6 +1056,23 @@ def test_train_with_levels_without_normalisation_saves_a_network_with_them(synth
     assert any(isinstance(layer, torch.nn.GroupNorm) for layer in model.down_blocks[1].modules())
 
 
+def test_train_with_synthetic_defects_records_their_share_and_refuses_them_for_the_autoencoder(
+    synthetic_root, tmp_path, cli_error
+):
+    data_root, _ = synthetic_root
+    args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--quiet", *SMALL, "--steps", "2"]
+    assert main([*args, "--synthetic-defects", "0.5"]) == 0
+    detector = json.loads((tmp_path / "ck" / "synthetic" / "i3ad" / "detector.json").read_text())
+    assert detector["info"]["training"]["synthetic_defects"] == 0.5
+    assert main([*args, "--model", "ae", "--name", "ae", "--synthetic-defects", "0.5"]) == 2
+    assert "the autoencoder baseline trains without" in cli_error()
+    assert main([*args, "--name", "other", "--synthetic-defects", "2"]) == 2
+    assert "must lie in [0, 1], got 2.0" in cli_error()
+    assert (
+        not (tmp_path / "ck" / "synthetic" / "ae").exists() and not (tmp_path / "ck" / "synthetic" / "other").exists()
+    )
+
+
 def test_a_batch_norm_network_saved_in_half_precision_keeps_its_step_count(synthetic_root, tmp_path):
     data_root, _ = synthetic_root
     tiny = ["--image-size", "16", "--base-width", "4", "--width-multipliers", "1", "2", "--batch-size", "2"]
