@@ -76,14 +76,15 @@ def _defect_appearance(images: Tensor, generator) -> Tensor:
 
 
 def add_synthetic_defects(images: Tensor, share: float, generator: torch.Generator | None = None) -> Tensor:
-    """A copy of ``images`` [B, C, H, W] in [0, 1] in which each image, with probability ``share``, carries a
-    synthetic defect: up to ``i3ad.masks.STROKES`` thin strokes, or blobs (one smooth patch or many scattered specks,
-    depending on the blob scale drawn), shifted in brightness or filled with foreign texture; the others are unchanged.
-    A share of 0 draws no random numbers, so it leaves ``generator`` where it was."""
+    """``images`` [B, C, H, W] in [0, 1] in which each image, with probability ``share``, carries a synthetic defect:
+    up to ``i3ad.masks.STROKES`` thin strokes, or blobs (one smooth patch or many scattered specks, depending on the
+    blob scale drawn), shifted in brightness or filled with foreign texture; the others are unchanged (a new tensor;
+    ``images`` itself, not copied, for a share of 0 or an empty batch). A share of 0 draws no random numbers, so it
+    leaves ``generator`` where it was."""
     check_defect_share(share)
     batch = images.shape[0]
     if share == 0 or batch == 0:
-        return images.clone()
+        return images
     device = images.device
     alpha = _defect_regions(batch, tuple(images.shape[-2:]), generator, device)
     chosen = torch.rand(batch, 1, 1, 1, generator=generator, device=device) < share

@@ -193,9 +193,7 @@ def train(
                 device=device,
                 grid_cell_sizes=config.grid_cell_sizes,
             )
-            inputs = (
-                add_synthetic_defects(batch, config.synthetic_defects, generator) if config.synthetic_defects else batch
-            )
+            inputs = add_synthetic_defects(batch, config.synthetic_defects, generator)
             reconstructions = paint(network, inputs, masks, autocast_dtype)
             # Hidden pixels are to be painted normal; kept ones pass through, so their target is the input itself.
             targets = torch.where(masks > 0.5, batch, inputs)
