@@ -384,6 +384,10 @@ def model_card(detector: AnomalyDetector) -> str:
             "surroundings, iteratively; the anomaly map compares the input with the final reconstruction "
             f"(measure `{detector.settings.anomaly_measure}`)."
         )
+        if detector.settings.shrinking_masks:
+            description += " Each step's mask is cut to the last step's pixels."
+        if detector.settings.iteration_painting == "cells":
+            description += " Each step re-paints its mask in step 0's grid cells, from the last reconstruction."
     else:
         description = (
             "AE-SSIM baseline (Bergmann et al. 2018): a convolutional autoencoder; the anomaly map compares the input "

@@ -11,6 +11,7 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -60,7 +61,7 @@ from i3ad.results import (
     unmatched_settings,
     verdict_summary,
 )
-from i3ad.scoring import ANOMALY_MEASURES, DetectionSettings
+from i3ad.scoring import ANOMALY_MEASURES, ITERATION_PAINTINGS, DetectionSettings
 from i3ad.synthetic import make_synthetic_category
 from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
 
@@ -212,6 +213,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     DetectionSettings(iterations=args.iterations)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    rule = _iteration_rule(args)
+    if rule and args.by_defect:
+        raise ValueError(
+            "--by-defect scores each checkpoint at its own settings and thresholds; set --shrinking-masks or "
+            "--iteration-painting with calibrate (on a copy), then evaluate it"
+        )
     out = _output_file(args.out)
     available = _checkpoints_under(args.checkpoints)
     # Each category once, in the order given.
@@ -248,6 +255,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         test_sets = {}
         for name in names:
             detector = load_checkpoint(Path(args.checkpoints) / index.name / name, device)
+            if rule and detector.kind == "i3ad":
+                detector = replace(detector, settings=detector.settings.with_(**rule))
             key = tuple(detector.preprocessing.to_dict().values())
             if key not in test_sets:
                 test_sets = {key: load_test_set(index, detector.preprocessing, device)}
@@ -300,6 +309,10 @@ def _step0_changes(old: DetectionSettings, new: DetectionSettings) -> bool:
     return (old.step0_cell_size, old.step0_hidden_groups) != (new.step0_cell_size, new.step0_hidden_groups)
 
 
+# What only the inpainting detector has: the autoencoder reconstructs once, without masks.
+_INPAINTING_SETTINGS = {"iterations", "step0_cell_size", "step0_hidden_groups", "shrinking_masks", "iteration_painting"}
+
+
 def cmd_calibrate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     check_ssim_quantile(args.ssim_quantile)
@@ -314,14 +327,14 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
             "subtract_normal_error": args.normal_error,
         }.items()
         if v is not None
-    }
+    } | _iteration_rule(args)
     # Every checkpoint, its folder, its category's data and its new settings are checked first, so that a mistake
     # in the last one does not come after the first ones were rewritten.
     plans = []
     for folder in args.checkpoint:
         detector = load_checkpoint(folder, device, check_defaults=False)  # defaults it is asked to repair, too
         ensure_writable_folder(folder)
-        if detector.kind != "i3ad" and {"iterations", "step0_cell_size", "step0_hidden_groups"} & set(changes):
+        if detector.kind != "i3ad" and set(changes) & _INPAINTING_SETTINGS:
             raise ValueError(f"{folder} is an autoencoder: it has no iterations or step-0 masks to set")
         settings = detector.settings.with_(**changes)
         check_iterations(settings.iterations)
@@ -632,6 +645,27 @@ def _add_convolution_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_iteration_rule_arguments(parser: argparse.ArgumentParser, which: str) -> None:
+    """--shrinking-masks and --iteration-painting (``DetectionSettings``), for ``calibrate`` and ``evaluate``."""
+    parser.add_argument(
+        "--shrinking-masks",
+        action=argparse.BooleanOptionalAction,
+        help=f"{which}: cut each step's mask to the last one's pixels (default: the checkpoint's choice)",
+    )
+    parser.add_argument(
+        "--iteration-painting",
+        choices=ITERATION_PAINTINGS,
+        help=f"{which}: re-paint each step's mask at once (hole) or in step 0's grid cells, from the last "
+        "reconstruction (cells); default: the checkpoint's choice",
+    )
+
+
+def _iteration_rule(args: argparse.Namespace) -> dict:
+    """The setting changes --shrinking-masks and --iteration-painting ask for (none given: none)."""
+    changes = {"shrinking_masks": args.shrinking_masks, "iteration_painting": args.iteration_painting}
+    return {key: value for key, value in changes.items() if value is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Run as `python -m i3ad` argv[0] is __main__.py; installed, it is the `i3ad` command.
     command = Path(sys.argv[0]).name
@@ -790,6 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of the sweep: each checkpoint at its default settings, one row per defect type (the sweep's "
         "--iterations, --thresholds, --cell-sizes, --measures and --sigmas do not apply)",
     )
+    _add_iteration_rule_arguments(evaluate, "the sweep's")
     evaluate.add_argument("--out", default="results/evaluation.csv", help="the results CSV to write")
     evaluate.set_defaults(run=cmd_evaluate)
 
@@ -841,6 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="subtract the held-out images' mean map per step (default: keep the checkpoint's choice)",
     )
+    _add_iteration_rule_arguments(calibrate, "new")
     calibrate.add_argument(
         "--ssim-quantile",
         type=float,

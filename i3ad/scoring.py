@@ -19,6 +19,7 @@ from i3ad.normal_error import NormalError
 from i3ad.similarity import dilate, gaussian_blur, gradient_magnitude_similarity, ssim_map
 
 ANOMALY_MEASURES = ("ssim", "ssim+gms")
+ITERATION_PAINTINGS = ("hole", "cells")
 # A guard against runaway loops; the masks settle long before (score thresholds are calibrated up to T = 10).
 MAX_ITERATIONS = 100
 
@@ -39,6 +40,14 @@ class DetectionSettings:
     anomaly_measure: "ssim" (1 - SSIM) or "ssim+gms" (mean of 1 - SSIM and 1 - multi-scale gradient similarity).
     subtract_normal_error: score the excess of each step's map over the mean map of held-out normal images at that
         step (``i3ad.normal_error``), when the checkpoint has one.
+    shrinking_masks: each step's mask is cut to the last one's pixels. A pixel passed through is the input itself;
+        its SSIM still drops beside a re-painted neighbour (SSIM's window spans 11 px), and the dilation would then
+        widen the mask step after step into normal surroundings (results/README.md, "Iterating after a defect-aware
+        step 0").
+    iteration_painting: how steps t >= 1 re-paint their mask. "hole": at once, from the input outside it (the
+        reference formulation). "cells": in K passes over step 0's grid, pass k hiding the mask's pixels in group k;
+        the network sees the input outside the mask and the last reconstruction in the rest of it, so a defect is
+        painted over from cells already re-painted, in holes no larger than a cell (K times the network's work).
     """
 
     # Defaults: the setting with the best mean image AUROC over the five benchmark categories for both networks at
@@ -52,6 +61,8 @@ class DetectionSettings:
     smoothing_sigma: float = 8.0
     anomaly_measure: str = "ssim+gms"
     subtract_normal_error: bool = True
+    shrinking_masks: bool = False
+    iteration_painting: str = "hole"
 
     def __post_init__(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int):
@@ -79,6 +90,12 @@ class DetectionSettings:
             raise ValueError(f"anomaly_measure must be one of {ANOMALY_MEASURES}, got {self.anomaly_measure!r}")
         if not isinstance(self.subtract_normal_error, bool):
             raise ValueError(f"subtract_normal_error must be true or false, got {self.subtract_normal_error!r}")
+        if not isinstance(self.shrinking_masks, bool):
+            raise ValueError(f"shrinking_masks must be true or false, got {self.shrinking_masks!r}")
+        if self.iteration_painting not in ITERATION_PAINTINGS:
+            raise ValueError(
+                f"iteration_painting must be one of {ITERATION_PAINTINGS}, got {self.iteration_painting!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,16 +213,40 @@ def inpaint_step0(
 def _paint_step0(
     model: InpaintingUNet, images: Tensor, settings: DetectionSettings, autocast_dtype: torch.dtype | None
 ) -> Tensor:
-    """``inpaint_step0`` on images already checked."""
-    batch, _, height, width = images.shape
-    masks = step0_grid_masks(
-        settings.step0_masks, settings.step0_hidden_groups, settings.step0_cell_size, height, width, images.device
+    """``inpaint_step0`` on images already checked: every pixel re-painted in cells."""
+    everything = torch.ones_like(images[:, :1])
+    return _paint_in_cells(model, images, everything, settings, autocast_dtype)
+
+
+def _paint_in_cells(
+    model: InpaintingUNet,
+    context: Tensor,
+    hidden: Tensor,
+    settings: DetectionSettings,
+    autocast_dtype: torch.dtype | None,
+) -> Tensor:
+    """Re-paint the pixels of ``hidden`` [B, 1, H, W] in the K passes of step 0's grid, all in one forward: pass k
+    hides those in the grid groups of step-0 mask k and shows ``context`` [B, C, H, W] everywhere else. A pixel
+    painted in several passes gets the mean of its paintings; the others come back as ``context``, bit-exactly."""
+    batch, _, height, width = context.shape
+    grid = step0_grid_masks(
+        settings.step0_masks, settings.step0_hidden_groups, settings.step0_cell_size, height, width, context.device
     )
-    count = masks.shape[0]
-    stacked_masks = masks.repeat_interleave(batch, dim=0)  # [K * B, 1, H, W]: mask k for every image, in one forward
-    paintings = paint(model, images.float().repeat(count, 1, 1, 1), stacked_masks, autocast_dtype)
-    painted = (paintings * stacked_masks).view(count, batch, *images.shape[1:]).sum(dim=0)
-    return painted / settings.step0_hidden_groups
+    count = grid.shape[0]
+    passes = (grid[:, None] * hidden[None]).flatten(0, 1)  # [K * B, 1, H, W]: pass k for every image, in one forward
+    paintings = paint(model, context.float().repeat(count, 1, 1, 1), passes, autocast_dtype)
+    painted = (paintings * passes).view(count, batch, *context.shape[1:]).sum(dim=0) / settings.step0_hidden_groups
+    return torch.where(hidden > 0.5, painted, context)
+
+
+def _repaint(
+    model: InpaintingUNet, source: Tensor, mask: Tensor, settings: DetectionSettings, autocast_dtype: torch.dtype | None
+) -> Tensor:
+    """Step t >= 1: the mask's pixels re-painted as ``settings.iteration_painting`` says. ``source``: the input, for
+    "cells" with the last reconstruction in the mask; every other pixel comes back as the input, bit-exactly."""
+    if settings.iteration_painting == "cells":
+        return _paint_in_cells(model, source, mask, settings, autocast_dtype)
+    return paint(model, source, mask, autocast_dtype)
 
 
 @torch.inference_mode()
@@ -247,23 +288,30 @@ def detect_by_inpainting(
     )
 
     previous_mask = None
+    in_cells = settings.iteration_painting == "cells"
     for _ in range(settings.iterations):
         # 2. The SSIM map of the last step becomes the mask: hide what does not look like its reconstruction.
         mask = dilate((result.ssim_maps[-1] < settings.ssim_threshold).float(), settings.mask_dilation)
+        if settings.shrinking_masks:
+            mask = mask * result.masks[-1]
         # 3. Re-paint the hidden pixels from their visible surroundings. With an empty mask the input passes through;
-        #    a mask equal to the last step's gives the same painting again (the network is deterministic).
+        #    painted at once, a mask equal to the last step's gives the same painting again (the network is
+        #    deterministic). Painted in cells, it does not: the cells around each hole hold the last reconstruction.
         hides_pixels = mask.flatten(1).amax(dim=1) > 0
         same_mask = (
-            torch.zeros_like(hides_pixels) if previous_mask is None else (mask == previous_mask).flatten(1).all(1)
+            torch.zeros_like(hides_pixels)
+            if previous_mask is None or in_cells
+            else (mask == previous_mask).flatten(1).all(1)
         )
+        source = torch.where(mask > 0.5, reconstruction, images) if in_cells else images
         # The one wait for the device in a step: which images to paint decides the network's batch.
         to_paint = (hides_pixels & ~same_mask).nonzero().squeeze(1)
         if batch > 0 and len(to_paint) == batch:
-            reconstruction = paint(model, images, mask, autocast_dtype)
+            reconstruction = _repaint(model, source, mask, settings, autocast_dtype)
         else:
             reconstruction = torch.where(hides_pixels.view(-1, 1, 1, 1), reconstruction, images)
             if len(to_paint) > 0:
-                painted = paint(model, images[to_paint], mask[to_paint], autocast_dtype)
+                painted = _repaint(model, source[to_paint], mask[to_paint], settings, autocast_dtype)
                 reconstruction = reconstruction.index_copy(0, to_paint, painted)
         # 4. Compare the new reconstruction with the input (the anomaly map follows from it when asked for).
         result.reconstructions.append(reconstruction)

@@ -119,6 +119,24 @@ def test_evaluate_convolution_flags_hold_during_the_run_only(trained, tmp_path, 
     assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.benchmark  # the caller's settings are back
 
 
+def test_evaluate_sweeps_another_iteration_rule_and_refuses_it_per_defect(trained, tmp_path, cli_error):
+    data_root, checkpoints = trained
+    args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--model", "i3ad"]
+    args += ["--iterations", "2", "--thresholds", "0.9", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "hole.csv")]) == 0
+    assert (
+        main([*args, "--shrinking-masks", "--iteration-painting", "cells", "--out", str(tmp_path / "cells.csv")]) == 0
+    )
+    hole, cells = pd.read_csv(tmp_path / "hole.csv"), pd.read_csv(tmp_path / "cells.csv")
+    step0 = hole["iterations"] == 0
+    # Step 0 is the same either way; the iterations are not.
+    pd.testing.assert_frame_equal(hole[step0], cells[step0])
+    assert not hole[~step0].equals(cells[~step0])
+    assert main([*args, "--by-defect", "--shrinking-masks", "--out", str(tmp_path / "d.csv")]) == 2
+    assert "--by-defect scores each checkpoint at its own settings" in cli_error()
+    assert not (tmp_path / "d.csv").exists()
+
+
 @pytest.mark.slow
 def test_evaluate_reaches_a_real_auroc(trained, tmp_path, capsys):
     data_root, checkpoints = trained
@@ -394,8 +412,8 @@ def test_calibrate_refuses_a_quantile_outside_0_1_and_keeps_the_checkpoint(train
     # An autoencoder has no iterations or step-0 cells: setting them is refused, not written into its card.
     ae = tmp_path / "synthetic" / "ae"
     shutil.copytree(checkpoints / "synthetic" / "ae", ae)
-    for flag in ("--iterations", "--cell-size", "--hidden-groups"):
-        assert main(["calibrate", str(ae), "--data-root", str(data_root), flag, "3", "--device", "cpu"]) == 2
+    for flag in (["--iterations", "3"], ["--cell-size", "3"], ["--hidden-groups", "3"], ["--shrinking-masks"]):
+        assert main(["calibrate", str(ae), "--data-root", str(data_root), *flag, "--device", "cpu"]) == 2
         assert f"{ae} is an autoencoder: it has no iterations or step-0 masks to set" in cli_error()
 
 
@@ -480,6 +498,27 @@ def test_calibrate_command_reuses_the_holdout(trained, tmp_path):
     assert (folder / "model.safetensors").read_bytes() == (
         checkpoints / "synthetic" / "i3ad" / "model.safetensors"
     ).read_bytes()
+
+
+def test_calibrate_sets_the_iteration_rule_and_keeps_tau(trained, tmp_path):
+    data_root, checkpoints = trained
+    folder = tmp_path / "synthetic" / "i3ad"
+    shutil.copytree(checkpoints / "synthetic" / "i3ad", folder)
+    before = load_checkpoint(folder)
+    args = ["calibrate", str(folder), "--data-root", str(data_root), "--device", "cpu"]
+    assert main([*args, "--shrinking-masks", "--iteration-painting", "cells"]) == 0
+    after = load_checkpoint(folder)
+    assert after.settings.shrinking_masks and after.settings.iteration_painting == "cells"
+    card = (folder / "README.md").read_text()
+    assert "mask is cut to the last step's pixels" in card and "re-paints its mask in step 0's grid cells" in card
+    # Step 0 and so tau stay; the thresholds after it come from the new iterations.
+    assert after.settings.ssim_threshold == before.settings.ssim_threshold
+    assert after.calibration.score_thresholds[0] == pytest.approx(before.calibration.score_thresholds[0], rel=1e-4)
+    assert after.calibration.score_thresholds[2:] != pytest.approx(before.calibration.score_thresholds[2:], rel=1e-4)
+    assert main([*args, "--no-shrinking-masks", "--iteration-painting", "hole"]) == 0
+    restored = load_checkpoint(folder)
+    assert restored.settings == before.settings
+    assert restored.calibration.score_thresholds == pytest.approx(before.calibration.score_thresholds, rel=1e-4)
 
 
 @pytest.mark.slow

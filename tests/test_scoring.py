@@ -17,7 +17,7 @@ from i3ad.scoring import (
     inpaint_step0,
     paint,
 )
-from i3ad.similarity import ssim_map
+from i3ad.similarity import dilate, ssim_map
 
 
 class PaintCounter:
@@ -68,15 +68,16 @@ def test_paint_with_empty_and_full_masks(unet, images32):
 # --- detect_by_inpainting: pass-through ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("rule", [{}, {"shrinking_masks": True}, {"iteration_painting": "cells"}])
 @pytest.mark.parametrize("size", [32, 64])
-def test_every_iteration_keeps_unmasked_pixels_bit_exact(unet, size):
+def test_every_iteration_keeps_unmasked_pixels_bit_exact(unet, size, rule):
     generator = torch.Generator().manual_seed(2)
     images = torch.rand(2, 3, size, size, generator=generator)
     images[:, :, size // 4 : size // 2, size // 4 : size // 2] = 0.5  # a flat patch: SSIM there differs
     # tau at the median of step-0 SSIM: the masks hide part of each image, not all or nothing.
     step0 = inpaint_step0(unet, images, DetectionSettings())
     tau = ssim_map(images, step0).median().item()
-    settings = DetectionSettings(iterations=3, ssim_threshold=tau, mask_dilation=1)
+    settings = DetectionSettings(iterations=3, ssim_threshold=tau, mask_dilation=1, **rule)
     result = detect_by_inpainting(unet, images, settings)
     assert len(result.reconstructions) == len(result.masks) == len(result.ssim_maps) == 4
     assert len(result.anomaly_maps) == 4
@@ -148,6 +149,57 @@ def test_maps_are_computed_only_for_the_steps_asked_for(unet, images32, monkeypa
     assert len(computed) == 4
     with pytest.raises(IndexError):
         result.step_map(4)
+
+
+# --- shrinking masks and painting in cells -----------------------------------------------------------------------
+
+
+def _part_hidden(images: torch.Tensor, model, **changes) -> DetectionSettings:
+    """T = 4 at a tau (the median of step-0 SSIM) at which the masks hide part of each image."""
+    tau = ssim_map(images, inpaint_step0(model, images, DetectionSettings())).median().item()
+    return DetectionSettings(iterations=4, ssim_threshold=tau, mask_dilation=1, **changes)
+
+
+def test_shrinking_masks_stay_within_the_last_mask(unet):
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    growing = detect_by_inpainting(unet, images, _part_hidden(images, unet))
+    # Without the option the masks do grow here (the test is sensitive to it).
+    assert any((growing.masks[t] > growing.masks[t - 1]).any() for t in range(2, 5))
+    settings = _part_hidden(images, unet, shrinking_masks=True)
+    result = detect_by_inpainting(unet, images, settings)
+    assert torch.equal(result.masks[1], growing.masks[1])  # step 1's mask comes from step 0 alone either way
+    for t in range(2, 5):
+        below = dilate((result.ssim_maps[t - 1] < settings.ssim_threshold).float(), settings.mask_dilation)
+        assert torch.equal(result.masks[t], below * result.masks[t - 1])
+        assert result.masks[t].sum() > 0
+
+
+def test_painting_in_cells_paints_each_group_from_the_last_reconstruction(unet):
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    settings = _part_hidden(images, unet, iteration_painting="cells", step0_cell_size=4).with_(iterations=2)
+    result = detect_by_inpainting(unet, images, settings)
+    groups = step0_grid_masks(4, 1, 4, 32, 32)
+    for t in (1, 2):
+        mask = result.masks[t]
+        assert 0 < mask.mean() < 1
+        context = torch.where(mask > 0.5, result.reconstructions[t - 1], images)
+        expected = images.clone()
+        with torch.no_grad():
+            for k in range(4):
+                hidden = groups[k : k + 1] * mask
+                expected = torch.where(hidden > 0.5, unet(context, hidden), expected)
+        torch.testing.assert_close(result.reconstructions[t], expected, atol=1e-5, rtol=0)
+
+
+def test_painting_in_cells_repaints_an_unchanged_mask(unet, images32):
+    # tau = 1 hides every pixel at every step; the cells around each hole now hold the last reconstruction.
+    settings = DetectionSettings(iterations=3, ssim_threshold=1.0, iteration_painting="cells")
+    with PaintCounter(unet) as counter:
+        result = detect_by_inpainting(unet, images32, settings)
+    assert counter.batches == [settings.step0_masks * 2] * 4
+    for t in (2, 3):
+        assert torch.equal(result.masks[t], result.masks[t - 1])
+        assert not torch.equal(result.reconstructions[t], result.reconstructions[t - 1])
 
 
 # --- step 0 ----------------------------------------------------------------------------------------------------------
@@ -304,6 +356,8 @@ def test_detect_rejects_bad_inputs(unet):
         {"iterations": 101},
         {"iterations": 2.0},
         {"anomaly_measure": "mse"},
+        {"shrinking_masks": 1},
+        {"iteration_painting": "blocks"},
     ],
 )
 def test_detection_settings_reject_bad_values(changes):
@@ -317,7 +371,9 @@ def test_detection_settings_show_a_value_of_the_wrong_type_as_such():
 
 
 def test_detection_settings_round_trip():
-    settings = DetectionSettings(iterations=3, ssim_threshold=0.25, anomaly_measure="ssim")
+    settings = DetectionSettings(
+        iterations=3, ssim_threshold=0.25, anomaly_measure="ssim", shrinking_masks=True, iteration_painting="cells"
+    )
     assert DetectionSettings(**settings.to_dict()) == settings
     changed = settings.with_(iterations=5)
     assert changed.iterations == 5 and changed.ssim_threshold == 0.25
