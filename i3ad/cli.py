@@ -660,7 +660,7 @@ def _add_iteration_rule_arguments(parser: argparse.ArgumentParser, which: str) -
     )
 
 
-def _iteration_rule(args: argparse.Namespace) -> dict:
+def _iteration_rule(args: argparse.Namespace) -> dict[str, object]:
     """The setting changes --shrinking-masks and --iteration-painting ask for (none given: none)."""
     changes = {"shrinking_masks": args.shrinking_masks, "iteration_painting": args.iteration_painting}
     return {key: value for key, value in changes.items() if value is not None}

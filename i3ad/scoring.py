@@ -42,12 +42,13 @@ class DetectionSettings:
         step (``i3ad.normal_error``), when the checkpoint has one.
     shrinking_masks: each step's mask is cut to the last one's pixels. A pixel passed through is the input itself;
         its SSIM still drops beside a re-painted neighbour (SSIM's window spans 11 px), and the dilation would then
-        widen the mask step after step into normal surroundings (results/README.md, "Iterating after a defect-aware
-        step 0").
+        widen the mask step after step into normal surroundings (results/README.md, item 9).
     iteration_painting: how steps t >= 1 re-paint their mask. "hole": at once, from the input outside it (the
-        reference formulation). "cells": in K passes over step 0's grid, pass k hiding the mask's pixels in group k;
-        the network sees the input outside the mask and the last reconstruction in the rest of it, so a defect is
-        painted over from cells already re-painted, in holes no larger than a cell (K times the network's work).
+        reference formulation). "cells": like step 0, in K passes over its grid run as one forward, pass k hiding the
+        mask's pixels of step-0 mask k; the network sees the input outside the mask and the last step's
+        reconstruction in the rest of it, so a defect's pixels are painted from already re-painted surroundings in
+        holes of step 0's size (K times the network's work). Pixels new to the mask show the input there, which is
+        why it goes with shrinking_masks.
     """
 
     # Defaults: the setting with the best mean image AUROC over the five benchmark categories for both networks at
@@ -214,7 +215,7 @@ def _paint_step0(
     model: InpaintingUNet, images: Tensor, settings: DetectionSettings, autocast_dtype: torch.dtype | None
 ) -> Tensor:
     """``inpaint_step0`` on images already checked: every pixel re-painted in cells."""
-    everything = torch.ones_like(images[:, :1])
+    everything = torch.ones(len(images), 1, *images.shape[-2:], device=images.device)
     return _paint_in_cells(model, images, everything, settings, autocast_dtype)
 
 
@@ -228,13 +229,14 @@ def _paint_in_cells(
     """Re-paint the pixels of ``hidden`` [B, 1, H, W] in the K passes of step 0's grid, all in one forward: pass k
     hides those in the grid groups of step-0 mask k and shows ``context`` [B, C, H, W] everywhere else. A pixel
     painted in several passes gets the mean of its paintings; the others come back as ``context``, bit-exactly."""
+    context = context.float()
     batch, _, height, width = context.shape
     grid = step0_grid_masks(
         settings.step0_masks, settings.step0_hidden_groups, settings.step0_cell_size, height, width, context.device
     )
     count = grid.shape[0]
     passes = (grid[:, None] * hidden[None]).flatten(0, 1)  # [K * B, 1, H, W]: pass k for every image, in one forward
-    paintings = paint(model, context.float().repeat(count, 1, 1, 1), passes, autocast_dtype)
+    paintings = paint(model, context.repeat(count, 1, 1, 1), passes, autocast_dtype)
     painted = (paintings * passes).view(count, batch, *context.shape[1:]).sum(dim=0) / settings.step0_hidden_groups
     return torch.where(hidden > 0.5, painted, context)
 
@@ -242,8 +244,9 @@ def _paint_in_cells(
 def _repaint(
     model: InpaintingUNet, source: Tensor, mask: Tensor, settings: DetectionSettings, autocast_dtype: torch.dtype | None
 ) -> Tensor:
-    """Step t >= 1: the mask's pixels re-painted as ``settings.iteration_painting`` says. ``source``: the input, for
-    "cells" with the last reconstruction in the mask; every other pixel comes back as the input, bit-exactly."""
+    """Step t >= 1: the mask's pixels re-painted as ``settings.iteration_painting`` says, every other pixel passed
+    through bit-exactly. ``source`` is what the network may see: the input ("hole"), or the input with the last
+    reconstruction inside the mask ("cells")."""
     if settings.iteration_painting == "cells":
         return _paint_in_cells(model, source, mask, settings, autocast_dtype)
     return paint(model, source, mask, autocast_dtype)

@@ -174,21 +174,47 @@ def test_shrinking_masks_stay_within_the_last_mask(unet):
         assert result.masks[t].sum() > 0
 
 
-def test_painting_in_cells_paints_each_group_from_the_last_reconstruction(unet):
+@pytest.mark.parametrize("hidden_groups", [1, 2])
+def test_painting_in_cells_paints_each_group_from_the_last_reconstruction(unet, hidden_groups):
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
-    settings = _part_hidden(images, unet, iteration_painting="cells", step0_cell_size=4).with_(iterations=2)
+    settings = _part_hidden(
+        images, unet, iteration_painting="cells", step0_cell_size=4, step0_hidden_groups=hidden_groups
+    ).with_(iterations=2)
     result = detect_by_inpainting(unet, images, settings)
-    groups = step0_grid_masks(4, 1, 4, 32, 32)
+    passes = step0_grid_masks(4, hidden_groups, 4, 32, 32)
     for t in (1, 2):
         mask = result.masks[t]
         assert 0 < mask.mean() < 1
         context = torch.where(mask > 0.5, result.reconstructions[t - 1], images)
-        expected = images.clone()
+        total = torch.zeros_like(images)
         with torch.no_grad():
             for k in range(4):
-                hidden = groups[k : k + 1] * mask
-                expected = torch.where(hidden > 0.5, unet(context, hidden), expected)
+                hidden = passes[k : k + 1] * mask
+                total += hidden * unet(context, hidden)
+        expected = torch.where(mask > 0.5, total / hidden_groups, images)  # each hidden pixel's mean painting
         torch.testing.assert_close(result.reconstructions[t], expected, atol=1e-5, rtol=0)
+
+
+def test_painting_in_cells_of_one_image_in_a_batch_equals_painting_it_alone(unet, images32):
+    # Image 0's step 0 is perfect (its masks stay empty, it passes through); image 1's is its negative, so only image 1
+    # is painted after step 0: the path that paints part of the batch.
+    step0 = torch.stack([images32[0], 1.0 - images32[1]])
+    settings = DetectionSettings(
+        iterations=3, ssim_threshold=0.5, mask_dilation=1, iteration_painting="cells", shrinking_masks=True
+    )
+    with PaintCounter(unet) as counter:
+        together = detect_by_inpainting(unet, images32, settings, step0=step0)
+    alone = detect_by_inpainting(unet, images32[1:], settings, step0=step0[1:])
+    assert counter.batches == [settings.step0_masks] * 3  # image 1's K passes at each step, image 0 never
+    for t in range(1, 4):
+        assert torch.equal(together.reconstructions[t][0], images32[0])
+        torch.testing.assert_close(together.reconstructions[t][1:], alone.reconstructions[t], atol=1e-6, rtol=0)
+
+
+def test_step0_of_double_precision_images_is_float32(unet, images32):
+    step0 = inpaint_step0(unet, images32.double(), DetectionSettings())
+    assert step0.dtype == torch.float32
+    torch.testing.assert_close(step0, inpaint_step0(unet, images32, DetectionSettings()))
 
 
 def test_painting_in_cells_repaints_an_unchanged_mask(unet, images32):
