@@ -645,18 +645,18 @@ def _add_convolution_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_iteration_rule_arguments(parser: argparse.ArgumentParser, which: str) -> None:
+def _add_iteration_rule_arguments(parser: argparse.ArgumentParser, scope: str) -> None:
     """--shrinking-masks and --iteration-painting (``DetectionSettings``), for ``calibrate`` and ``evaluate``."""
     parser.add_argument(
         "--shrinking-masks",
         action=argparse.BooleanOptionalAction,
-        help=f"{which}: cut each step's mask to the last one's pixels (default: the checkpoint's choice)",
+        help=f"cut each step's mask to the last one's pixels ({scope}; default: the checkpoint's choice)",
     )
     parser.add_argument(
         "--iteration-painting",
         choices=ITERATION_PAINTINGS,
-        help=f"{which}: re-paint each step's mask at once (hole) or in step 0's grid cells, from the last "
-        "reconstruction (cells); default: the checkpoint's choice",
+        help="re-paint each step's mask at once (hole) or in step 0's grid cells, from the last reconstruction "
+        f"(cells) ({scope}; default: the checkpoint's choice)",
     )
 
 
@@ -824,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of the sweep: each checkpoint at its default settings, one row per defect type (the sweep's "
         "--iterations, --thresholds, --cell-sizes, --measures and --sigmas do not apply)",
     )
-    _add_iteration_rule_arguments(evaluate, "the sweep's")
+    _add_iteration_rule_arguments(evaluate, "for the sweep only")
     evaluate.add_argument("--out", default="results/evaluation.csv", help="the results CSV to write")
     evaluate.set_defaults(run=cmd_evaluate)
 
@@ -876,7 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="subtract the held-out images' mean map per step (default: keep the checkpoint's choice)",
     )
-    _add_iteration_rule_arguments(calibrate, "new")
+    _add_iteration_rule_arguments(calibrate, "as the new default")
     calibrate.add_argument(
         "--ssim-quantile",
         type=float,
