@@ -51,6 +51,7 @@ from i3ad.pipeline import (
 from i3ad.preprocessing import GEOMETRIES, NORMALIZATIONS
 from i3ad.recipes import data_license, data_source, default_augmentations
 from i3ad.results import (
+    SHIPPED_SETTINGS,
     at_settings,
     compare_runs,
     headline,
@@ -111,7 +112,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.overwrite:  # every category's folder, before the first one trains
         for category in categories:
             check_free_for_checkpoint(Path(args.out) / category / name)
-    settings = DetectionSettings(iterations=args.iterations, ssim_threshold=args.ssim_threshold)
+    rule = _iteration_rule(args)
+    if rule and args.model == "ae":
+        raise ValueError(
+            "--shrinking-masks and --iteration-painting are I3AD settings: the autoencoder does not iterate"
+        )
+    settings = DetectionSettings(iterations=args.iterations, ssim_threshold=args.ssim_threshold, **rule)
     plans = []  # every category's data and held-out split, before the first one trains
     for category in categories:
         index = index_category(args.data_root, category)
@@ -587,25 +593,25 @@ def cmd_report(args: argparse.Namespace) -> None:
                 save_record(detector, folder)
                 print(f"{folder}: model card metrics updated")
         return
-    defaults = DetectionSettings()
-    settings = defaults.with_(
-        iterations=defaults.iterations if args.iterations is None else check_iterations(args.iterations),
-        step0_hidden_groups=defaults.step0_hidden_groups if args.hidden_groups is None else args.hidden_groups,
-    )
+    changes = {"iterations": args.iterations, "step0_hidden_groups": args.hidden_groups}
+    changes = {key: value for key, value in changes.items() if value is not None} | _iteration_rule(args)
+    if args.iterations is not None:
+        check_iterations(args.iterations)
+    settings = SHIPPED_SETTINGS.with_(**changes)
     tables = summary_tables(results, settings)
     for model, rows in results.groupby("model"):
         # Such a model is missing from the per-category table (the scoring-variant tables still show its rows).
         at_these = at_settings(rows, settings)
+        iterations = settings.of(model).iterations
         if at_these.empty:
-            reasons = unmatched_settings(rows, settings) or ["its rows have each of them, but not all together"]
+            reasons = unmatched_settings(rows, settings.of(model)) or [
+                "its rows have each of them, but not all together"
+            ]
             print(f"note: no {model} rows at the report's settings; {'; '.join(reasons)}")
-        elif rows["ssim_threshold"].notna().any() and settings.iterations not in set(at_these["iterations"]):
+        elif rows["ssim_threshold"].notna().any() and iterations not in set(at_these["iterations"]):
             held = f"{at_these['iterations'].min()}..{at_these['iterations'].max()}"
-            print(f"note: no {model} rows at T = {settings.iterations}; its rows hold T = {held}")
-    print(
-        f"Metrics at T = {settings.iterations}, each step-0 mask hiding {settings.step0_hidden_groups} of "
-        f"{settings.step0_masks} grid groups (I3AD: calibrated tau):\n"
-    )
+            print(f"note: no {model} rows at T = {iterations}; its rows hold T = {held}")
+    print(f"Metrics at the settings of each model ({settings.describe()}; I3AD: calibrated tau):\n")
     print(markdown_table(tables["per_category"]))
     print("\nI3AD image AUROC, mean over categories, against the number of iterations T (calibrated tau):\n")
     print(markdown_table(tables["mean_by_iterations"]))
@@ -645,18 +651,21 @@ def _add_convolution_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_iteration_rule_arguments(parser: argparse.ArgumentParser, scope: str) -> None:
-    """--shrinking-masks and --iteration-painting (``DetectionSettings``), for ``calibrate`` and ``evaluate``."""
+def _add_iteration_rule_arguments(
+    parser: argparse.ArgumentParser, scope: str, defaults: tuple[str, str] = ("the checkpoint's choice",) * 2
+) -> None:
+    """--shrinking-masks and --iteration-painting (``DetectionSettings``), for ``calibrate``, ``evaluate`` and
+    ``report``."""
     parser.add_argument(
         "--shrinking-masks",
         action=argparse.BooleanOptionalAction,
-        help=f"cut each step's mask to the last one's pixels ({scope}; default: the checkpoint's choice)",
+        help=f"cut each step's mask to the last one's pixels ({scope}; default: {defaults[0]})",
     )
     parser.add_argument(
         "--iteration-painting",
         choices=ITERATION_PAINTINGS,
         help="re-paint each step's mask at once (hole) or in step 0's grid cells, from the last reconstruction "
-        f"(cells) ({scope}; default: the checkpoint's choice)",
+        f"(cells) ({scope}; default: {defaults[1]})",
     )
 
 
@@ -767,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--iterations", type=int, default=DetectionSettings.iterations, help="default T stored with the checkpoint"
     )
+    _add_iteration_rule_arguments(train, "stored with the checkpoint", defaults=("off", "hole"))
     train.add_argument("--seed", type=int, default=0, help="draws the initial weights, masks and held-out split")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
@@ -938,6 +948,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--hidden-groups",
         type=int,
         help="summarise the I3AD rows whose step-0 masks hide this many grid groups (default: the shipped one)",
+    )
+    _add_iteration_rule_arguments(
+        report,
+        "the rows to summarise, on top of each model's shipped settings",
+        defaults=("each model's shipped one",) * 2,
     )
     report.set_defaults(run=cmd_report)
 

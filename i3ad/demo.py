@@ -27,8 +27,8 @@ from i3ad.data import NORMAL, DatasetError, index_category
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.hub import CheckpointListing, CheckpointResolver, check_name
 from i3ad.plots import auroc_bars, auroc_vs_iterations
-from i3ad.results import headline, load_results
-from i3ad.scoring import DetectionResult, DetectionSettings
+from i3ad.results import SHIPPED_SETTINGS, headline, load_results, unmatched_settings
+from i3ad.scoring import DetectionResult
 from i3ad.synthetic import make_synthetic_category
 from i3ad.visualize import (
     HEATMAP_RANGE,
@@ -459,14 +459,16 @@ def benchmark_view(results: str | Path) -> BenchmarkView:
     except (FileNotFoundError, ValueError) as error:
         return BenchmarkView(f"**No benchmark results to show.** {error}")
     if rows.empty:
-        return BenchmarkView(f"**No benchmark results to show.** {results} has no rows at the default settings.")
+        return BenchmarkView(f"**No benchmark results to show.** {results} has no rows at the shipped settings.")
     has_pixel = rows["pixel_auroc"].notna().any()
-    settings = DetectionSettings()
     message = (
-        f"From `{results}` ({len(table)} rows), at the default settings: anomaly measure `{settings.anomaly_measure}`, "
-        f"smoothing sigma {settings.smoothing_sigma:g}, step-0 cells of {settings.step0_cell_size} px; I3AD at "
-        f"T = {settings.iterations} with each category's calibrated tau."
+        f"From `{results}` ({len(table)} rows), each model at the shipped checkpoints' default settings "
+        f"({SHIPPED_SETTINGS.describe()}); I3AD with each category's calibrated tau."
     )
+    # A model of one's own trained under a shipped name but other settings would otherwise vanish without a word.
+    for model in sorted(set(table["model"]) - set(rows["model"])):
+        missing = unmatched_settings(table[table["model"] == model], SHIPPED_SETTINGS.of(model))
+        message += f" No {model} rows at its shipped settings ({'; '.join(missing) or 'not all together'})."
     return BenchmarkView(
         message=message,
         table=rows[list(TABLE_COLUMNS)],

@@ -34,6 +34,8 @@ SETTING_COLUMNS = (
     "calibrated_threshold",
     "step0_cell_size",
     "step0_hidden_groups",
+    "shrinking_masks",
+    "iteration_painting",
     "anomaly_measure",
     "smoothing_sigma",
     "normal_error_subtracted",
@@ -205,7 +207,14 @@ def sweep_inpainting(
             autocast_dtype=autocast_dtype,
             holdout=holdout,
         )
-        tables.append(table.assign(step0_cell_size=cell_size, step0_hidden_groups=settings.step0_hidden_groups))
+        tables.append(
+            table.assign(
+                step0_cell_size=cell_size,
+                step0_hidden_groups=settings.step0_hidden_groups,
+                shrinking_masks=settings.shrinking_masks,
+                iteration_painting=settings.iteration_painting,
+            )
+        )
     return pd.concat(tables, ignore_index=True)
 
 
@@ -321,6 +330,8 @@ def sweep_autoencoder(
                     "ssim_threshold": math.nan,
                     "step0_cell_size": math.nan,
                     "step0_hidden_groups": math.nan,
+                    "shrinking_masks": math.nan,
+                    "iteration_painting": math.nan,
                     "anomaly_measure": variant.anomaly_measure,
                     "smoothing_sigma": variant.smoothing_sigma,
                     "normal_error_subtracted": subtracted,

@@ -12,15 +12,19 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from i3ad.results import METRIC_LABELS, at_settings, headline
+from i3ad.results import METRIC_LABELS, SHIPPED_SETTINGS, ModelSettings, at_settings, headline
 from i3ad.scoring import DetectionSettings
 
 
 def auroc_bars(
-    table: pd.DataFrame, metric: str = "image_auroc", settings: DetectionSettings = DetectionSettings()
+    table: pd.DataFrame,
+    metric: str = "image_auroc",
+    settings: DetectionSettings | ModelSettings = SHIPPED_SETTINGS,
 ) -> go.Figure:
-    """Grouped bars: ``metric`` per category, one bar per model (I3AD variants and the AE baseline)."""
+    """Grouped bars: ``metric`` per category, one bar per model (I3AD variants and the AE baseline), each at its
+    settings (by default the shipped ones)."""
     rows = headline(table, settings).dropna(subset=[metric])
+    at = f"T = {settings.iterations}" if isinstance(settings, DetectionSettings) else "each at its own T"
     figure = px.bar(
         rows,
         x="category",
@@ -29,7 +33,7 @@ def auroc_bars(
         barmode="group",
         text_auto=".3f",
         labels={metric: METRIC_LABELS.get(metric, metric)},
-        title=f"{METRIC_LABELS.get(metric, metric)}: I3AD (T = {settings.iterations}) vs autoencoder baseline",
+        title=f"{METRIC_LABELS.get(metric, metric)}: I3AD ({at}) vs autoencoder baseline",
     )
     return figure.update_yaxes(range=[0, 1.05])
 
@@ -38,10 +42,11 @@ def auroc_vs_iterations(
     table: pd.DataFrame,
     metric: str = "image_auroc",
     model: str | None = None,
-    settings: DetectionSettings = DetectionSettings(),
+    settings: DetectionSettings | ModelSettings = SHIPPED_SETTINGS,
 ) -> go.Figure:
     """Lines: ``metric`` against the iteration count T per category (calibrated tau), with the mean over categories,
-    of one I3AD ``model`` (default: "i3ad" if the table has it, else its first inpainting model)."""
+    of one I3AD ``model`` (default: "i3ad" if the table has it, else its first inpainting model) at its settings (by
+    default the shipped ones)."""
     rows = at_settings(table, settings)
     if model is None:
         inpainting = sorted(rows.loc[rows["ssim_threshold"].notna(), "model"].unique())

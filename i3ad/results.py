@@ -4,13 +4,70 @@ settings, the summary tables of the README and ``python -m i3ad report``, and th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
+import numpy as np
 import pandas as pd
 
 from i3ad.checks import error_summary
 from i3ad.evaluation import BY_DEFECT_COLUMNS, NORMAL_ROW, RESULT_COLUMNS, SETTING_COLUMNS
 from i3ad.scoring import DetectionSettings
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Detection settings per model name: ``per_model``'s for the models it names, ``others`` for the rest (a
+    results table holds several models, and each is summarised at its own settings). Models are told apart by name
+    only: a network of one's own trained under a shipped model's name is summarised at that model's settings."""
+
+    others: DetectionSettings = DetectionSettings()
+    per_model: Mapping[str, DetectionSettings] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "per_model", MappingProxyType(dict(self.per_model)))  # read-only, like the rest
+
+    def of(self, model: str) -> DetectionSettings:
+        return self.per_model.get(model, self.others)
+
+    def with_(self, **changes: object) -> ModelSettings:
+        """The same change for every model (e.g. another T)."""
+        return ModelSettings(
+            self.others.with_(**changes), {model: s.with_(**changes) for model, s in self.per_model.items()}
+        )
+
+    def describe(self) -> str:
+        """E.g. "i3ad: T = 2, ...; other models: T = 1, ..." for people."""
+        parts = [f"{model}: {settings_text(s)}" for model, s in sorted(self.per_model.items())]
+        others = settings_text(self.others)
+        return "; ".join([*parts, f"other models: {others}"]) if parts else others
+
+
+def settings_text(settings: DetectionSettings) -> str:
+    """The settings a results row is chosen by, for people."""
+    return (
+        f"T = {settings.iterations}, each step-0 mask hiding {settings.step0_hidden_groups} of {settings.step0_masks} "
+        f"grid groups of {settings.step0_cell_size} px, iteration painting {settings.iteration_painting}, shrinking "
+        f"masks {'on' if settings.shrinking_masks else 'off'}, measure {settings.anomaly_measure}, smoothing sigma "
+        f"{settings.smoothing_sigma:g}, normal error {'subtracted' if settings.subtract_normal_error else 'kept'}"
+    )
+
+
+# The default settings of the shipped checkpoints per model (tests/test_train_all.py checks them against
+# checkpoints/): i3ad, trained with synthetic defects, iterates with shrinking masks re-painted in step 0's grid cells
+# and is shipped at the T where its mean image AUROC peaks; i3ad-small, trained without them, at the library's
+# defaults (results/README.md, item 9).
+SHIPPED_SETTINGS = ModelSettings(
+    per_model={"i3ad": DetectionSettings(iterations=2, shrinking_masks=True, iteration_painting="cells")}
+)
+
+
+def _by_model(settings: DetectionSettings | ModelSettings) -> ModelSettings:
+    """One DetectionSettings stands for every model."""
+    return settings if isinstance(settings, ModelSettings) else ModelSettings(settings)
+
 
 METRIC_LABELS = {
     "image_auroc": "image AUROC",
@@ -18,6 +75,13 @@ METRIC_LABELS = {
     "aupro": "AUPRO",
     "image_f1_max": "image F1-max",
 }
+
+
+# Setting columns added after tables were written, and the value I3AD rows had before (autoencoder rows: none): each
+# step-0 mask hid one group, masks were not cut and each step re-painted its mask at once. A table written with
+# evaluate's --shrinking-masks or --iteration-painting before its rule had columns is read as that default rule; the
+# two such tables of results/ got the columns by hand.
+_INPAINTING_COLUMNS_ADDED_LATER = {"step0_hidden_groups": 1.0, "shrinking_masks": False, "iteration_painting": "hole"}
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
@@ -32,9 +96,13 @@ def load_results(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         summary = error_summary(error)
         raise ValueError(f"{path} is not a results table of `python -m i3ad evaluate` ({summary})") from None
-    if "step0_hidden_groups" not in table.columns and "ssim_threshold" in table.columns:
-        # Written before the setting existed, when each step-0 mask hid one group (autoencoder rows: none).
-        table["step0_hidden_groups"] = pd.Series(1.0, index=table.index).where(table["ssim_threshold"].notna())
+    if "ssim_threshold" in table.columns:
+        for column, value in _INPAINTING_COLUMNS_ADDED_LATER.items():
+            if column not in table.columns:
+                table[column] = pd.Series(value, index=table.index).where(table["ssim_threshold"].notna())
+        # One dtype whatever the rows hold (an autoencoder-only table reads them as float NaN), so that two tables'
+        # rows can be matched on them (compare_runs).
+        table = table.astype({"shrinking_masks": object, "iteration_painting": object})
     missing = set(RESULT_COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(
@@ -87,14 +155,19 @@ def _scoring_values(settings: DetectionSettings) -> dict[str, object]:
     }
 
 
-def _step0_values(settings: DetectionSettings) -> dict[str, object]:
-    """The further columns an I3AD row at ``settings`` has: its step-0 masks."""
-    return {"step0_cell_size": settings.step0_cell_size, "step0_hidden_groups": settings.step0_hidden_groups}
+def _masking_values(settings: DetectionSettings) -> dict[str, object]:
+    """The further columns an I3AD row at ``settings`` has: its step-0 masks and how its iterations mask and paint."""
+    return {
+        "step0_cell_size": settings.step0_cell_size,
+        "step0_hidden_groups": settings.step0_hidden_groups,
+        "shrinking_masks": settings.shrinking_masks,
+        "iteration_painting": settings.iteration_painting,
+    }
 
 
 def _inpainting_values(settings: DetectionSettings) -> dict[str, object]:
     """Those of an I3AD row at ``settings`` and its calibrated tau."""
-    return {**_step0_values(settings), "calibrated_threshold": True}
+    return {**_masking_values(settings), "calibrated_threshold": True}
 
 
 def _column(table: pd.DataFrame, column: str, value: object) -> pd.Series:
@@ -108,12 +181,28 @@ def _matching(table: pd.DataFrame, values: dict[str, object]) -> pd.Series:
     return matches
 
 
-def at_settings(table: pd.DataFrame, settings: DetectionSettings) -> pd.DataFrame:
-    """Rows scored like ``settings`` (measure, smoothing, normal error; step-0 masks and calibrated tau for
-    I3AD)."""
-    is_autoencoder = table["ssim_threshold"].isna()
-    inpainting = _matching(table, _inpainting_values(settings))
-    return table[_matching(table, _scoring_values(settings)) & (is_autoencoder | inpainting)]
+def _matching_per_model(
+    table: pd.DataFrame, settings: ModelSettings, condition: Callable[[pd.DataFrame, DetectionSettings], pd.Series]
+) -> pd.Series:
+    """``condition`` of each row at its model's settings."""
+    models = table["model"].to_numpy()
+    matches = np.zeros(len(table), dtype=bool)
+    for model in pd.unique(models):
+        chosen = models == model  # by position: concatenated tables repeat index labels
+        matches[chosen] = condition(table[chosen], settings.of(model)).to_numpy()
+    return pd.Series(matches, index=table.index)
+
+
+def _scored_like(rows: pd.DataFrame, settings: DetectionSettings) -> pd.Series:
+    is_autoencoder = rows["ssim_threshold"].isna()
+    inpainting = _matching(rows, _inpainting_values(settings))
+    return _matching(rows, _scoring_values(settings)) & (is_autoencoder | inpainting)
+
+
+def at_settings(table: pd.DataFrame, settings: DetectionSettings | ModelSettings = SHIPPED_SETTINGS) -> pd.DataFrame:
+    """Rows scored like their model's settings (measure, smoothing, normal error; step-0 masks, iteration rule and
+    calibrated tau for I3AD); one DetectionSettings for every model, or by default each at its shipped ones."""
+    return table[_matching_per_model(table, _by_model(settings), _scored_like)]
 
 
 def unmatched_settings(table: pd.DataFrame, settings: DetectionSettings) -> list[str]:
@@ -134,11 +223,13 @@ def unmatched_settings(table: pd.DataFrame, settings: DetectionSettings) -> list
     return unmatched
 
 
-def headline(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
-    """One row per category x model at the shipped defaults: I3AD at T = settings.iterations with its calibrated
-    tau, the autoencoder with the same anomaly measure and smoothing."""
-    rows = at_settings(table, settings)
-    rows = rows[rows["ssim_threshold"].isna() | (rows["iterations"] == settings.iterations)]
+def headline(table: pd.DataFrame, settings: DetectionSettings | ModelSettings = SHIPPED_SETTINGS) -> pd.DataFrame:
+    """One row per category x model at its settings (by default the shipped ones): I3AD at its T with its
+    calibrated tau, the autoencoder with its anomaly measure and smoothing."""
+    models = _by_model(settings)
+    rows = at_settings(table, models)
+    iterations = rows["model"].map(lambda model: models.of(model).iterations)
+    rows = rows[rows["ssim_threshold"].isna() | (rows["iterations"] == iterations)]
     return rows.sort_values(["category", "model"]).reset_index(drop=True)
 
 
@@ -155,8 +246,11 @@ def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def summary_tables(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> dict[str, pd.DataFrame]:
-    """The README's tables: metrics per category and model at the defaults, and I3AD's image AUROC against T."""
+def summary_tables(
+    table: pd.DataFrame, settings: DetectionSettings | ModelSettings = SHIPPED_SETTINGS
+) -> dict[str, pd.DataFrame]:
+    """The README's tables: metrics per category and model at their settings (by default the shipped ones), and
+    I3AD's image AUROC against T."""
     rows = headline(table, settings)
     metrics = ["image_auroc", "pixel_auroc", "aupro", "image_f1_max"]
     per_category = rows.pivot_table(index="category", columns="model", values=metrics, dropna=False)
@@ -194,17 +288,26 @@ def _mean_over_categories(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return means.reset_index()
 
 
-def normal_error_table(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
+def normal_error_table(
+    table: pd.DataFrame, settings: DetectionSettings | ModelSettings = SHIPPED_SETTINGS
+) -> pd.DataFrame:
     """Mean image AUROC over categories of every model with raw maps and with the normal error subtracted (otherwise
-    scored like ``settings``), for each T."""
-    rows = pd.concat([at_settings(table, settings.with_(subtract_normal_error=flag)) for flag in (False, True)])
+    scored like its settings), for each T."""
+    models = _by_model(settings)
+    rows = pd.concat([at_settings(table, models.with_(subtract_normal_error=flag)) for flag in (False, True)])
     return _mean_over_categories(rows, ["model", "normal_error_subtracted"])
 
 
-def threshold_table(table: pd.DataFrame, settings: DetectionSettings = DetectionSettings()) -> pd.DataFrame:
+def threshold_table(
+    table: pd.DataFrame, settings: DetectionSettings | ModelSettings = SHIPPED_SETTINGS
+) -> pd.DataFrame:
     """Mean image AUROC over categories of each inpainting model at each fixed tau and at the calibrated one
-    (scored like ``settings``), for each T."""
-    same_scoring = _matching(table, {**_scoring_values(settings), **_step0_values(settings)})
+    (scored like its settings), for each T."""
+
+    def scored_alike(rows: pd.DataFrame, model_settings: DetectionSettings) -> pd.Series:
+        return _matching(rows, {**_scoring_values(model_settings), **_masking_values(model_settings)})
+
+    same_scoring = _matching_per_model(table, _by_model(settings), scored_alike)
     rows = table[same_scoring & table["ssim_threshold"].notna()]
     # Each fixed tau as written (0.795 and 0.8 stay apart; rounding merged them into one mean).
     tau = rows["ssim_threshold"].map("{:g}".format).where(~rows["calibrated_threshold"].astype(bool), "calibrated")
@@ -232,13 +335,16 @@ def compare_runs(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
 
 
 def scoring_variants(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean image AUROC over categories of every inpainting model x step-0 masks (cell size, hidden groups) x measure
-    x smoothing, at the calibrated tau, for each T (the ablation behind the defaults)."""
+    """Mean image AUROC over categories of every inpainting model x step-0 masks (cell size, hidden groups) x
+    iteration rule (shrinking masks, painting) x measure x smoothing, at the calibrated tau, for each T (the ablation
+    behind the defaults)."""
     rows = table[table["calibrated_threshold"].astype(bool)]
     keys = [
         "model",
         "step0_cell_size",
         "step0_hidden_groups",
+        "shrinking_masks",
+        "iteration_painting",
         "anomaly_measure",
         "smoothing_sigma",
         "normal_error_subtracted",

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Retrain every shipped checkpoint of the given categories at once on one machine:
 #   i3ad        the benchmark inpainting U-Net (base width 32; its first two levels without GroupNorm, which runs it
-#               faster, losing no more than a training run moves: results/norm_free_levels_check.csv)
+#               faster, losing no more than a training run moves: results/norm_free_levels_check.csv), trained with
+#               synthetic defects on half its images and detecting at T = 2 with shrinking masks re-painted in step
+#               0's grid cells (results/README.md, item 9)
 #   i3ad-small  the CPU demo's inpainting U-Net (base width 16)
 #   ae          the AE-SSIM baseline
 # usage: scripts/train_all.sh DATA_ROOT CHECKPOINTS_ROOT CATEGORY...
@@ -37,7 +39,10 @@ launch() {  # CATEGORY ARGS...: one training run on the next device in turn, log
 }
 # Background jobs of a script ignore Ctrl-C; stop them with it (and with kill) rather than leave them training.
 trap 'kill "${pids[@]}" 2> /dev/null; exit 130' INT TERM
-for category in "$@"; do launch "$category" --model i3ad --base-width 32 --norm-free-levels 2 --name i3ad; done
+for category in "$@"; do
+  launch "$category" --model i3ad --base-width 32 --norm-free-levels 2 --synthetic-defects 0.5 \
+    --iterations 2 --shrinking-masks --iteration-painting cells --name i3ad
+done
 for category in "$@"; do launch "$category" --model i3ad --base-width 16 --name i3ad-small; done
 for category in "$@"; do launch "$category" --model ae --base-width 32 --name ae; done
 failed=0

@@ -34,6 +34,7 @@ from i3ad.hub import CheckpointListing, CheckpointResolver
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.pipeline import calibrate
 from i3ad.preprocessing import Preprocessing
+from i3ad.results import SHIPPED_SETTINGS
 from i3ad.scoring import DetectionSettings
 from i3ad.synthetic import make_synthetic_category
 
@@ -63,8 +64,8 @@ def build_tiny_checkpoints(root: Path, data: Path) -> Path:
 
 
 def write_results_csv(path: Path) -> Path:
-    """A small results table in the exact format of `python -m i3ad evaluate`, at the default settings."""
-    defaults = DetectionSettings()
+    """A small results table in the exact format of `python -m i3ad evaluate`, at the shipped settings."""
+    defaults = SHIPPED_SETTINGS.of("i3ad")
     rows = []
     for c, category in enumerate(("synth", "other")):
         common = {"category": category, "anomaly_measure": defaults.anomaly_measure}
@@ -81,6 +82,8 @@ def write_results_csv(path: Path) -> Path:
                     "calibrated_threshold": True,
                     "step0_cell_size": defaults.step0_cell_size,
                     "step0_hidden_groups": defaults.step0_hidden_groups,
+                    "shrinking_masks": defaults.shrinking_masks,
+                    "iteration_painting": defaults.iteration_painting,
                     "mean_mask_share": 1.0 if t == 0 else 0.1,
                     "image_auroc": auroc,
                     "image_f1_max": auroc - 0.1,
@@ -97,6 +100,8 @@ def write_results_csv(path: Path) -> Path:
                 "calibrated_threshold": False,
                 "step0_cell_size": math.nan,
                 "step0_hidden_groups": math.nan,
+                "shrinking_masks": math.nan,
+                "iteration_painting": math.nan,
                 "mean_mask_share": 1.0,
                 "image_auroc": 0.6,
                 "image_f1_max": 0.5,

@@ -128,6 +128,11 @@ def test_evaluate_sweeps_another_iteration_rule_and_refuses_it_per_defect(traine
         main([*args, "--shrinking-masks", "--iteration-painting", "cells", "--out", str(tmp_path / "cells.csv")]) == 0
     )
     hole, cells = pd.read_csv(tmp_path / "hole.csv"), pd.read_csv(tmp_path / "cells.csv")
+    # Each row records the rule it was scored by, so that reports do not mix the two.
+    assert not hole["shrinking_masks"].any() and (hole["iteration_painting"] == "hole").all()
+    assert cells["shrinking_masks"].all() and (cells["iteration_painting"] == "cells").all()
+    rule = ["shrinking_masks", "iteration_painting"]
+    hole, cells = hole.drop(columns=rule), cells.drop(columns=rule)
     step0 = hole["iterations"] == 0
     # Step 0 is the same either way; the iterations are not.
     pd.testing.assert_frame_equal(hole[step0], cells[step0])
@@ -1105,6 +1110,8 @@ def test_train_with_synthetic_defects_records_their_share_and_refuses_them_for_t
     assert detector["info"]["training"]["synthetic_defects"] == 0.5
     assert main([*args, "--model", "ae", "--name", "ae", "--synthetic-defects", "0.5"]) == 2
     assert "the autoencoder baseline trains without" in cli_error()
+    assert main([*args, "--model", "ae", "--name", "ae", "--shrinking-masks"]) == 2
+    assert "are I3AD settings: the autoencoder does not iterate" in cli_error()
     assert main([*args, "--name", "other", "--synthetic-defects", "2"]) == 2
     assert "must lie in [0, 1], got 2.0" in cli_error()
     assert (

@@ -14,7 +14,7 @@ import pytest
 from i3ad.cli import main
 from i3ad.evaluation import RESULT_COLUMNS
 from i3ad.plots import auroc_vs_iterations
-from i3ad.results import compare_runs, headline, load_results, summary_tables
+from i3ad.results import SHIPPED_SETTINGS, compare_runs, headline, load_results, summary_tables
 from i3ad.scoring import DetectionSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _row(category, model, iterations, tau, image_auroc, pixel_auroc=math.nan, calibrated=False, subtracted=True):
     inpainting = model != "ae"
+    shipped = SHIPPED_SETTINGS.of(model)  # the table holds each model's shipped iteration rule
     return {
         "category": category,
         "model": model,
@@ -30,6 +31,8 @@ def _row(category, model, iterations, tau, image_auroc, pixel_auroc=math.nan, ca
         "calibrated_threshold": calibrated,
         "step0_cell_size": 8 if inpainting else math.nan,
         "step0_hidden_groups": 1 if inpainting else math.nan,
+        "shrinking_masks": shipped.shrinking_masks if inpainting else math.nan,
+        "iteration_painting": shipped.iteration_painting if inpainting else math.nan,
         "anomaly_measure": "ssim+gms",
         "smoothing_sigma": 8.0,
         "normal_error_subtracted": subtracted,
@@ -56,7 +59,7 @@ def results() -> pd.DataFrame:
 
 
 def test_headline_takes_the_calibrated_rows_at_the_default_iterations(results):
-    rows = headline(results, DetectionSettings(iterations=2))
+    rows = headline(results, SHIPPED_SETTINGS.with_(iterations=2))
     i3ad = rows[rows["model"] == "i3ad"].set_index("category")["image_auroc"]
     assert i3ad.to_dict() == pytest.approx({"a": 0.82, "b": 0.62})
     assert len(rows[rows["model"] == "ae"]) == 2
@@ -66,7 +69,8 @@ def test_the_iterations_chart_draws_an_inpainting_model_of_any_name(results):
     shipped = auroc_vs_iterations(results)
     assert {trace.name for trace in shipped.data} == {"a", "b", "mean"}
     # A user's table (I3AD_RESULTS in the app) whose model is not called "i3ad" drew an empty chart.
-    renamed = auroc_vs_iterations(results.replace({"model": {"i3ad": "mine"}}))
+    mine = results.replace({"model": {"i3ad": "mine"}}).assign(shrinking_masks=False, iteration_painting="hole")
+    renamed = auroc_vs_iterations(mine)  # at the library's default settings, as an unknown model is
     assert {trace.name for trace in renamed.data} == {"a", "b", "mean"}
     assert "of mine against" in renamed.layout.title.text
     assert list(renamed.data[-1].y) == pytest.approx([0.7, 0.71, 0.72])  # the mean over categories, T = 0..2
@@ -74,9 +78,9 @@ def test_the_iterations_chart_draws_an_inpainting_model_of_any_name(results):
 
 def test_rows_of_another_step0_density_are_not_the_defaults(results):
     denser = results[results["model"] == "i3ad"].assign(step0_hidden_groups=3, image_auroc=0.0)
-    rows = headline(pd.concat([results, denser]), DetectionSettings(iterations=2))
+    rows = headline(pd.concat([results, denser]), SHIPPED_SETTINGS.with_(iterations=2))
     assert (rows["image_auroc"] > 0).all()
-    rows = headline(pd.concat([results, denser]), DetectionSettings(iterations=2, step0_hidden_groups=3))
+    rows = headline(pd.concat([results, denser]), SHIPPED_SETTINGS.with_(iterations=2, step0_hidden_groups=3))
     assert (rows.loc[rows["model"] == "i3ad", "image_auroc"] == 0).all()
     variants = summary_tables(pd.concat([results, denser]))["scoring_variants"]
     assert sorted(variants["step0_hidden_groups"].unique()) == [1, 3]
@@ -89,12 +93,36 @@ def test_tables_written_before_the_step0_density_existed_still_load(results, tmp
     inpainting = table["ssim_threshold"].notna()
     assert (table.loc[inpainting, "step0_hidden_groups"] == 1).all()
     assert table.loc[~inpainting, "step0_hidden_groups"].isna().all()
-    defaults = DetectionSettings(iterations=2)
+    defaults = SHIPPED_SETTINGS.with_(iterations=2)
     assert len(headline(table, defaults)) == len(headline(results, defaults))
 
 
+def test_tables_written_before_the_iteration_rules_existed_read_as_the_rule_of_then(results, tmp_path):
+    path = tmp_path / "old.csv"
+    results.drop(columns=["shrinking_masks", "iteration_painting"]).to_csv(path, index=False)
+    table = load_results(path)
+    inpainting = table["ssim_threshold"].notna()
+    assert (table.loc[inpainting, "iteration_painting"] == "hole").all()
+    assert not table.loc[inpainting, "shrinking_masks"].astype(bool).any()
+    assert table.loc[~inpainting, ["shrinking_masks", "iteration_painting"]].isna().all().all()
+    assert sorted(headline(table, DetectionSettings(iterations=2))["model"]) == ["ae", "ae", "i3ad", "i3ad"]
+    assert sorted(headline(table)["model"]) == ["ae", "ae"]  # the shipped i3ad iterates by another rule
+
+
+def test_each_model_is_summarised_at_its_shipped_settings(results):
+    small = [_row(c, "i3ad-small", t, 0.4, 0.5 + 0.1 * t, calibrated=True) for c in ("a", "b") for t in range(3)]
+    table = pd.concat([results, pd.DataFrame(small)[list(RESULT_COLUMNS)]])
+    rows = headline(table).set_index(["model", "category"])
+    assert rows.loc[("i3ad", "a"), "iterations"] == SHIPPED_SETTINGS.of("i3ad").iterations == 2
+    assert rows.loc[("i3ad-small", "a"), "iterations"] == DetectionSettings().iterations == 1
+    assert rows.loc[("i3ad-small", "a"), "image_auroc"] == pytest.approx(0.6)
+    # The same network's rows under another iteration rule are not its shipped ones.
+    other_rule = results[results["model"] == "i3ad"].assign(iteration_painting="hole", image_auroc=0.0)
+    assert (headline(pd.concat([table, other_rule]))["image_auroc"] > 0).all()
+
+
 def test_summary_tables_mean_over_categories(results):
-    tables = summary_tables(results, DetectionSettings(iterations=1))
+    tables = summary_tables(results, SHIPPED_SETTINGS.with_(iterations=1))
     mean = tables["per_category"].set_index("category").loc["mean"]
     assert mean["i3ad image AUROC"] == pytest.approx(0.71)
     assert mean["ae image AUROC"] == pytest.approx(0.6)
@@ -105,14 +133,15 @@ def test_summary_tables_mean_over_categories(results):
     assert normal_error.loc[("i3ad", True), "T=2"] == pytest.approx(0.72)
     assert normal_error.loc[("ae", False), "T=0"] == pytest.approx(0.5)
     assert normal_error.loc[("ae", True), "T=0"] == pytest.approx(0.6)
-    raw = summary_tables(results, DetectionSettings(iterations=1, subtract_normal_error=False))
+    raw = summary_tables(results, SHIPPED_SETTINGS.with_(iterations=1, subtract_normal_error=False))
     assert raw["per_category"].set_index("category").loc["mean", "i3ad image AUROC"] == pytest.approx(0.6)
 
 
 def test_means_over_different_sets_of_categories_are_not_set_side_by_side(results):
     # A second network trained on category "a" only, as in a check table with extra seeds.
     seed1 = results[(results["model"] == "i3ad") & (results["category"] == "a")].assign(model="i3ad-seed1")
-    tables = summary_tables(pd.concat([results, seed1]), DetectionSettings(iterations=1))
+    same_settings = SHIPPED_SETTINGS.of("i3ad").with_(iterations=1)  # for both networks
+    tables = summary_tables(pd.concat([results, seed1]), same_settings)
     mean = tables["per_category"].set_index("category").loc["mean"]
     assert mean["i3ad image AUROC"] == pytest.approx(0.71)
     assert math.isnan(mean["i3ad-seed1 image AUROC"])  # its only category is no mean next to the others
@@ -128,7 +157,7 @@ def test_means_over_different_sets_of_categories_are_not_set_side_by_side(result
 def test_fixed_thresholds_close_to_each_other_are_not_merged(results):
     close = [_row(c, "i3ad", 1, tau, auroc) for c in ("a", "b") for tau, auroc in ((0.795, 0.9), (0.8, 0.7))]
     table = pd.concat([results, pd.DataFrame(close)[list(RESULT_COLUMNS)]])
-    means = summary_tables(table, DetectionSettings(iterations=1))["thresholds"].set_index(["model", "tau"])["T=1"]
+    means = summary_tables(table, SHIPPED_SETTINGS.with_(iterations=1))["thresholds"].set_index(["model", "tau"])["T=1"]
     assert means[("i3ad", "0.795")] == pytest.approx(0.9) and means[("i3ad", "0.8")] == pytest.approx(0.7)
     assert means[("i3ad", "0.5")] == pytest.approx(0.65) and means[("i3ad", "calibrated")] == pytest.approx(0.71)
 
@@ -153,6 +182,31 @@ def test_compare_runs_without_common_settings_is_an_error(results):
     other = results.assign(smoothing_sigma=4.0)
     with pytest.raises(ValueError, match="share no settings"):
         compare_runs(results, other)
+
+
+def test_an_autoencoder_only_table_compares_with_a_full_one(results, tmp_path):
+    # Without I3AD rows the rule columns are empty (read as floats), and the merge refused to match them with text.
+    full, autoencoder = tmp_path / "full.csv", tmp_path / "ae.csv"
+    results.to_csv(full, index=False)
+    results[results["model"] == "ae"].to_csv(autoencoder, index=False)
+    changes = compare_runs(load_results(full), load_results(autoencoder))
+    assert changes["model"].tolist() == ["ae", "ae"] and changes["rows"].tolist() == [2, 2]
+
+
+def test_report_picks_the_rows_of_an_iteration_rule(results, tmp_path, capsys):
+    path = tmp_path / "rules.csv"
+    hole = results[results["model"] == "i3ad"].assign(shrinking_masks=False, iteration_painting="hole", image_auroc=0.1)
+    pd.concat([results, hole]).to_csv(path, index=False)
+    assert main(["report", "--results", str(path), "--iterations", "1"]) == 0
+    assert "| a | 0.700 | 0.810 |" in capsys.readouterr().out  # the AE, then i3ad at its shipped rule
+    assert main(["report", "--results", str(path), "--iterations", "1", "--iteration-painting", "hole"]) == 0
+    printed = capsys.readouterr().out  # shrinking masks stay the shipped i3ad's: no rows have both
+    assert "note: no i3ad rows at the report's settings; its rows have each of them, but not all together" in printed
+    hole_rule = ["--no-shrinking-masks", "--iteration-painting", "hole"]
+    args = ["report", "--results", str(path), "--iterations", "1", *hole_rule]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| a | 0.700 | 0.100 |" in printed and "iteration painting hole, shrinking masks off" in printed
 
 
 def test_report_command_prints_the_tables_and_the_comparison(results, tmp_path, capsys):
@@ -182,7 +236,7 @@ def test_report_summarises_another_step0_density_and_t(results, tmp_path, capsys
     results.assign(step0_hidden_groups=results["step0_hidden_groups"] * 3).to_csv(path, index=False)
     assert main(["report", "--results", str(path), "--hidden-groups", "3", "--iterations", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "Metrics at T = 2, each step-0 mask hiding 3 of 4 grid groups" in printed
+    assert "i3ad: T = 2, each step-0 mask hiding 3 of 4 grid groups" in printed
     assert "| a | 0.700 | 0.820 |" in printed  # the AE, then I3AD at T = 2
     assert main(["report", "--results", str(path)]) == 0  # at the shipped step 0: a hint, not empty tables alone
     assert (
@@ -214,8 +268,8 @@ def test_report_names_the_settings_that_keep_a_model_out_of_its_tables(results, 
     mixed.loc[autoencoder & (mixed["smoothing_sigma"] == 8.0), "normal_error_subtracted"] = False
     mixed.loc[autoencoder & (mixed["smoothing_sigma"] == 4.0), "normal_error_subtracted"] = True
     # And a second I3AD model that lacks the report's T while i3ad has it went missing without a note.
-    small = results[results["model"] == "i3ad"].query("iterations == 0").assign(model="i3ad-small")
-    pd.concat([mixed, small]).to_csv(path, index=False)
+    small = pd.DataFrame([_row(c, "i3ad-small", 0, 0.4, 0.5, calibrated=True) for c in ("a", "b")])
+    pd.concat([mixed, small[list(RESULT_COLUMNS)]]).to_csv(path, index=False)
     assert main(["report", "--results", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "note: no ae rows at the report's settings; its rows have each of them, but not all together" in printed

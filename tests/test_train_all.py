@@ -1,4 +1,5 @@
-"""scripts/train_all.sh, the command that retrains the shipped checkpoints, gives each variant its shipped shape."""
+"""scripts/train_all.sh, the command that retrains the shipped checkpoints, gives each variant its shipped shape, recipe
+and detection settings."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from i3ad.checkpoints import load_checkpoint
+from i3ad.results import SHIPPED_SETTINGS
+from i3ad.scoring import DetectionSettings
 from i3ad.synthetic import make_synthetic_category
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,3 +52,19 @@ def test_train_all_trains_each_variant_in_its_shipped_shape(tmp_path):
     for shipped in (ROOT / "checkpoints").glob("*/i3ad*/config.json"):
         name = shipped.parent.name
         assert json.loads(shipped.read_text()).get("norm_free_levels") == config(name).get("norm_free_levels"), shipped
+
+    def training(folder: Path) -> dict:
+        return json.loads((folder / "detector.json").read_text())["info"]["training"]
+
+    def detection(folder: Path) -> DetectionSettings:
+        """Its default settings, tau aside (calibrated per category)."""
+        return load_checkpoint(folder).settings.with_(ssim_threshold=0.5)
+
+    # Each inpainting variant is trained and detects as shipped: synthetic defects, T and iteration rule
+    # (SHIPPED_SETTINGS, which the README's tables and the app summarise them at).
+    for name in ("i3ad", "i3ad-small"):
+        trained = tmp_path / "ck" / "synthetic" / name
+        assert detection(trained) == SHIPPED_SETTINGS.of(name).with_(ssim_threshold=0.5), name
+        for shipped in (ROOT / "checkpoints").glob(f"*/{name}"):
+            assert detection(shipped) == detection(trained), shipped
+            assert training(shipped).get("synthetic_defects", 0.0) == training(trained)["synthetic_defects"], shipped
