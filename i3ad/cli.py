@@ -52,14 +52,13 @@ from i3ad.preprocessing import GEOMETRIES, NORMALIZATIONS
 from i3ad.recipes import data_license, data_source, default_augmentations
 from i3ad.results import (
     SHIPPED_SETTINGS,
-    at_settings,
     compare_runs,
     headline,
     is_by_defect_table,
     load_results,
     markdown_table,
+    missing_rows,
     summary_tables,
-    unmatched_settings,
     verdict_summary,
 )
 from i3ad.scoring import ANOMALY_MEASURES, ITERATION_PAINTINGS, DetectionSettings
@@ -599,18 +598,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         check_iterations(args.iterations)
     settings = SHIPPED_SETTINGS.with_(**changes)
     tables = summary_tables(results, settings)
-    for model, rows in results.groupby("model"):
-        # Such a model is missing from the per-category table (the scoring-variant tables still show its rows).
-        at_these = at_settings(rows, settings)
-        iterations = settings.of(model).iterations
-        if at_these.empty:
-            reasons = unmatched_settings(rows, settings.of(model)) or [
-                "its rows have each of them, but not all together"
-            ]
-            print(f"note: no {model} rows at the report's settings; {'; '.join(reasons)}")
-        elif rows["ssim_threshold"].notna().any() and iterations not in set(at_these["iterations"]):
-            held = f"{at_these['iterations'].min()}..{at_these['iterations'].max()}"
-            print(f"note: no {model} rows at T = {iterations}; its rows hold T = {held}")
+    for note in missing_rows(results, settings):
+        print(f"note: {note}")
     print(f"Metrics at the settings of each model ({settings.describe()}; I3AD: calibrated tau):\n")
     print(markdown_table(tables["per_category"]))
     print("\nI3AD image AUROC, mean over categories, against the number of iterations T (calibrated tau):\n")

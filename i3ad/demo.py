@@ -27,7 +27,7 @@ from i3ad.data import NORMAL, DatasetError, index_category
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.hub import CheckpointListing, CheckpointResolver, check_name
 from i3ad.plots import auroc_bars, auroc_vs_iterations
-from i3ad.results import SHIPPED_SETTINGS, headline, load_results, unmatched_settings
+from i3ad.results import SHIPPED_SETTINGS, headline, load_results, missing_rows
 from i3ad.scoring import DetectionResult
 from i3ad.synthetic import make_synthetic_category
 from i3ad.visualize import (
@@ -466,9 +466,7 @@ def benchmark_view(results: str | Path) -> BenchmarkView:
         f"({SHIPPED_SETTINGS.describe()}); I3AD with each category's calibrated tau."
     )
     # A model of one's own trained under a shipped name but other settings would otherwise vanish without a word.
-    for model in sorted(set(table["model"]) - set(rows["model"])):
-        missing = unmatched_settings(table[table["model"] == model], SHIPPED_SETTINGS.of(model))
-        message += f" No {model} rows at its shipped settings ({'; '.join(missing) or 'not all together'})."
+    message += "".join(f" Note: {note}." for note in missing_rows(table))
     return BenchmarkView(
         message=message,
         table=rows[list(TABLE_COLUMNS)],

@@ -223,6 +223,24 @@ def unmatched_settings(table: pd.DataFrame, settings: DetectionSettings) -> list
     return unmatched
 
 
+def missing_rows(table: pd.DataFrame, settings: DetectionSettings | ModelSettings = SHIPPED_SETTINGS) -> list[str]:
+    """Why a model is missing from the per-category table at these settings (by default each model's shipped ones):
+    "no MODEL rows at the report's settings; the settings its rows lack", or "no MODEL rows at T = n", one per model
+    left out (its rows still count in the scoring-variant tables)."""
+    models = _by_model(settings)
+    notes = []
+    for model, rows in table.groupby("model"):
+        model_settings = models.of(model)
+        at_these = at_settings(rows, model_settings)
+        if at_these.empty:
+            reasons = unmatched_settings(rows, model_settings) or ["its rows have each of them, but not all together"]
+            notes.append(f"no {model} rows at the report's settings; {'; '.join(reasons)}")
+        elif rows["ssim_threshold"].notna().any() and model_settings.iterations not in set(at_these["iterations"]):
+            held = f"{at_these['iterations'].min()}..{at_these['iterations'].max()}"
+            notes.append(f"no {model} rows at T = {model_settings.iterations}; its rows hold T = {held}")
+    return notes
+
+
 def headline(table: pd.DataFrame, settings: DetectionSettings | ModelSettings = SHIPPED_SETTINGS) -> pd.DataFrame:
     """One row per category x model at its settings (by default the shipped ones): I3AD at its T with its
     calibrated tau, the autoencoder with its anomaly measure and smoothing."""

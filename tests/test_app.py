@@ -277,6 +277,13 @@ def test_benchmark_tab_shows_figures_or_says_results_are_missing(handlers, tmp_p
     assert "No benchmark results" in message and str(missing) in message
     assert table["visible"] is False and not any(f["visible"] for f in figures)
 
+    # A table of one's own whose "i3ad" iterated by another rule than the shipped i3ad: the tab says why it is missing.
+    own = tmp_path / "own.csv"
+    pd.read_csv(handlers.config.results).assign(iteration_painting="hole").to_csv(own, index=False)
+    message, table, *_ = app.Handlers(app.AppConfig(handlers.store.resolver, own, device="cpu")).benchmark()
+    assert set(table["value"]["model"]) == {"ae"}
+    assert "Note: no i3ad rows at the report's settings; iteration_painting: hole (the report's: cells)" in message
+
 
 def test_launched_app_answers_gradio_client(app_files, monkeypatch, tmp_path):
     from gradio_client import Client, handle_file
