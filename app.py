@@ -360,7 +360,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             image_plot = gr.Plot(label="image AUROC")
             pixel_plot = gr.Plot(label="pixel AUROC")
             iterations_plot = gr.Plot(label="image AUROC against T")
-            table = gr.Dataframe(label="results at the default settings", interactive=False, elem_id="benchmark-table")
+            table = gr.Dataframe(label="results at the shipped settings", interactive=False, elem_id="benchmark-table")
 
         model_controls = [iterations, tau, model_info, iterations_value, tau_value]
         # Copied in the browser, so that the value is in place before a click on "Detect" is sent.

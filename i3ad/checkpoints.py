@@ -273,6 +273,23 @@ def _check_defaults(detector: AnomalyDetector, folder: Path) -> None:
         )
 
 
+def _detection_settings(record: dict) -> DetectionSettings:
+    # Checkpoints written before the normal error existed score raw maps.
+    return DetectionSettings(**{"subtract_normal_error": False, **record["detection"]})
+
+
+def default_settings(folder: str | Path) -> DetectionSettings:
+    """A checkpoint's default detection settings, from its detector.json alone (no weights are read); the
+    autoencoder's T, which it does not use, reads as 0."""
+    path = Path(folder) / DETECTOR_FILE
+    record = _read_json(path)
+    try:
+        settings = _detection_settings(record)
+        return settings.with_(iterations=0) if record["calibration"]["ssim_threshold"] is None else settings
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} is incomplete or invalid: {error!r}") from None
+
+
 def load_checkpoint(
     folder: str | Path, device: torch.device | str = "cpu", *, check_defaults: bool = True
 ) -> AnomalyDetector:
@@ -287,8 +304,7 @@ def load_checkpoint(
     record = _read_json(folder / DETECTOR_FILE)
     model = load_model(folder, device)
     try:
-        # Checkpoints written before the normal error existed score raw maps.
-        settings = DetectionSettings(**{"subtract_normal_error": False, **record["detection"]})
+        settings = _detection_settings(record)
         calibration = Calibration(**record["calibration"])
         if settings.subtract_normal_error:
             calibration = replace(calibration, normal_error=load_normal_error(folder / NORMAL_ERROR_FILE))

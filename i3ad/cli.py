@@ -20,7 +20,14 @@ import torch
 from i3ad.batching import is_cpu_out_of_memory, unless_out_of_gpu_memory
 from i3ad.benchmark import COMPILE_MODES, check_plan, run_benchmark
 from i3ad.calibration import DEFAULT_SSIM_QUANTILE, MAX_CALIBRATED_ITERATIONS, check_ssim_quantile
-from i3ad.checkpoints import CheckpointError, check_free_for_checkpoint, list_checkpoints, load_checkpoint, save_record
+from i3ad.checkpoints import (
+    CheckpointError,
+    check_free_for_checkpoint,
+    default_settings,
+    list_checkpoints,
+    load_checkpoint,
+    save_record,
+)
 from i3ad.checks import is_finite_number
 from i3ad.data import (
     CategoryIndex,
@@ -52,12 +59,14 @@ from i3ad.preprocessing import GEOMETRIES, NORMALIZATIONS
 from i3ad.recipes import data_license, data_source, default_augmentations
 from i3ad.results import (
     SHIPPED_SETTINGS,
+    ModelSettings,
     compare_runs,
     headline,
     is_by_defect_table,
     load_results,
     markdown_table,
     missing_rows,
+    settings_text,
     summary_tables,
     verdict_summary,
 )
@@ -104,6 +113,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             check_ssim_quantile(args.ssim_quantile)
         except ValueError as error:
             raise ValueError(f"{error} (or 0 to keep --ssim-threshold)") from None
+    rule = _iteration_rule(args)
+    if rule and args.model == "ae":
+        raise ValueError(
+            "--shrinking-masks and --iteration-painting are I3AD settings: the autoencoder does not iterate"
+        )
     name = check_name("model name (--name)", args.name or args.model)
     device = resolve_device(args.device)
     command = _command_line()
@@ -111,11 +125,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.overwrite:  # every category's folder, before the first one trains
         for category in categories:
             check_free_for_checkpoint(Path(args.out) / category / name)
-    rule = _iteration_rule(args)
-    if rule and args.model == "ae":
-        raise ValueError(
-            "--shrinking-masks and --iteration-painting are I3AD settings: the autoencoder does not iterate"
-        )
     settings = DetectionSettings(iterations=args.iterations, ssim_threshold=args.ssim_threshold, **rule)
     plans = []  # every category's data and held-out split, before the first one trains
     for category in categories:
@@ -557,7 +566,39 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"wrote {out}")
 
 
+def _settings_of_checkpoints(root: str) -> dict[str, DetectionSettings]:
+    """{model: the default settings of its checkpoints under ``root``} (tau aside, calibrated per category); an
+    error when one model's checkpoints differ, since its rows are summarised at one setting."""
+    found: dict[str, dict[str, DetectionSettings]] = {}
+    for category, names in _checkpoints_under(root).items():
+        for name in names:
+            settings = default_settings(Path(root) / category / name)
+            found.setdefault(name, {})[category] = settings.with_(ssim_threshold=DetectionSettings.ssim_threshold)
+    for name, by_category in found.items():
+        if len(set(by_category.values())) > 1:
+            detail = "; ".join(f"{category}: {settings_text(s)}" for category, s in sorted(by_category.items()))
+            raise ValueError(
+                f"the {name} checkpoints under {root} differ in their default settings ({detail}); summarise their "
+                "rows with --iterations, --hidden-groups and the iteration-rule flags instead"
+            )
+    return {name: next(iter(by_category.values())) for name, by_category in found.items()}
+
+
 def cmd_report(args: argparse.Namespace) -> None:
+    summary_flags = {
+        "--checkpoints": args.checkpoints,
+        "--iterations": args.iterations,
+        "--hidden-groups": args.hidden_groups,
+        "--shrinking-masks": args.shrinking_masks,
+        "--iteration-painting": args.iteration_painting,
+    }
+    given = [flag for flag, value in summary_flags.items() if value is not None]
+    if given and (args.compare or args.update_cards or is_by_defect_table(args.results)):
+        raise ValueError(
+            f"{', '.join(given)} {'choose' if len(given) > 1 else 'chooses'} the rows of the summary tables; "
+            "--compare, --update-cards (each checkpoint "
+            "at its own settings) and a per-defect table do not use them"
+        )
     if is_by_defect_table(args.results):
         if args.compare or args.update_cards:
             raise ValueError(f"{args.results} is a per-defect table: --compare and --update-cards take a results table")
@@ -596,11 +637,16 @@ def cmd_report(args: argparse.Namespace) -> None:
     changes = {key: value for key, value in changes.items() if value is not None} | _iteration_rule(args)
     if args.iterations is not None:
         check_iterations(args.iterations)
-    settings = SHIPPED_SETTINGS.with_(**changes)
+    settings = SHIPPED_SETTINGS
+    if args.checkpoints:
+        own = _settings_of_checkpoints(args.checkpoints)
+        settings = ModelSettings(settings.others, {**settings.per_model, **own})
+    settings = settings.with_(**changes)
     tables = summary_tables(results, settings)
     for note in missing_rows(results, settings):
         print(f"note: {note}")
-    print(f"Metrics at the settings of each model ({settings.describe()}; I3AD: calibrated tau):\n")
+    print("Metrics at the settings of each model (I3AD: calibrated tau):")
+    print(f"- {settings.describe(separator=chr(10) + '- ')}\n")
     print(markdown_table(tables["per_category"]))
     print("\nI3AD image AUROC, mean over categories, against the number of iterations T (calibrated tau):\n")
     print(markdown_table(tables["mean_by_iterations"]))
@@ -765,7 +811,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--iterations", type=int, default=DetectionSettings.iterations, help="default T stored with the checkpoint"
     )
-    _add_iteration_rule_arguments(train, "stored with the checkpoint", defaults=("off", "hole"))
+    library_rule = ("on" if DetectionSettings.shrinking_masks else "off", DetectionSettings.iteration_painting)
+    _add_iteration_rule_arguments(train, "stored with the checkpoint", defaults=library_rule)
     train.add_argument("--seed", type=int, default=0, help="draws the initial weights, masks and held-out split")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
@@ -932,11 +979,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--compare", metavar="CSV", help="print how far another results table (e.g. --bf16) moves the metrics"
     )
-    report.add_argument("--iterations", type=int, help="the T of the per-category table (default: the shipped one)")
+    report.add_argument(
+        "--checkpoints",
+        metavar="CHECKPOINTS",
+        help="summarise each model at the default settings of its checkpoints under this folder, e.g. your own "
+        "(default: each model's shipped settings)",
+    )
+    report.add_argument(
+        "--iterations", type=int, help="the T of the per-category table, for every model (default: each model's)"
+    )
     report.add_argument(
         "--hidden-groups",
         type=int,
-        help="summarise the I3AD rows whose step-0 masks hide this many grid groups (default: the shipped one)",
+        help="summarise the I3AD rows whose step-0 masks hide this many grid groups, for every model (default: each "
+        "model's)",
     )
     _add_iteration_rule_arguments(
         report,

@@ -57,12 +57,14 @@ OUTPUT_PREFIX = "detection_"
 # A checkpoint listing made while the Hub repo could not be reached is kept this long before the Hub is asked again
 # (not on every request: each attempt may wait for the network's time-outs).
 HUB_RETRY_SECONDS = 60.0
-# The benchmark table's columns (the others are the same in every row at the default settings).
+# The benchmark table's columns (the others are the same in every row at the shipped settings, but for the rule).
 TABLE_COLUMNS = (
     "category",
     "model",
     "iterations",
     "ssim_threshold",
+    "shrinking_masks",
+    "iteration_painting",
     "image_auroc",
     "pixel_auroc",
     "aupro",
@@ -458,15 +460,15 @@ def benchmark_view(results: str | Path) -> BenchmarkView:
         rows = headline(table)
     except (FileNotFoundError, ValueError) as error:
         return BenchmarkView(f"**No benchmark results to show.** {error}")
+    # A model of one's own trained under a shipped name but other settings would otherwise vanish without a word.
+    notes = "".join(f" Note: {note}." for note in missing_rows(table))
     if rows.empty:
-        return BenchmarkView(f"**No benchmark results to show.** {results} has no rows at the shipped settings.")
+        return BenchmarkView(f"**No benchmark results to show.** {results} has no rows at the shipped settings.{notes}")
     has_pixel = rows["pixel_auroc"].notna().any()
     message = (
         f"From `{results}` ({len(table)} rows), each model at the shipped checkpoints' default settings "
-        f"({SHIPPED_SETTINGS.describe()}); I3AD with each category's calibrated tau."
+        f"({SHIPPED_SETTINGS.describe()}); I3AD with each category's calibrated tau.{notes}"
     )
-    # A model of one's own trained under a shipped name but other settings would otherwise vanish without a word.
-    message += "".join(f" Note: {note}." for note in missing_rows(table))
     return BenchmarkView(
         message=message,
         table=rows[list(TABLE_COLUMNS)],

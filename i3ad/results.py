@@ -38,11 +38,11 @@ class ModelSettings:
             self.others.with_(**changes), {model: s.with_(**changes) for model, s in self.per_model.items()}
         )
 
-    def describe(self) -> str:
-        """E.g. "i3ad: T = 2, ...; other models: T = 1, ..." for people."""
+    def describe(self, separator: str = "; ") -> str:
+        """E.g. "i3ad: T = 2, ...; other models: T = 1, ..." for people, one model per ``separator``."""
         parts = [f"{model}: {settings_text(s)}" for model, s in sorted(self.per_model.items())]
         others = settings_text(self.others)
-        return "; ".join([*parts, f"other models: {others}"]) if parts else others
+        return separator.join([*parts, f"other models: {others}"]) if parts else others
 
 
 def settings_text(settings: DetectionSettings) -> str:
@@ -207,7 +207,7 @@ def at_settings(table: pd.DataFrame, settings: DetectionSettings | ModelSettings
 
 def unmatched_settings(table: pd.DataFrame, settings: DetectionSettings) -> list[str]:
     """What keeps one model's rows ``table`` out of ``at_settings``: each setting none of them has, as "column: the
-    values the rows hold (the report's value)"."""
+    values the rows hold (the summary's value)"."""
     wanted = _scoring_values(settings)
     if table["ssim_threshold"].notna().any():  # I3AD rows
         wanted |= _inpainting_values(settings)
@@ -219,13 +219,13 @@ def unmatched_settings(table: pd.DataFrame, settings: DetectionSettings) -> list
     for column, value in wanted.items():
         held = _column(table, column, value)
         if value not in set(held):
-            unmatched.append(f"{column}: {', '.join(map(shown, sorted(held.unique())))} (the report's: {shown(value)})")
+            unmatched.append(f"{column}: {', '.join(map(shown, sorted(held.unique())))} (summary: {shown(value)})")
     return unmatched
 
 
 def missing_rows(table: pd.DataFrame, settings: DetectionSettings | ModelSettings = SHIPPED_SETTINGS) -> list[str]:
     """Why a model is missing from the per-category table at these settings (by default each model's shipped ones):
-    "no MODEL rows at the report's settings; the settings its rows lack", or "no MODEL rows at T = n", one per model
+    "no MODEL rows at its summary settings; the settings its rows lack", or "no MODEL rows at T = n", one per model
     left out (its rows still count in the scoring-variant tables)."""
     models = _by_model(settings)
     notes = []
@@ -234,7 +234,7 @@ def missing_rows(table: pd.DataFrame, settings: DetectionSettings | ModelSetting
         at_these = at_settings(rows, model_settings)
         if at_these.empty:
             reasons = unmatched_settings(rows, model_settings) or ["its rows have each of them, but not all together"]
-            notes.append(f"no {model} rows at the report's settings; {'; '.join(reasons)}")
+            notes.append(f"no {model} rows at its summary settings; {'; '.join(reasons)}")
         elif rows["ssim_threshold"].notna().any() and model_settings.iterations not in set(at_these["iterations"]):
             held = f"{at_these['iterations'].min()}..{at_these['iterations'].max()}"
             notes.append(f"no {model} rows at T = {model_settings.iterations}; its rows hold T = {held}")

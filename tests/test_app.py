@@ -282,7 +282,11 @@ def test_benchmark_tab_shows_figures_or_says_results_are_missing(handlers, tmp_p
     pd.read_csv(handlers.config.results).assign(iteration_painting="hole").to_csv(own, index=False)
     message, table, *_ = app.Handlers(app.AppConfig(handlers.store.resolver, own, device="cpu")).benchmark()
     assert set(table["value"]["model"]) == {"ae"}
-    assert "Note: no i3ad rows at the report's settings; iteration_painting: hole (the report's: cells)" in message
+    results = pd.read_csv(handlers.config.results)
+    results[results["model"] == "i3ad"].assign(iteration_painting="hole").to_csv(own, index=False)
+    only_own, table, *_ = app.Handlers(app.AppConfig(handlers.store.resolver, own, device="cpu")).benchmark()
+    assert "has no rows at the shipped settings" in only_own and "Note: no i3ad rows" in only_own
+    assert "Note: no i3ad rows at its summary settings; iteration_painting: hole (summary: cells)" in message
 
 
 def test_launched_app_answers_gradio_client(app_files, monkeypatch, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_checkpoints import save_untrained_checkpoint
 
+from i3ad.checkpoints import load_checkpoint, save_record
 from i3ad.cli import main
 from i3ad.evaluation import RESULT_COLUMNS
 from i3ad.plots import auroc_vs_iterations
@@ -201,12 +204,35 @@ def test_report_picks_the_rows_of_an_iteration_rule(results, tmp_path, capsys):
     assert "| a | 0.700 | 0.810 |" in capsys.readouterr().out  # the AE, then i3ad at its shipped rule
     assert main(["report", "--results", str(path), "--iterations", "1", "--iteration-painting", "hole"]) == 0
     printed = capsys.readouterr().out  # shrinking masks stay the shipped i3ad's: no rows have both
-    assert "note: no i3ad rows at the report's settings; its rows have each of them, but not all together" in printed
+    assert "note: no i3ad rows at its summary settings; its rows have each of them, but not all together" in printed
     hole_rule = ["--no-shrinking-masks", "--iteration-painting", "hole"]
     args = ["report", "--results", str(path), "--iterations", "1", *hole_rule]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| a | 0.700 | 0.100 |" in printed and "iteration painting hole, shrinking masks off" in printed
+
+
+def test_report_summarises_each_model_at_its_own_checkpoints_settings(results, tmp_path, capsys, cli_error):
+    # A network of one's own trained as "i3ad" with train's defaults (T = 1, each mask painted at once).
+    path = tmp_path / "own.csv"
+    own = results.assign(shrinking_masks=False, iteration_painting="hole")
+    own.loc[own["model"] == "i3ad", "smoothing_sigma"] = 2.0  # as the untrained checkpoints below are set
+    own.to_csv(path, index=False)
+    for category in ("a", "b"):
+        save_untrained_checkpoint(tmp_path / "ck", category, "i3ad", size=16)
+    assert main(["report", "--results", str(path)]) == 0
+    assert "note: no i3ad rows at its summary settings" in capsys.readouterr().out
+    assert main(["report", "--results", str(path), "--checkpoints", str(tmp_path / "ck")]) == 0
+    printed = capsys.readouterr().out
+    assert "note:" not in printed and "| a | 0.700 | 0.810 |" in printed  # the AE, then i3ad at T = 1
+    # One model's checkpoints at different defaults cannot pick one setting for its rows.
+    other = load_checkpoint(tmp_path / "ck" / "b" / "i3ad")
+    save_record(dataclasses.replace(other, settings=other.settings.with_(iterations=2)), tmp_path / "ck" / "b" / "i3ad")
+    assert main(["report", "--results", str(path), "--checkpoints", str(tmp_path / "ck")]) == 2
+    error = cli_error()
+    assert "the i3ad checkpoints under" in error and "differ in their default settings" in error
+    assert main(["report", "--results", str(path), "--compare", str(path), "--iterations", "1"]) == 2
+    assert "--iterations chooses the rows of the summary tables" in cli_error()
 
 
 def test_report_command_prints_the_tables_and_the_comparison(results, tmp_path, capsys):
@@ -239,10 +265,7 @@ def test_report_summarises_another_step0_density_and_t(results, tmp_path, capsys
     assert "i3ad: T = 2, each step-0 mask hiding 3 of 4 grid groups" in printed
     assert "| a | 0.700 | 0.820 |" in printed  # the AE, then I3AD at T = 2
     assert main(["report", "--results", str(path)]) == 0  # at the shipped step 0: a hint, not empty tables alone
-    assert (
-        "note: no i3ad rows at the report's settings; step0_hidden_groups: 3 (the report's: 1)"
-        in capsys.readouterr().out
-    )
+    assert "note: no i3ad rows at its summary settings; step0_hidden_groups: 3 (summary: 1)" in capsys.readouterr().out
     assert main(["report", "--results", str(path), "--hidden-groups", "4"]) == 2
     assert "each step-0 mask hides 1 to 3 of the 4 grid groups" in capsys.readouterr().err
     assert main(["report", "--results", str(path), "--iterations", "11"]) == 2
@@ -260,19 +283,19 @@ def test_report_names_the_settings_that_keep_a_model_out_of_its_tables(results, 
     assert main(["report", "--results", str(path)]) == 0
     printed = capsys.readouterr().out
     for model in ("ae", "i3ad"):
-        assert f"note: no {model} rows at the report's settings; smoothing_sigma: 4 (the report's: 8)\n" in printed
+        assert f"note: no {model} rows at its summary settings; smoothing_sigma: 4 (summary: 8)\n" in printed
     # Each setting present, but not together: the note says so rather than giving no reason.
     mixed = results.copy()
     autoencoder = mixed["model"] == "ae"
     mixed.loc[autoencoder, "smoothing_sigma"] = [4.0, 8.0] * (autoencoder.sum() // 2)
     mixed.loc[autoencoder & (mixed["smoothing_sigma"] == 8.0), "normal_error_subtracted"] = False
     mixed.loc[autoencoder & (mixed["smoothing_sigma"] == 4.0), "normal_error_subtracted"] = True
-    # And a second I3AD model that lacks the report's T while i3ad has it went missing without a note.
+    # And a second I3AD model that lacks the summary's T while i3ad has it went missing without a note.
     small = pd.DataFrame([_row(c, "i3ad-small", 0, 0.4, 0.5, calibrated=True) for c in ("a", "b")])
     pd.concat([mixed, small[list(RESULT_COLUMNS)]]).to_csv(path, index=False)
     assert main(["report", "--results", str(path)]) == 0
     printed = capsys.readouterr().out
-    assert "note: no ae rows at the report's settings; its rows have each of them, but not all together" in printed
+    assert "note: no ae rows at its summary settings; its rows have each of them, but not all together" in printed
     assert "note: no i3ad-small rows at T = 1; its rows hold T = 0..0" in printed
 
 
