@@ -58,19 +58,17 @@ from i3ad.pipeline import (
 from i3ad.preprocessing import GEOMETRIES, NORMALIZATIONS
 from i3ad.recipes import data_license, data_source, default_augmentations
 from i3ad.results import (
-    SHIPPED_SETTINGS,
-    ModelSettings,
     compare_runs,
     headline,
     is_by_defect_table,
     load_results,
     markdown_table,
     missing_rows,
-    settings_text,
     summary_tables,
     verdict_summary,
 )
 from i3ad.scoring import ANOMALY_MEASURES, ITERATION_PAINTINGS, DetectionSettings
+from i3ad.shipped import SHIPPED_SETTINGS, ModelSettings, settings_text
 from i3ad.synthetic import make_synthetic_category
 from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
 

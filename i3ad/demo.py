@@ -27,8 +27,9 @@ from i3ad.data import NORMAL, DatasetError, index_category
 from i3ad.detector import AnomalyDetector, check_iterations, check_ssim_threshold, verdict
 from i3ad.hub import CheckpointListing, CheckpointResolver, check_name
 from i3ad.plots import auroc_bars, auroc_vs_iterations
-from i3ad.results import SHIPPED_SETTINGS, headline, load_results, missing_rows
+from i3ad.results import headline, load_results, missing_rows
 from i3ad.scoring import DetectionResult
+from i3ad.shipped import SHIPPED_SETTINGS
 from i3ad.synthetic import make_synthetic_category
 from i3ad.visualize import (
     HEATMAP_RANGE,

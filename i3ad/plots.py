@@ -12,8 +12,9 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from i3ad.results import METRIC_LABELS, SHIPPED_SETTINGS, ModelSettings, at_settings, headline
+from i3ad.results import METRIC_LABELS, at_settings, headline
 from i3ad.scoring import DetectionSettings
+from i3ad.shipped import SHIPPED_SETTINGS, ModelSettings
 
 
 def auroc_bars(

@@ -4,10 +4,8 @@ settings, the summary tables of the README and ``python -m i3ad report``, and th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -15,53 +13,7 @@ import pandas as pd
 from i3ad.checks import error_summary
 from i3ad.evaluation import BY_DEFECT_COLUMNS, NORMAL_ROW, RESULT_COLUMNS, SETTING_COLUMNS
 from i3ad.scoring import DetectionSettings
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """Detection settings per model name: ``per_model``'s for the models it names, ``others`` for the rest (a
-    results table holds several models, and each is summarised at its own settings). Models are told apart by name
-    only: a network of one's own trained under a shipped model's name is summarised at that model's settings."""
-
-    others: DetectionSettings = DetectionSettings()
-    per_model: Mapping[str, DetectionSettings] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "per_model", MappingProxyType(dict(self.per_model)))  # read-only, like the rest
-
-    def of(self, model: str) -> DetectionSettings:
-        return self.per_model.get(model, self.others)
-
-    def with_(self, **changes: object) -> ModelSettings:
-        """The same change for every model (e.g. another T)."""
-        return ModelSettings(
-            self.others.with_(**changes), {model: s.with_(**changes) for model, s in self.per_model.items()}
-        )
-
-    def describe(self, separator: str = "; ") -> str:
-        """E.g. "i3ad: T = 2, ...; other models: T = 1, ..." for people, one model per ``separator``."""
-        parts = [f"{model}: {settings_text(s)}" for model, s in sorted(self.per_model.items())]
-        others = settings_text(self.others)
-        return separator.join([*parts, f"other models: {others}"]) if parts else others
-
-
-def settings_text(settings: DetectionSettings) -> str:
-    """The settings a results row is chosen by, for people."""
-    return (
-        f"T = {settings.iterations}, each step-0 mask hiding {settings.step0_hidden_groups} of {settings.step0_masks} "
-        f"grid groups of {settings.step0_cell_size} px, iteration painting {settings.iteration_painting}, shrinking "
-        f"masks {'on' if settings.shrinking_masks else 'off'}, measure {settings.anomaly_measure}, smoothing sigma "
-        f"{settings.smoothing_sigma:g}, normal error {'subtracted' if settings.subtract_normal_error else 'kept'}"
-    )
-
-
-# The default settings of the shipped checkpoints per model (tests/test_train_all.py checks them against
-# checkpoints/): i3ad, trained with synthetic defects, iterates with shrinking masks re-painted in step 0's grid cells
-# and is shipped at the T where its mean image AUROC peaks; i3ad-small, trained without them, at the library's
-# defaults (results/README.md, item 9).
-SHIPPED_SETTINGS = ModelSettings(
-    per_model={"i3ad": DetectionSettings(iterations=2, shrinking_masks=True, iteration_painting="cells")}
-)
+from i3ad.shipped import SHIPPED_SETTINGS, ModelSettings
 
 
 def _by_model(settings: DetectionSettings | ModelSettings) -> ModelSettings:

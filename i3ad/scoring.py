@@ -53,7 +53,7 @@ class DetectionSettings:
 
     # Defaults: the setting with the best mean image AUROC over the five benchmark categories for networks trained
     # without synthetic defects (the shipped i3ad-small); the shipped i3ad, trained with them, iterates at T = 2 with
-    # shrinking masks painted in cells (i3ad.results.SHIPPED_SETTINGS; results/README.md, item 9).
+    # shrinking masks painted in cells (i3ad.shipped.SHIPPED_SETTINGS; results/README.md, item 9).
     iterations: int = 1
     ssim_threshold: float = 0.5
     step0_masks: int = 4

@@ -34,8 +34,8 @@ from i3ad.hub import CheckpointListing, CheckpointResolver
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.pipeline import calibrate
 from i3ad.preprocessing import Preprocessing
-from i3ad.results import SHIPPED_SETTINGS
 from i3ad.scoring import DetectionSettings
+from i3ad.shipped import SHIPPED_SETTINGS
 from i3ad.synthetic import make_synthetic_category
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,9 @@ from i3ad.checkpoints import load_checkpoint, save_record
 from i3ad.cli import main
 from i3ad.evaluation import RESULT_COLUMNS
 from i3ad.plots import auroc_vs_iterations
-from i3ad.results import SHIPPED_SETTINGS, compare_runs, headline, load_results, summary_tables
+from i3ad.results import compare_runs, headline, load_results, summary_tables
 from i3ad.scoring import DetectionSettings
+from i3ad.shipped import SHIPPED_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 

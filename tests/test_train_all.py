@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from i3ad.checkpoints import load_checkpoint
-from i3ad.results import SHIPPED_SETTINGS
 from i3ad.scoring import DetectionSettings
+from i3ad.shipped import SHIPPED_I3AD_TRAINING, SHIPPED_SETTINGS
 from i3ad.synthetic import make_synthetic_category
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +68,6 @@ def test_train_all_trains_each_variant_in_its_shipped_shape(tmp_path):
         for shipped in (ROOT / "checkpoints").glob(f"*/{name}"):
             assert detection(shipped) == detection(trained), shipped
             assert training(shipped).get("synthetic_defects", 0.0) == training(trained)["synthetic_defects"], shipped
+    # The i3ad training options that notebook 01 takes from i3ad.shipped are the script's.
+    i3ad_training = training(tmp_path / "ck" / "synthetic" / "i3ad")
+    assert {key: i3ad_training[key] for key in SHIPPED_I3AD_TRAINING} == dict(SHIPPED_I3AD_TRAINING)
