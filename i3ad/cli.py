@@ -594,8 +594,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     if given and (args.compare or args.update_cards or is_by_defect_table(args.results)):
         raise ValueError(
             f"{', '.join(given)} {'choose' if len(given) > 1 else 'chooses'} the rows of the summary tables; "
-            "--compare, --update-cards (each checkpoint "
-            "at its own settings) and a per-defect table do not use them"
+            "--compare, --update-cards (each checkpoint at its own settings) and a per-defect table do not use them"
         )
     if is_by_defect_table(args.results):
         if args.compare or args.update_cards:

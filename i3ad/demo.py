@@ -58,7 +58,7 @@ OUTPUT_PREFIX = "detection_"
 # A checkpoint listing made while the Hub repo could not be reached is kept this long before the Hub is asked again
 # (not on every request: each attempt may wait for the network's time-outs).
 HUB_RETRY_SECONDS = 60.0
-# The benchmark table's columns (the others are the same in every row at the shipped settings, but for the rule).
+# The benchmark table's columns (the others are the same in every row at the shipped settings).
 TABLE_COLUMNS = (
     "category",
     "model",
