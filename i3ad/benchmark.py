@@ -21,9 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.evaluation import TestSet, sweep_inpainting
 from i3ad.models import InpaintingUNet
-from i3ad.scoring import detect_by_inpainting, network_autocast
+from i3ad.scoring import AUTOCAST_DTYPES, detect_by_inpainting, network_autocast
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # torch.compile modes the benchmark can try ("reduce-overhead" also captures CUDA graphs).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # The timed evaluation sweep: every T from 0 to this, in batches of this size (as ``python -m i3ad evaluate``).
@@ -206,10 +205,10 @@ def run_benchmark(
             on_rows(table())
 
     for precision in precisions:
-        dtype = PRECISIONS[precision]
+        dtype = AUTOCAST_DTYPES[precision]  # autocast on any device: bench also times the CPU's
         if compile_mode is not None:
             # A fresh compilation per precision: autocast is part of dynamo's guards, so one compiled model shared by
-            # fp32 and bf16 recompiles until it hits dynamo's recompile limit and silently falls back to eager.
+            # two precisions recompiles until it hits dynamo's recompile limit and silently falls back to eager.
             torch._dynamo.reset()
             model = torch.compile(eager_model, mode=compile_mode, dynamic=False if static_shapes else None)
         to_profile = []  # (row, forward) of this precision's network forwards

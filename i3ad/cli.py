@@ -67,7 +67,7 @@ from i3ad.results import (
     summary_tables,
     verdict_summary,
 )
-from i3ad.scoring import ANOMALY_MEASURES, ITERATION_PAINTINGS, DetectionSettings
+from i3ad.scoring import ANOMALY_MEASURES, AUTOCAST_DTYPES, ITERATION_PAINTINGS, DetectionSettings
 from i3ad.shipped import SHIPPED_SETTINGS, ModelSettings, settings_text
 from i3ad.synthetic import make_synthetic_category
 from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
@@ -303,7 +303,7 @@ def _evaluate_sweep(
         measures=args.measures,
         sigmas=args.sigmas,
         batch_size=args.batch_size,
-        bf16=args.bf16,
+        precision=args.precision,
         compile_network=args.compile,
     )
 
@@ -858,7 +858,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sigmas", type=float, nargs="+", help="map smoothing sigmas (default: the checkpoint's)")
     evaluate.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
     evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
+    precision = evaluate.add_mutually_exclusive_group()
+    precision.add_argument(
+        "--bf16", dest="precision", action="store_const", const="bf16", default="fp32", help="bfloat16 autocast on CUDA"
+    )
+    precision.add_argument(
+        "--fp16", dest="precision", action="store_const", const="fp16", help="float16 autocast on CUDA"
+    )
     evaluate.add_argument("--compile", action="store_true", help="run the networks through torch.compile")
     _add_convolution_flags(evaluate)
     evaluate.add_argument(
@@ -944,7 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[0, 1, 5, 10],
         help="T values of the detections to time; none: time the network forwards only",
     )
-    bench.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
+    bench.add_argument("--precisions", nargs="+", choices=list(AUTOCAST_DTYPES), default=["fp32"])
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--sweep-images", type=int, default=0, help="also time a T=0..10 evaluation sweep over N images")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

@@ -245,7 +245,7 @@ def evaluate_detector(
     measures: list[str] | None = None,
     sigmas: list[float] | None = None,
     batch_size: int = 32,
-    bf16: bool = False,
+    precision: str = "fp32",
     holdout: torch.Tensor | None = None,
     compile_network: bool = False,
 ) -> pd.DataFrame:
@@ -253,8 +253,9 @@ def evaluate_detector(
     included and flagged in the ``calibrated_threshold`` column); one row per scoring variant for the autoencoder.
     With the checkpoint's held-out normal images (``holdout_images``, on the detector's device) every row comes
     twice: raw maps, and maps minus that setting's normal error. ``compile_network`` runs the network through
-    torch.compile (faster on a GPU after a warm-up; ``results/perf_gpu.csv``)."""
-    autocast_dtype = autocast_for(detector.device, bf16)
+    torch.compile (faster on a GPU after a warm-up; ``results/perf_gpu.csv``); ``precision`` "bf16" or "fp16" runs it
+    under that autocast on CUDA (the maps and metrics stay float32)."""
+    autocast_dtype = autocast_for(detector.device, precision)
     model = torch.compile(detector.model) if compile_network else detector.model
     if detector.kind == "i3ad":
         tau = detector.settings.ssim_threshold

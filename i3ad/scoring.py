@@ -176,9 +176,15 @@ def image_scores(anomaly_maps: Tensor, region: Tensor | None = None) -> Tensor:
     return anomaly_maps.flatten(1).amax(dim=1)
 
 
-def autocast_for(device: torch.device, bf16: bool) -> torch.dtype | None:
-    """bfloat16 autocast for the network when asked for and on CUDA; None (float32) otherwise."""
-    return torch.bfloat16 if bf16 and device.type == "cuda" else None
+# The precisions a network can run in, as autocast dtypes; None is plain float32 (TF32 convolutions on CUDA by default).
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_for(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` ("fp32", "bf16" or "fp16") on CUDA; None (float32) otherwise."""
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(AUTOCAST_DTYPES)}")
+    return AUTOCAST_DTYPES[precision] if device.type == "cuda" else None
 
 
 def network_autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

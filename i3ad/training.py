@@ -169,7 +169,7 @@ def train(
     # The compiled module shares the model's parameters; the model itself is what gets returned and saved.
     network = torch.compile(model) if config.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    autocast_dtype = autocast_for(device, config.bf16)
+    autocast_dtype = autocast_for(device, "bf16" if config.bf16 else "fp32")
     log: list[dict] = []
     started = time.perf_counter()
     total_steps = config.steps

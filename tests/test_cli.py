@@ -119,6 +119,30 @@ def test_evaluate_convolution_flags_hold_during_the_run_only(trained, tmp_path, 
     assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.benchmark  # the caller's settings are back
 
 
+@pytest.mark.parametrize("flags, precision", [([], "fp32"), (["--bf16"], "bf16"), (["--fp16"], "fp16")])
+def test_evaluate_passes_its_precision_on(trained, tmp_path, monkeypatch, flags, precision):
+    data_root, checkpoints = trained
+    seen = []
+    real_evaluate = cli.evaluate_detector
+
+    def evaluate_detector(*args, **kwargs):
+        seen.append(kwargs["precision"])
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "evaluate_detector", evaluate_detector)
+    args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--model", "ae"]
+    assert main([*args, "--device", "cpu", *flags, "--out", str(tmp_path / "r.csv")]) == 0
+    assert seen == [precision]
+
+
+def test_evaluate_takes_one_precision(trained, tmp_path, capsys):
+    data_root, checkpoints = trained
+    args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--bf16", "--fp16"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--out", str(tmp_path / "r.csv")])
+    assert exit_.value.code == 2 and "not allowed with argument --bf16" in capsys.readouterr().err
+
+
 def test_evaluate_sweeps_another_iteration_rule_and_refuses_it_per_defect(trained, tmp_path, cli_error):
     data_root, checkpoints = trained
     args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--model", "i3ad"]

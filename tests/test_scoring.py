@@ -11,6 +11,7 @@ from i3ad.masks import complementary_grid_masks, step0_grid_masks
 from i3ad.scoring import (
     DetectionSettings,
     anomaly_map,
+    autocast_for,
     detect_by_autoencoder,
     detect_by_inpainting,
     image_scores,
@@ -458,3 +459,11 @@ def test_detector_fits_a_wide_image_and_scores_and_crops_the_image_alone(unet):
     assert torch.equal(result.region, preprocessing.region(12, 40))
     assert torch.equal(result.scores, result.anomaly_map[..., top : top + height, left : left + width].amax((1, 2, 3)))
     assert detector.crop(result.anomaly_map, image).shape == (1, 1, height, width)
+
+
+def test_autocast_applies_on_cuda_only_and_refuses_unknown_precisions():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert [autocast_for(cuda, p) for p in ("fp32", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]
+    assert autocast_for(cpu, "fp16") is None
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        autocast_for(cuda, "fp8")
