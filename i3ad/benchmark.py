@@ -176,6 +176,9 @@ def run_benchmark(
         images = images.contiguous(memory_format=torch.channels_last)
     # Without the flag the model keeps the layout it was loaded in (channels-last on a CPU, see models.for_device).
     memory_format = "channels_last" if _is_channels_last(model) else "contiguous"
+    unknown = [p for p in precisions if p not in AUTOCAST_DTYPES]
+    if unknown:
+        raise ValueError(f"precisions must be among {', '.join(AUTOCAST_DTYPES)}, got {', '.join(map(repr, unknown))}")
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
     if static_shapes and compile_mode is None:

@@ -231,6 +231,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             "--by-defect scores each checkpoint at its own settings and thresholds; set --shrinking-masks or "
             "--iteration-painting with calibrate (on a copy), then evaluate it"
         )
+    if args.by_defect and (args.precision != "fp32" or args.compile):
+        raise ValueError("--by-defect runs the networks in float32, uncompiled; leave out --bf16, --fp16 and --compile")
+    if args.precision != "fp32" and device.type != "cuda":
+        print(f"note: --{args.precision} applies on CUDA only; evaluating in float32 on {device}", file=sys.stderr)
     out = _output_file(args.out)
     available = _checkpoints_under(args.checkpoints)
     # Each category once, in the order given.
@@ -980,7 +984,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--update-cards", metavar="CHECKPOINTS", help="write each checkpoint's metrics into its model card"
     )
     report.add_argument(
-        "--compare", metavar="CSV", help="print how far another results table (e.g. --bf16) moves the metrics"
+        "--compare", metavar="CSV", help="print how far another results table (e.g. --bf16 or --fp16) moves the metrics"
     )
     report.add_argument(
         "--checkpoints",

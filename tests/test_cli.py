@@ -120,7 +120,7 @@ def test_evaluate_convolution_flags_hold_during_the_run_only(trained, tmp_path, 
 
 
 @pytest.mark.parametrize("flags, precision", [([], "fp32"), (["--bf16"], "bf16"), (["--fp16"], "fp16")])
-def test_evaluate_passes_its_precision_on(trained, tmp_path, monkeypatch, flags, precision):
+def test_evaluate_passes_its_precision_on(trained, tmp_path, monkeypatch, capsys, flags, precision):
     data_root, checkpoints = trained
     seen = []
     real_evaluate = cli.evaluate_detector
@@ -133,6 +133,7 @@ def test_evaluate_passes_its_precision_on(trained, tmp_path, monkeypatch, flags,
     args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--model", "ae"]
     assert main([*args, "--device", "cpu", *flags, "--out", str(tmp_path / "r.csv")]) == 0
     assert seen == [precision]
+    assert ("applies on CUDA only" in capsys.readouterr().err) == (precision != "fp32")
 
 
 def test_evaluate_takes_one_precision(trained, tmp_path, capsys):
@@ -141,6 +142,15 @@ def test_evaluate_takes_one_precision(trained, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*args, "--out", str(tmp_path / "r.csv")])
     assert exit_.value.code == 2 and "not allowed with argument --bf16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--bf16", "--fp16", "--compile"])
+def test_evaluate_by_defect_refuses_what_it_would_ignore(trained, tmp_path, cli_error, flag):
+    data_root, checkpoints = trained
+    args = ["evaluate", "--data-root", str(data_root), "--checkpoints", str(checkpoints), "--by-defect", flag]
+    assert main([*args, "--out", str(tmp_path / "r.csv")]) == 2
+    assert "runs the networks in float32, uncompiled" in cli_error()
+    assert not (tmp_path / "r.csv").exists()
 
 
 def test_evaluate_sweeps_another_iteration_rule_and_refuses_it_per_defect(trained, tmp_path, cli_error):
@@ -688,7 +698,7 @@ def test_bench_records_the_memory_format_it_ran_in(trained):
 
 @pytest.mark.slow
 def test_bench_compiles_the_network_afresh_for_each_precision(trained, monkeypatch):
-    # One compiled model shared by fp32 and bf16 recompiles on the autocast switch until dynamo gives up and runs
+    # One compiled model shared by two precisions recompiles on the autocast switch until dynamo gives up and runs
     # it eagerly, so each precision gets its own compilation after a reset of dynamo's caches.
     _, checkpoints = trained
     detector = load_checkpoint(checkpoints / "synthetic" / "i3ad")
@@ -696,9 +706,12 @@ def test_bench_compiles_the_network_afresh_for_each_precision(trained, monkeypat
     monkeypatch.setattr(torch, "compile", lambda model, mode, dynamic: compiled.append((model, mode, dynamic)) or model)
     monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(True))
     common = {"batch_sizes": [1], "iterations": [0], "repeats": 1, "compile_mode": "default"}
-    table = run_benchmark(detector, torch.rand(1, 3, 64, 64), precisions=["fp32", "bf16"], **common)
-    assert compiled == [(detector.model, "default", None)] * 2 and len(resets) == 2
-    assert set(table["compile"]) == {"default"} and set(table["precision"]) == {"fp32", "bf16"}
+    table = run_benchmark(detector, torch.rand(1, 3, 64, 64), precisions=["fp32", "bf16", "fp16"], **common)
+    assert compiled == [(detector.model, "default", None)] * 3 and len(resets) == 3
+    assert set(table["compile"]) == {"default"} and set(table["precision"]) == {"fp32", "bf16", "fp16"}
+    with pytest.raises(ValueError, match="precisions must be among fp32, bf16, fp16, got 'fp8'"):
+        run_benchmark(detector, torch.rand(1, 3, 64, 64), precisions=["fp32", "fp8"], **common)
+    assert len(resets) == 3  # refused before anything was timed
     # --static-shapes: one graph per shape, recorded in the table.
     table = run_benchmark(detector, torch.rand(1, 3, 64, 64), precisions=["fp32"], static_shapes=True, **common)
     assert compiled[-1] == (detector.model, "default", False) and set(table["compile"]) == {"default static"}
