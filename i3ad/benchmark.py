@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from i3ad.detector import AnomalyDetector, check_iterations
 from i3ad.evaluation import TestSet, sweep_inpainting
 from i3ad.models import InpaintingUNet
-from i3ad.scoring import AUTOCAST_DTYPES, detect_by_inpainting, network_autocast
+from i3ad.scoring import autocast_dtype, detect_by_inpainting, network_autocast
 
 # torch.compile modes the benchmark can try ("reduce-overhead" also captures CUDA graphs).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -176,9 +176,8 @@ def run_benchmark(
         images = images.contiguous(memory_format=torch.channels_last)
     # Without the flag the model keeps the layout it was loaded in (channels-last on a CPU, see models.for_device).
     memory_format = "channels_last" if _is_channels_last(model) else "contiguous"
-    unknown = [p for p in precisions if p not in AUTOCAST_DTYPES]
-    if unknown:
-        raise ValueError(f"precisions must be among {', '.join(AUTOCAST_DTYPES)}, got {', '.join(map(repr, unknown))}")
+    # Autocast on any device (bench also times the CPU's); every precision checked before the first is timed.
+    dtypes = {precision: autocast_dtype(precision) for precision in precisions}
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
     if static_shapes and compile_mode is None:
@@ -208,7 +207,7 @@ def run_benchmark(
             on_rows(table())
 
     for precision in precisions:
-        dtype = AUTOCAST_DTYPES[precision]  # autocast on any device: bench also times the CPU's
+        dtype = dtypes[precision]
         if compile_mode is not None:
             # A fresh compilation per precision: autocast is part of dynamo's guards, so one compiled model shared by
             # two precisions recompiles until it hits dynamo's recompile limit and silently falls back to eager.

@@ -180,11 +180,17 @@ def image_scores(anomaly_maps: Tensor, region: Tensor | None = None) -> Tensor:
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast_for(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype of ``precision`` ("fp32", "bf16" or "fp16") on CUDA; None (float32) otherwise."""
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` ("fp32", "bf16" or "fp16"); None for plain float32."""
     if precision not in AUTOCAST_DTYPES:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(AUTOCAST_DTYPES)}")
-    return AUTOCAST_DTYPES[precision] if device.type == "cuda" else None
+    return AUTOCAST_DTYPES[precision]
+
+
+def autocast_for(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on CUDA; None (float32) on other devices."""
+    dtype = autocast_dtype(precision)
+    return dtype if device.type == "cuda" else None
 
 
 def network_autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
