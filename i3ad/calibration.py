@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from i3ad.batching import map_batches
-from i3ad.checks import is_finite_number
+from i3ad.checks import is_count, is_finite_number, shown
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
 from i3ad.scoring import (
@@ -52,6 +52,9 @@ class Calibration:
             raise ValueError(f"score_thresholds must be a non-empty list of finite numbers, got {thresholds!r}")
         if self.ssim_threshold is not None and not is_finite_number(self.ssim_threshold):
             raise ValueError(f"ssim_threshold must be a finite number or None, got {self.ssim_threshold!r}")
+        check_ssim_quantile(self.ssim_quantile)
+        if not is_count(self.holdout_images):
+            raise ValueError(f"holdout_images must be a whole number of at least 1, got {shown(self.holdout_images)}")
 
     @property
     def tau_text(self) -> str:

@@ -37,7 +37,16 @@ def shown(value: object) -> str:
     return text if len(text) <= SHOWN_LENGTH else f"{text[: SHOWN_LENGTH - 3]}..."
 
 
+# Longest excerpt of a library's error message that one of i3ad's messages shows.
+SUMMARY_LENGTH = 300
+
+
 def error_summary(error: BaseException) -> str:
-    """The first line of an error's message (a library's may run to pages), or its type when it has none."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    """The first line of an error's message (a library's may run to pages), with the line after it when it only
+    announces that one (ends in a colon, as torch's "Error(s) in loading state_dict for ...:" does), cut to
+    SUMMARY_LENGTH characters; or the error's type when it has no message."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    summary = " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return summary if len(summary) <= SUMMARY_LENGTH else f"{summary[: SUMMARY_LENGTH - 3]}..."

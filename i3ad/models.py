@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from i3ad.checks import is_count
+from i3ad.checks import is_count, shown
 
 
 def for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
@@ -119,7 +119,7 @@ class InpaintingUNet(nn.Module):
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+            raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {shown(channels)}")
         check_sizes(base_width=base_width, levels=len(width_multipliers), patch_size=patch_size)
         check_sizes(**{f"width multiplier {i + 1}": m for i, m in enumerate(width_multipliers)})
         if bottleneck_blocks != 0:
@@ -232,7 +232,7 @@ class ConvAutoencoder(nn.Module):
     def __init__(self, channels: int = 3, image_size: int = 256, base_width: int = 32, latent_dim: int = 128) -> None:
         super().__init__()
         if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+            raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {shown(channels)}")
         if image_size < 32 or image_size & (image_size - 1):
             raise ValueError(f"image_size must be a power of two >= 32, got {image_size}")
         check_sizes(base_width=base_width, latent_dim=latent_dim)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from i3ad.checks import error_summary
-from i3ad.evaluation import BY_DEFECT_COLUMNS, NORMAL_ROW, RESULT_COLUMNS, SETTING_COLUMNS
+from i3ad.evaluation import BY_DEFECT_COLUMNS, METRIC_COLUMNS, NORMAL_ROW, RESULT_COLUMNS, SETTING_COLUMNS
 from i3ad.scoring import DetectionSettings
 from i3ad.shipped import SHIPPED_SETTINGS, ModelSettings
 
@@ -64,6 +64,9 @@ def load_results(path: str | Path) -> pd.DataFrame:
         )
     if table.empty:
         raise ValueError(f"{path} has no rows: its evaluation wrote only the header (was it interrupted?)")
+    not_numbers = [c for c in ("iterations", *METRIC_COLUMNS) if not pd.api.types.is_numeric_dtype(table[c])]
+    if not_numbers:
+        raise ValueError(f"{path} is not a results table of `python -m i3ad evaluate`: {not_numbers[0]} holds text")
     return table
 
 

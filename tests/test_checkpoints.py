@@ -296,7 +296,10 @@ def _rewrite_config(folder: Path, **changes) -> None:
 def test_config_that_does_not_match_the_weights(saved):
     _, folder = saved
     _rewrite_config(folder, base_width=16)
-    with pytest.raises(CheckpointError, match=r"does not match .*config\.json"):
+    # The message names what does not match (torch's first detail line), not only torch's heading that ends in ":".
+    with pytest.raises(
+        CheckpointError, match=r"does not match .*config\.json: Error\(s\) in loading .*: size mismatch"
+    ):
         load_checkpoint(folder)
 
 
@@ -496,6 +499,9 @@ def test_invalid_model_config(saved):
         lambda record: record["detection"].update(step0_cell_size=8.5),
         lambda record: record["detection"].update(mask_dilation=2.5),
         lambda record: record["preprocessing"].update(image_size=64.5),
+        lambda record: record["calibration"].update(holdout_images="x"),
+        lambda record: record["calibration"].update(holdout_images=-3),
+        lambda record: record["calibration"].update(ssim_quantile=5),
     ],
 )
 def test_incomplete_detector_record(saved, change):

@@ -345,6 +345,13 @@ def test_report_refuses_a_table_that_evaluate_did_not_write(tmp_path, capsys):
     text.write_text('a,b\n1,2,3,4\n"unclosed\n')
     assert main(["report", "--results", str(text)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {text} is not a results table of `python -m i3ad evaluate`")
+    # A metric column holding text: the same kind of message, not pandas' error from averaging it.
+    table = pd.read_csv(ROOT / "results" / "small_synthetic_defects_shared_gpu.csv")
+    table["image_auroc"] = "x"
+    edited = tmp_path / "edited.csv"
+    table.to_csv(edited, index=False)
+    assert main(["report", "--results", str(edited)]) == 2
+    assert "is not a results table of `python -m i3ad evaluate`: image_auroc holds text" in capsys.readouterr().err
 
 
 def test_report_names_a_folder_an_empty_table_and_a_bad_comparison_before_printing(
