@@ -28,7 +28,7 @@ from i3ad.checkpoints import (
     load_checkpoint,
     save_record,
 )
-from i3ad.checks import is_finite_number
+from i3ad.checks import error_summary, is_finite_number
 from i3ad.data import (
     CategoryIndex,
     DatasetError,
@@ -194,11 +194,14 @@ def _writable_out(folder: Path, out: Path) -> Path:
         raise ValueError(f"--out {out}: {error}") from None
 
 
-def _output_file(path: str) -> Path:
-    """``--out`` as a file that can be written, checked before any work is done."""
+def _output_file(path: str, *, replace: bool, how_to_replace: str = "add --overwrite to replace it") -> Path:
+    """``--out`` as a file that can be written, checked before any work is done; a file already there only when
+    ``replace`` (a finished table is not lost to a rerun), else an error that ends with ``how_to_replace``."""
     out = Path(path)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'results.csv'}")
+    if out.exists() and not replace:
+        raise ValueError(f"--out {out} already exists: {how_to_replace}, or give another file")
     _writable_out(out.parent, out)
     return out
 
@@ -235,7 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise ValueError("--by-defect runs the networks in float32, uncompiled; leave out --bf16, --fp16 and --compile")
     if args.precision != "fp32" and device.type != "cuda":
         print(f"note: --{args.precision} applies on CUDA only; evaluating in float32 on {device}", file=sys.stderr)
-    out = _output_file(args.out)
+    out = _output_file(args.out, replace=args.overwrite)
     available = _checkpoints_under(args.checkpoints)
     # Each category once, in the order given.
     requested = list(dict.fromkeys(map(check_category_name, args.category)))
@@ -511,11 +514,35 @@ def cmd_detect(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+# Columns every table of ``bench`` has held, from its first version on: a file without them is not one that --append
+# may add to (other columns came later, and older tables lack them).
+_BENCH_TABLE_COLUMNS = ("device", "images_per_s")
+
+
+def _earlier_bench_table(out: Path) -> pd.DataFrame:
+    """The table ``bench --append`` adds to, read before anything is timed; an error naming the file when it is not
+    one that bench wrote."""
+    not_a_table = f"--append: {out} is not a table of `python -m i3ad bench`"
+    try:
+        table = pd.read_csv(out)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{not_a_table} ({error_summary(error)})") from None
+    missing = [column for column in _BENCH_TABLE_COLUMNS if column not in table.columns]
+    if missing:
+        raise ValueError(f"{not_a_table} (it lacks the column {missing[0]}); give another --out")
+    return table
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     check_plan(args.batch_sizes, args.iterations, args.repeats, args.sweep_images)
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    out = _output_file(args.out) if args.out else None
+    how_to_replace = "add --overwrite to replace it or --append to add rows to it"
+    out = (
+        _output_file(args.out, replace=args.overwrite or args.append, how_to_replace=how_to_replace)
+        if args.out
+        else None
+    )
     device = resolve_device(args.device)
     _apply_convolution_choices(args)
     if args.threads:
@@ -539,7 +566,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
                 test_per_defect=4,
             )
             images = load_images(sorted(root.glob("test/*/*.png")), detector.preprocessing)
-    earlier = pd.read_csv(out) if out is not None and args.append and out.exists() else None
+    earlier = _earlier_bench_table(out) if out is not None and args.append and out.exists() else None
 
     def save(table: pd.DataFrame) -> None:
         if earlier is not None:  # rows written before a column existed get it empty; the columns keep today's order
@@ -879,6 +906,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_iteration_rule_arguments(evaluate, "for the sweep only")
     evaluate.add_argument("--out", default="results/evaluation.csv", help="the results CSV to write")
+    evaluate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results CSV if --out names one already (refused otherwise)",
+    )
     evaluate.set_defaults(run=cmd_evaluate)
 
     detect = commands.add_parser("detect", help="score images or folders with a checkpoint; heat-maps and a CSV")
@@ -975,7 +1007,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convolution_flags(bench)
     bench.add_argument("--device", default="auto")
     bench.add_argument("--out", help="write (or with --append, add to) a CSV")
-    bench.add_argument("--append", action="store_true")
+    bench.add_argument("--append", action="store_true", help="add the rows to the CSV --out names")
+    bench.add_argument(
+        "--overwrite", action="store_true", help="replace the CSV if --out names one already (refused otherwise)"
+    )
     bench.set_defaults(run=cmd_bench)
 
     report = commands.add_parser("report", help="print the README's tables from a results CSV")

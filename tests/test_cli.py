@@ -590,6 +590,18 @@ def test_bench_command_prints_and_appends_its_table(trained, tmp_path, capsys):
     assert main(common) == 0
     assert main([*common, "--channels-last", "--append"]) == 0
     assert "network forward" in capsys.readouterr().out
+    # A table already there is neither replaced nor added to unless asked, before anything is timed.
+    before = out.read_bytes()
+    assert main(common) == 2
+    assert f"--out {out} already exists: add --overwrite to replace it or --append" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    # Nor is a file that bench did not write added to: it is named, before anything is timed.
+    other = tmp_path / "other.csv"
+    for text in ("a,b\n1,2\n", "", "\xff\xfe,\n"):
+        other.write_text(text, encoding="latin-1")
+        assert main([*common[:-1], str(other), "--append"]) == 2
+        assert f"--append: {other} is not a table of `python -m i3ad bench`" in capsys.readouterr().err
+        assert other.read_text(encoding="latin-1") == text
     table = pd.read_csv(out)
     # A model loaded on the CPU is already channels-last (models.for_device); the flag keeps it so.
     assert table["memory_format"].tolist() == ["channels_last"] * 6
@@ -735,6 +747,13 @@ def test_evaluate_errors_with_checkpoints(trained, tmp_path, cli_error):
     err = cli_error()
     assert "no checkpoint for category 'other'" in err and "synthetic" in err
     assert not (tmp_path / "r.csv").exists()
+    # A results table already there is kept, and said so before anything is loaded or computed.
+    (tmp_path / "r.csv").write_text("finished,table\n1,2\n")
+    assert main([*common, "--data-root", str(data_root)]) == 2
+    assert "r.csv already exists: add --overwrite to replace it, or give another file" in cli_error()
+    assert (tmp_path / "r.csv").read_text() == "finished,table\n1,2\n"
+    assert main([*common, "--data-root", str(data_root), "--iterations", "0", "--overwrite"]) == 0
+    assert "image_auroc" in (tmp_path / "r.csv").read_text()
 
 
 def _copy_data(data_root: Path, tmp_path: Path) -> Path:
@@ -796,7 +815,7 @@ def test_checkpoints_find_their_held_out_images_by_name(trained, tmp_path, capsy
     assert pd.read_csv(tmp_path / "r.csv")["normal_error_subtracted"].any()
     # Without a held-out image there is no normal error to measure; the raw rows still come out.
     (train / held_out[0]).unlink()
-    assert main(common) == 0
+    assert main([*common, "--overwrite"]) == 0
     assert "no normal-error rows" in capsys.readouterr().out
     assert not pd.read_csv(tmp_path / "r.csv")["normal_error_subtracted"].any()
     folder = tmp_path / "checkpoint"
