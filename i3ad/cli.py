@@ -1007,8 +1007,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convolution_flags(bench)
     bench.add_argument("--device", default="auto")
     bench.add_argument("--out", help="write (or with --append, add to) a CSV")
-    bench.add_argument("--append", action="store_true", help="add the rows to the CSV --out names")
-    bench.add_argument(
+    existing_out = bench.add_mutually_exclusive_group()
+    existing_out.add_argument("--append", action="store_true", help="add the rows to the CSV --out names")
+    existing_out.add_argument(
         "--overwrite", action="store_true", help="replace the CSV if --out names one already (refused otherwise)"
     )
     bench.set_defaults(run=cmd_bench)

@@ -595,6 +595,9 @@ def test_bench_command_prints_and_appends_its_table(trained, tmp_path, capsys):
     assert main(common) == 2
     assert f"--out {out} already exists: add --overwrite to replace it or --append" in capsys.readouterr().err
     assert out.read_bytes() == before
+    with pytest.raises(SystemExit) as exit_:  # one or the other
+        main([*common, "--append", "--overwrite"])
+    assert exit_.value.code == 2 and "not allowed with argument --append" in capsys.readouterr().err
     # Nor is a file that bench did not write added to: it is named, before anything is timed.
     other = tmp_path / "other.csv"
     for text in ("a,b\n1,2\n", "", "\xff\xfe,\n"):
