@@ -52,8 +52,9 @@ class DetectionSettings:
     """
 
     # Defaults: the setting with the best mean image AUROC over the five benchmark categories for networks trained
-    # without synthetic defects (the shipped i3ad-small); the shipped i3ad, trained with them, iterates at T = 2 with
-    # shrinking masks painted in cells (i3ad.shipped.SHIPPED_SETTINGS; results/README.md, item 9).
+    # without synthetic defects (train's default). The shipped networks, trained with them, iterate with shrinking
+    # masks painted in cells, i3ad at T = 2 and i3ad-small from T = 1 (i3ad.shipped.SHIPPED_SETTINGS; results/README.md,
+    # items 9 and 11).
     iterations: int = 1
     ssim_threshold: float = 0.5
     step0_masks: int = 4

@@ -1,6 +1,6 @@
 """What the shipped checkpoints are (checkpoints/; tests/test_train_all.py checks them against this module and against
 scripts/train_all.sh): each model's default detection settings, by which the README's tables, the app and the
-notebooks summarise a results table, and the training options of the shipped i3ad beyond its size."""
+notebooks summarise a results table, and the training options of the shipped inpainting networks beyond their size."""
 
 from __future__ import annotations
 
@@ -49,14 +49,22 @@ def settings_text(settings: DetectionSettings) -> str:
     )
 
 
-# The default settings of the shipped checkpoints per model: i3ad, trained with synthetic defects, iterates with
-# shrinking masks re-painted in step 0's grid cells and is shipped at the T where its mean image AUROC peaks;
-# i3ad-small, trained without them, at the library's defaults (results/README.md, item 9).
+# The default settings of the shipped checkpoints per model. Both inpainting networks are trained with synthetic
+# defects and iterate with shrinking masks re-painted in step 0's grid cells (results/README.md, items 9 and 11), each
+# shipped at the T where its mean image AUROC peaks: i3ad at T = 2, i3ad-small at T = 0 (its rules apply from T = 1).
 SHIPPED_SETTINGS = ModelSettings(
-    per_model={"i3ad": DetectionSettings(iterations=2, shrinking_masks=True, iteration_painting="cells")}
+    per_model={
+        "i3ad": DetectionSettings(iterations=2, shrinking_masks=True, iteration_painting="cells"),
+        "i3ad-small": DetectionSettings(iterations=0, shrinking_masks=True, iteration_painting="cells"),
+    }
 )
 
-# The shipped i3ad's training options beyond its size (TrainConfig fields; scripts/train_all.sh passes them as flags):
-# synthetic defects on half its training images (results/README.md, item 8) and no GroupNorm in its first two levels
-# (item 4).
-SHIPPED_I3AD_TRAINING = MappingProxyType({"synthetic_defects": 0.5, "norm_free_levels": 2})
+# The shipped inpainting networks' training options beyond their size (TrainConfig fields; scripts/train_all.sh passes
+# them as flags): synthetic defects on half the training images (results/README.md, items 8 and 11) and, for i3ad, no
+# GroupNorm in its first two levels (item 4).
+SHIPPED_TRAINING = MappingProxyType(
+    {
+        "i3ad": MappingProxyType({"synthetic_defects": 0.5, "norm_free_levels": 2}),
+        "i3ad-small": MappingProxyType({"synthetic_defects": 0.5}),
+    }
+)

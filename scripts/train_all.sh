@@ -4,7 +4,8 @@
 #               faster, losing no more than a training run moves: results/norm_free_levels_check.csv), trained with
 #               synthetic defects on half its images and detecting at T = 2 with shrinking masks re-painted in step
 #               0's grid cells (results/README.md, item 9)
-#   i3ad-small  the CPU demo's inpainting U-Net (base width 16)
+#   i3ad-small  the CPU demo's inpainting U-Net (base width 16), trained with synthetic defects on half its images
+#               and detecting at T = 0, iterating (T > 0) by the rules of i3ad (results/README.md, item 11)
 #   ae          the AE-SSIM baseline
 # usage: scripts/train_all.sh DATA_ROOT CHECKPOINTS_ROOT CATEGORY...
 # Checkpoints already in CHECKPOINTS_ROOT under these names are replaced (train --overwrite).
@@ -43,7 +44,10 @@ for category in "$@"; do
   launch "$category" --model i3ad --base-width 32 --norm-free-levels 2 --synthetic-defects 0.5 \
     --iterations 2 --shrinking-masks --iteration-painting cells --name i3ad
 done
-for category in "$@"; do launch "$category" --model i3ad --base-width 16 --name i3ad-small; done
+for category in "$@"; do
+  launch "$category" --model i3ad --base-width 16 --synthetic-defects 0.5 \
+    --iterations 0 --shrinking-masks --iteration-painting cells --name i3ad-small
+done
 for category in "$@"; do launch "$category" --model ae --base-width 32 --name ae; done
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done

@@ -114,12 +114,20 @@ def test_tables_written_before_the_iteration_rules_existed_read_as_the_rule_of_t
 
 
 def test_each_model_is_summarised_at_its_shipped_settings(results):
-    small = [_row(c, "i3ad-small", t, 0.4, 0.5 + 0.1 * t, calibrated=True) for c in ("a", "b") for t in range(3)]
-    table = pd.concat([results, pd.DataFrame(small)[list(RESULT_COLUMNS)]])
+    # i3ad-small has its own shipped settings; a model the shipped ones do not name is summarised at the library's.
+    others = [
+        _row(c, model, t, 0.4, 0.5 + 0.1 * t, calibrated=True)
+        for model in ("i3ad-small", "i3ad-mine")
+        for c in ("a", "b")
+        for t in range(3)
+    ]
+    table = pd.concat([results, pd.DataFrame(others)[list(RESULT_COLUMNS)]])
     rows = headline(table).set_index(["model", "category"])
     assert rows.loc[("i3ad", "a"), "iterations"] == SHIPPED_SETTINGS.of("i3ad").iterations == 2
-    assert rows.loc[("i3ad-small", "a"), "iterations"] == DetectionSettings().iterations == 1
-    assert rows.loc[("i3ad-small", "a"), "image_auroc"] == pytest.approx(0.6)
+    assert rows.loc[("i3ad-small", "a"), "iterations"] == SHIPPED_SETTINGS.of("i3ad-small").iterations == 0
+    assert rows.loc[("i3ad-small", "a"), "image_auroc"] == pytest.approx(0.5)
+    assert rows.loc[("i3ad-mine", "a"), "iterations"] == DetectionSettings().iterations == 1
+    assert rows.loc[("i3ad-mine", "a"), "image_auroc"] == pytest.approx(0.6)
     # The same network's rows under another iteration rule are not its shipped ones.
     other_rule = results[results["model"] == "i3ad"].assign(iteration_painting="hole", image_auroc=0.0)
     assert (headline(pd.concat([table, other_rule]))["image_auroc"] > 0).all()
@@ -292,12 +300,12 @@ def test_report_names_the_settings_that_keep_a_model_out_of_its_tables(results, 
     mixed.loc[autoencoder & (mixed["smoothing_sigma"] == 8.0), "normal_error_subtracted"] = False
     mixed.loc[autoencoder & (mixed["smoothing_sigma"] == 4.0), "normal_error_subtracted"] = True
     # And a second I3AD model that lacks the summary's T while i3ad has it went missing without a note.
-    small = pd.DataFrame([_row(c, "i3ad-small", 0, 0.4, 0.5, calibrated=True) for c in ("a", "b")])
-    pd.concat([mixed, small[list(RESULT_COLUMNS)]]).to_csv(path, index=False)
+    mine = pd.DataFrame([_row(c, "i3ad-mine", 0, 0.4, 0.5, calibrated=True) for c in ("a", "b")])
+    pd.concat([mixed, mine[list(RESULT_COLUMNS)]]).to_csv(path, index=False)
     assert main(["report", "--results", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "note: no ae rows at its summary settings; its rows have each of them, but not all together" in printed
-    assert "note: no i3ad-small rows at T = 1; its rows hold T = 0..0" in printed
+    assert "note: no i3ad-mine rows at T = 1; its rows hold T = 0..0" in printed
 
 
 def test_report_summarises_the_verdicts_of_a_per_defect_table(tmp_path, capsys, cli_error):
