@@ -71,7 +71,9 @@ Upload an image of a category (or pick an example). I3AD first repaints every pi
 complementary grid masks), then repeatedly hides the pixels whose SSIM to the input is below **tau** and repaints only
 those, **T** times. Where the final reconstruction differs from the input more than held-out normal images usually do
 at that place is the anomaly map; its maximum is the image score, called anomalous above a threshold calibrated on
-those normal images. The autoencoder (AE) baseline, scored the same way, is shown beside it."""
+those normal images. The autoencoder (AE) baseline, scored the same way, is shown beside it. Each model starts at its
+own default T: the small CPU model at T = 0 (step 0 alone, where its benchmark mean peaks), so raise T to see the
+iterations."""
 
 
 @dataclass
@@ -102,7 +104,7 @@ def slider_settings(defaults: ModelDefaults) -> tuple[dict, dict]:
     tau = {
         "value": value,
         "minimum": min(TAU_RANGE[0], value),
-        "label": f"SSIM threshold tau (calibrated: {defaults.ssim_threshold:.4f})",
+        "label": f"SSIM threshold tau (calibrated: {defaults.ssim_threshold:.4f}; used from T = 1)",
         "interactive": True,
     }
     return iterations, tau

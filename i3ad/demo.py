@@ -171,6 +171,9 @@ def model_defaults(detector: AnomalyDetector) -> ModelDefaults:
     )
     if tau is not None:
         description += f"; tau = {tau:.4f}, default T = {iterations}"
+        if iterations == 0:
+            # Such as the shipped i3ad-small (its benchmark mean peaks there), which would otherwise seem to ignore tau.
+            description += " (step 0 alone; raise T to iterate: tau applies from T = 1)"
     return ModelDefaults(iterations, tau, description)
 
 

@@ -53,8 +53,8 @@ class DetectionSettings:
 
     # Defaults: the setting with the best mean image AUROC over the five benchmark categories for networks trained
     # without synthetic defects (train's default). The shipped networks, trained with them, iterate with shrinking
-    # masks painted in cells, i3ad at T = 2 and i3ad-small from T = 1 (i3ad.shipped.SHIPPED_SETTINGS; results/README.md,
-    # items 9 and 11).
+    # masks painted in cells: i3ad at T = 2, i3ad-small at T = 0 with the rules for a raised T
+    # (i3ad.shipped.SHIPPED_SETTINGS; results/README.md, items 9 and 11).
     iterations: int = 1
     ssim_threshold: float = 0.5
     step0_masks: int = 4

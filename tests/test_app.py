@@ -27,7 +27,14 @@ from PIL import Image
 import app
 from i3ad.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from i3ad.data import load_images
-from i3ad.demo import HUB_RETRY_SECONDS, OUTPUT_MAX_AGE_S, ModelStore, default_variant, new_output_folder
+from i3ad.demo import (
+    HUB_RETRY_SECONDS,
+    OUTPUT_MAX_AGE_S,
+    ModelStore,
+    default_variant,
+    model_defaults,
+    new_output_folder,
+)
 from i3ad.detector import AnomalyDetector
 from i3ad.evaluation import RESULT_COLUMNS
 from i3ad.hub import CheckpointListing, CheckpointResolver
@@ -204,6 +211,15 @@ def test_category_change_updates_model_menu_and_threshold_slider(handlers):
     _, tau_small, *_ = handlers.model_controls("synth", "i3ad-small")
     small = load_checkpoint(handlers.store.resolver.root / "synth" / "i3ad-small").calibration.ssim_threshold
     assert tau_small["value"] == round(small, 3)
+
+
+def test_a_model_that_starts_at_step_0_says_how_to_iterate():
+    # The shipped i3ad-small detects at T = 0 by default; its tau only matters once T is raised.
+    defaults = model_defaults(load_checkpoint(ROOT / "checkpoints" / "bottle" / "i3ad-small"))
+    assert defaults.iterations == 0 and "raise T to iterate: tau applies from T = 1" in defaults.description
+    _, tau = app.slider_settings(defaults)
+    assert tau["interactive"] and "used from T = 1" in tau["label"]
+    assert "raise T" not in model_defaults(load_checkpoint(ROOT / "checkpoints" / "bottle" / "i3ad")).description
 
 
 @pytest.mark.parametrize(
