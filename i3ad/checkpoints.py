@@ -395,10 +395,15 @@ def model_card(detector: AnomalyDetector) -> str:
     training = info.get("training", {})
     iterations = detector.default_iterations
     if detector.kind == "i3ad":
+        compared = (
+            "each pixel with the last reconstruction that re-painted it"
+            if detector.settings.last_painting_scores
+            else "the input with the final reconstruction"
+        )
         description = (
             "I3AD inpainting U-Net: the pixels whose SSIM to the input is below tau are re-painted from their "
-            "surroundings, iteratively; the anomaly map compares the input with the final reconstruction "
-            f"(measure `{detector.settings.anomaly_measure}`)."
+            f"surroundings, iteratively; the anomaly map compares {compared} (measure "
+            f"`{detector.settings.anomaly_measure}`)."
         )
         if detector.settings.shrinking_masks:
             description += " Each step's mask is cut to the last step's pixels."

@@ -114,7 +114,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     rule = _iteration_rule(args)
     if rule and args.model == "ae":
         raise ValueError(
-            "--shrinking-masks and --iteration-painting are I3AD settings: the autoencoder does not iterate"
+            "--shrinking-masks, --iteration-painting and --last-painting-scores are I3AD settings: the autoencoder "
+            "does not iterate"
         )
     name = check_name("model name (--name)", args.name or args.model)
     device = resolve_device(args.device)
@@ -231,8 +232,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     rule = _iteration_rule(args)
     if rule and args.by_defect:
         raise ValueError(
-            "--by-defect scores each checkpoint at its own settings and thresholds; set --shrinking-masks or "
-            "--iteration-painting with calibrate (on a copy), then evaluate it"
+            "--by-defect scores each checkpoint at its own settings and thresholds; set --shrinking-masks, "
+            "--iteration-painting or --last-painting-scores with calibrate (on a copy), then evaluate it"
         )
     if args.by_defect and (args.precision != "fp32" or args.compile):
         raise ValueError("--by-defect runs the networks in float32, uncompiled; leave out --bf16, --fp16 and --compile")
@@ -329,7 +330,14 @@ def _step0_changes(old: DetectionSettings, new: DetectionSettings) -> bool:
 
 
 # What only the inpainting detector has: the autoencoder reconstructs once, without masks.
-_INPAINTING_SETTINGS = {"iterations", "step0_cell_size", "step0_hidden_groups", "shrinking_masks", "iteration_painting"}
+_INPAINTING_SETTINGS = {
+    "iterations",
+    "step0_cell_size",
+    "step0_hidden_groups",
+    "shrinking_masks",
+    "iteration_painting",
+    "last_painting_scores",
+}
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -620,6 +628,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         "--hidden-groups": args.hidden_groups,
         "--shrinking-masks": args.shrinking_masks,
         "--iteration-painting": args.iteration_painting,
+        "--last-painting-scores": args.last_painting_scores,
     }
     given = [flag for flag, value in summary_flags.items() if value is not None]
     if given and (args.compare or args.update_cards or is_by_defect_table(args.results)):
@@ -715,10 +724,10 @@ def _add_convolution_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_iteration_rule_arguments(
-    parser: argparse.ArgumentParser, scope: str, defaults: tuple[str, str] = ("the checkpoint's choice",) * 2
+    parser: argparse.ArgumentParser, scope: str, defaults: tuple[str, str, str] = ("the checkpoint's choice",) * 3
 ) -> None:
-    """--shrinking-masks and --iteration-painting (``DetectionSettings``), for ``calibrate``, ``evaluate`` and
-    ``report``."""
+    """--shrinking-masks, --iteration-painting and --last-painting-scores (``DetectionSettings``), for ``train``,
+    ``calibrate``, ``evaluate`` and ``report``."""
     parser.add_argument(
         "--shrinking-masks",
         action=argparse.BooleanOptionalAction,
@@ -730,11 +739,22 @@ def _add_iteration_rule_arguments(
         help="re-paint each step's mask at once (hole) or in step 0's grid cells, from the last reconstruction "
         f"(cells) ({scope}; default: {defaults[1]})",
     )
+    parser.add_argument(
+        "--last-painting-scores",
+        action=argparse.BooleanOptionalAction,
+        help="score each pixel by the last step that re-painted it, so that one passed through keeps its earlier "
+        f"score ({scope}; default: {defaults[2]})",
+    )
 
 
 def _iteration_rule(args: argparse.Namespace) -> dict[str, object]:
-    """The setting changes --shrinking-masks and --iteration-painting ask for (none given: none)."""
-    changes = {"shrinking_masks": args.shrinking_masks, "iteration_painting": args.iteration_painting}
+    """The setting changes --shrinking-masks, --iteration-painting and --last-painting-scores ask for (none given:
+    none)."""
+    changes = {
+        "shrinking_masks": args.shrinking_masks,
+        "iteration_painting": args.iteration_painting,
+        "last_painting_scores": args.last_painting_scores,
+    }
     return {key: value for key, value in changes.items() if value is not None}
 
 
@@ -839,7 +859,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--iterations", type=int, default=DetectionSettings.iterations, help="default T stored with the checkpoint"
     )
-    library_rule = ("on" if DetectionSettings.shrinking_masks else "off", DetectionSettings.iteration_painting)
+    library_rule = (
+        "on" if DetectionSettings.shrinking_masks else "off",
+        DetectionSettings.iteration_painting,
+        "on" if DetectionSettings.last_painting_scores else "off",
+    )
     _add_iteration_rule_arguments(train, "stored with the checkpoint", defaults=library_rule)
     train.add_argument("--seed", type=int, default=0, help="draws the initial weights, masks and held-out split")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -1040,7 +1064,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_iteration_rule_arguments(
         report,
         "the rows to summarise, on top of each model's shipped settings",
-        defaults=("each model's shipped one",) * 2,
+        defaults=("each model's shipped one",) * 3,
     )
     report.set_defaults(run=cmd_report)
 

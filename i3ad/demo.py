@@ -66,6 +66,7 @@ TABLE_COLUMNS = (
     "ssim_threshold",
     "shrinking_masks",
     "iteration_painting",
+    "last_painting_scores",
     "image_auroc",
     "pixel_auroc",
     "aupro",

@@ -22,6 +22,7 @@ from i3ad.scoring import (
     detect_by_inpainting,
     image_scores,
     inpaint_step0,
+    keep_unpainted_scores,
 )
 
 METRIC_COLUMNS = ("image_auroc", "image_f1_max", "pixel_auroc", "aupro")
@@ -36,6 +37,7 @@ SETTING_COLUMNS = (
     "step0_hidden_groups",
     "shrinking_masks",
     "iteration_painting",
+    "last_painting_scores",
     "anomaly_measure",
     "smoothing_sigma",
     "normal_error_subtracted",
@@ -213,6 +215,7 @@ def sweep_inpainting(
                 step0_hidden_groups=settings.step0_hidden_groups,
                 shrinking_masks=settings.shrinking_masks,
                 iteration_painting=settings.iteration_painting,
+                last_painting_scores=settings.last_painting_scores,
             )
         )
     return pd.concat(tables, ignore_index=True)
@@ -260,6 +263,10 @@ def _sweep_thresholds(
             # Kept in float32 (2.4 GB for magnetic_tile's 412 images, T = 0..10, two measures): half precision
             # rounded the many near-zero values of raw maps (unmasked pixels after T >= 1) to a few tied ones.
             maps = [[anomaly_map(images, r, variant, ssim) for variant in variants] for r, ssim in per_step]
+            if run.last_painting_scores:  # as DetectionResult.raw_map scores them, step after step
+                for t in range(1, len(maps)):
+                    last = maps[t - 1]
+                    maps[t] = [keep_unpainted_scores(m, result.masks[t], last[v]) for v, m in enumerate(maps[t])]
             return _ScoredBatch([m.flatten(1).mean(1) for m in result.masks], maps)
 
         def maps_of(batches: list[_ScoredBatch]) -> dict[tuple[int, int], Tensor]:
@@ -332,6 +339,7 @@ def sweep_autoencoder(
                     "step0_hidden_groups": math.nan,
                     "shrinking_masks": math.nan,
                     "iteration_painting": math.nan,
+                    "last_painting_scores": math.nan,
                     "anomaly_measure": variant.anomaly_measure,
                     "smoothing_sigma": variant.smoothing_sigma,
                     "normal_error_subtracted": subtracted,

@@ -30,10 +30,15 @@ METRIC_LABELS = {
 
 
 # Setting columns added after tables were written, and the value I3AD rows had before (autoencoder rows: none): each
-# step-0 mask hid one group, masks were not cut and each step re-painted its mask at once. A table written with
-# evaluate's --shrinking-masks or --iteration-painting before its rule had columns is read as that default rule; the
-# two such tables of results/ got the columns by hand.
-_INPAINTING_COLUMNS_ADDED_LATER = {"step0_hidden_groups": 1.0, "shrinking_masks": False, "iteration_painting": "hole"}
+# step-0 mask hid one group, masks were not cut, each step re-painted its mask at once and scored every pixel by its
+# own reconstruction. A table written with evaluate's --shrinking-masks or --iteration-painting before its rule had
+# columns is read as that default rule; the two such tables of results/ got the columns by hand.
+_INPAINTING_COLUMNS_ADDED_LATER = {
+    "step0_hidden_groups": 1.0,
+    "shrinking_masks": False,
+    "iteration_painting": "hole",
+    "last_painting_scores": False,
+}
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
@@ -54,7 +59,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
                 table[column] = pd.Series(value, index=table.index).where(table["ssim_threshold"].notna())
         # One dtype whatever the rows hold (an autoencoder-only table reads them as float NaN), so that two tables'
         # rows can be matched on them (compare_runs).
-        table = table.astype({"shrinking_masks": object, "iteration_painting": object})
+        table = table.astype({"shrinking_masks": object, "iteration_painting": object, "last_painting_scores": object})
     missing = set(RESULT_COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(
@@ -111,12 +116,14 @@ def _scoring_values(settings: DetectionSettings) -> dict[str, object]:
 
 
 def _masking_values(settings: DetectionSettings) -> dict[str, object]:
-    """The further columns an I3AD row at ``settings`` has: its step-0 masks and how its iterations mask and paint."""
+    """The further columns an I3AD row at ``settings`` has: its step-0 masks, how its iterations mask and paint, and
+    whether its pixels are scored by their last painting."""
     return {
         "step0_cell_size": settings.step0_cell_size,
         "step0_hidden_groups": settings.step0_hidden_groups,
         "shrinking_masks": settings.shrinking_masks,
         "iteration_painting": settings.iteration_painting,
+        "last_painting_scores": settings.last_painting_scores,
     }
 
 
@@ -309,8 +316,8 @@ def compare_runs(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
 
 def scoring_variants(table: pd.DataFrame) -> pd.DataFrame:
     """Mean image AUROC over categories of every inpainting model x step-0 masks (cell size, hidden groups) x
-    iteration rule (shrinking masks, painting) x measure x smoothing, at the calibrated tau, for each T (the ablation
-    behind the defaults)."""
+    iteration rule (shrinking masks, painting, last-painting scores) x measure x smoothing, at the calibrated tau, for
+    each T (the ablation behind the defaults)."""
     rows = table[table["calibrated_threshold"].astype(bool)]
     keys = [
         "model",
@@ -318,6 +325,7 @@ def scoring_variants(table: pd.DataFrame) -> pd.DataFrame:
         "step0_hidden_groups",
         "shrinking_masks",
         "iteration_painting",
+        "last_painting_scores",
         "anomaly_measure",
         "smoothing_sigma",
         "normal_error_subtracted",

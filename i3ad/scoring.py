@@ -49,6 +49,10 @@ class DetectionSettings:
         reconstruction in the rest of it, so a defect's pixels are painted from already re-painted surroundings in
         holes of step 0's size (K times the network's work). Pixels new to the mask show the input there, which is
         why it goes with shrinking_masks.
+    last_painting_scores: each pixel of step t's map is scored by the last step (0..t) that re-painted it, so a pixel
+        passed through keeps the score it had then. Without it, step t's map compares the input with x_hat_t
+        everywhere, and a passed-through pixel, compared with itself, scores about zero even on a defect that the
+        mask missed. The image score is still the map's maximum, so it changes too (results/README.md, item 12).
     """
 
     # Defaults: the setting with the best mean image AUROC over the five benchmark categories for networks trained
@@ -66,6 +70,7 @@ class DetectionSettings:
     subtract_normal_error: bool = True
     shrinking_masks: bool = False
     iteration_painting: str = "hole"
+    last_painting_scores: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int):
@@ -95,6 +100,8 @@ class DetectionSettings:
             raise ValueError(f"subtract_normal_error must be true or false, got {self.subtract_normal_error!r}")
         if not isinstance(self.shrinking_masks, bool):
             raise ValueError(f"shrinking_masks must be true or false, got {self.shrinking_masks!r}")
+        if not isinstance(self.last_painting_scores, bool):
+            raise ValueError(f"last_painting_scores must be true or false, got {self.last_painting_scores!r}")
         if self.iteration_painting not in ITERATION_PAINTINGS:
             raise ValueError(
                 f"iteration_painting must be one of {ITERATION_PAINTINGS}, got {self.iteration_painting!r}"
@@ -114,7 +121,8 @@ class DetectionResult:
     reconstructions[t]: x_hat_t [B, C, H, W]; masks[t]: m_t [B, 1, H, W] (step 0 hides every pixel once, so its
     mask is all ones); ssim_maps[t]: s_t [B, 1, H, W]. The anomaly map of step t (``step_map``) is computed when first
     asked for, from these and the ``settings``: a detection at T = 5 scores only its last step unless the maps of the
-    others are wanted too (the app's gallery, calibration). images: the detection's input in float32 (not copied:
+    others are wanted too (the app's gallery, calibration; with ``last_painting_scores`` every step's map is computed,
+    each building on the last). images: the detection's input in float32 (not copied:
     changing it in place would change the maps computed later). normal_error: the maps become their excess over it.
     region: [B or 1, 1, H, W], 1 where the image lies in the frame (``Preprocessing.region``); only there is it scored.
     None: the whole frame.
@@ -128,15 +136,29 @@ class DetectionResult:
     normal_error: NormalError | None = None
     region: Tensor | None = None
     _maps: dict[int, Tensor] = field(default_factory=dict, init=False, repr=False)
+    _raw_maps: dict[int, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     @torch.inference_mode()
     def step_map(self, step: int) -> Tensor:
         """The smoothed anomaly map after ``step`` steps [B, 1, H, W] (negative: counted from the last step)."""
         step = range(len(self.reconstructions))[step]  # IndexError beyond the steps run
         if step not in self._maps:
-            raw = anomaly_map(self.images, self.reconstructions[step], self.settings, self.ssim_maps[step])
+            raw = self.raw_map(step)
             self._maps[step] = raw if self.normal_error is None else self.normal_error.subtract(raw, step)
         return self._maps[step]
+
+    @torch.inference_mode()
+    def raw_map(self, step: int) -> Tensor:
+        """``step_map`` before the normal error is subtracted (what the normal error itself is the mean of)."""
+        step = range(len(self.reconstructions))[step]
+        if step in self._raw_maps:
+            return self._raw_maps[step]
+        raw = anomaly_map(self.images, self.reconstructions[step], self.settings, self.ssim_maps[step])
+        if self.settings.last_painting_scores:
+            if step > 0:
+                raw = keep_unpainted_scores(raw, self.masks[step], self.raw_map(step - 1))
+            self._raw_maps[step] = raw  # the next step's map is built on it
+        return raw
 
     @property
     def anomaly_maps(self) -> list[Tensor]:
@@ -168,6 +190,12 @@ def anomaly_map(
     if settings.anomaly_measure == "ssim+gms":
         dissimilarity = 0.5 * (dissimilarity + 1.0 - gradient_magnitude_similarity(images, reconstructions))
     return gaussian_blur(dissimilarity, settings.smoothing_sigma)
+
+
+def keep_unpainted_scores(step_map: Tensor, mask: Tensor, previous_map: Tensor) -> Tensor:
+    """Step t's map with the last step's scores where its mask [B, 1, H, W] passed the pixels through
+    (``last_painting_scores``): applied step after step, each pixel keeps the score of the last step that painted it."""
+    return torch.where(mask > 0.5, step_map, previous_map)
 
 
 def image_scores(anomaly_maps: Tensor, region: Tensor | None = None) -> Tensor:

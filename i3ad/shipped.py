@@ -44,7 +44,8 @@ def settings_text(settings: DetectionSettings) -> str:
     return (
         f"T = {settings.iterations}, each step-0 mask hiding {settings.step0_hidden_groups} of {settings.step0_masks} "
         f"grid groups of {settings.step0_cell_size} px, iteration painting {settings.iteration_painting}, shrinking "
-        f"masks {'on' if settings.shrinking_masks else 'off'}, measure {settings.anomaly_measure}, smoothing sigma "
+        f"masks {'on' if settings.shrinking_masks else 'off'}, last-painting scores "
+        f"{'on' if settings.last_painting_scores else 'off'}, measure {settings.anomaly_measure}, smoothing sigma "
         f"{settings.smoothing_sigma:g}, normal error {'subtracted' if settings.subtract_normal_error else 'kept'}"
     )
 

@@ -161,16 +161,20 @@ def test_evaluate_sweeps_another_iteration_rule_and_refuses_it_per_defect(traine
     assert (
         main([*args, "--shrinking-masks", "--iteration-painting", "cells", "--out", str(tmp_path / "cells.csv")]) == 0
     )
+    assert main([*args, "--last-painting-scores", "--out", str(tmp_path / "last.csv")]) == 0
     hole, cells = pd.read_csv(tmp_path / "hole.csv"), pd.read_csv(tmp_path / "cells.csv")
-    # Each row records the rule it was scored by, so that reports do not mix the two.
+    last = pd.read_csv(tmp_path / "last.csv")
+    # Each row records the rule it was scored by, so that reports do not mix them.
     assert not hole["shrinking_masks"].any() and (hole["iteration_painting"] == "hole").all()
     assert cells["shrinking_masks"].all() and (cells["iteration_painting"] == "cells").all()
-    rule = ["shrinking_masks", "iteration_painting"]
-    hole, cells = hole.drop(columns=rule), cells.drop(columns=rule)
+    assert not hole["last_painting_scores"].any() and last["last_painting_scores"].all()
+    rule = ["shrinking_masks", "iteration_painting", "last_painting_scores"]
+    hole, cells, last = hole.drop(columns=rule), cells.drop(columns=rule), last.drop(columns=rule)
     step0 = hole["iterations"] == 0
     # Step 0 is the same either way; the iterations are not.
     pd.testing.assert_frame_equal(hole[step0], cells[step0])
-    assert not hole[~step0].equals(cells[~step0])
+    pd.testing.assert_frame_equal(hole[step0], last[step0])
+    assert not hole[~step0].equals(cells[~step0]) and not hole[~step0].equals(last[~step0])
     assert main([*args, "--by-defect", "--shrinking-masks", "--out", str(tmp_path / "d.csv")]) == 2
     assert "--by-defect scores each checkpoint at its own settings" in cli_error()
     assert not (tmp_path / "d.csv").exists()
@@ -451,7 +455,8 @@ def test_calibrate_refuses_a_quantile_outside_0_1_and_keeps_the_checkpoint(train
     # An autoencoder has no iterations or step-0 cells: setting them is refused, not written into its card.
     ae = tmp_path / "synthetic" / "ae"
     shutil.copytree(checkpoints / "synthetic" / "ae", ae)
-    for flag in (["--iterations", "3"], ["--cell-size", "3"], ["--hidden-groups", "3"], ["--shrinking-masks"]):
+    flags = (["--iterations", "3"], ["--cell-size", "3"], ["--hidden-groups", "3"], ["--shrinking-masks"])
+    for flag in (*flags, ["--last-painting-scores"]):
         assert main(["calibrate", str(ae), "--data-root", str(data_root), *flag, "--device", "cpu"]) == 2
         assert f"{ae} is an autoencoder: it has no iterations or step-0 masks to set" in cli_error()
 
@@ -554,7 +559,14 @@ def test_calibrate_sets_the_iteration_rule_and_keeps_tau(trained, tmp_path):
     assert after.settings.ssim_threshold == before.settings.ssim_threshold
     assert after.calibration.score_thresholds[0] == pytest.approx(before.calibration.score_thresholds[0], rel=1e-4)
     assert after.calibration.score_thresholds[2:] != pytest.approx(before.calibration.score_thresholds[2:], rel=1e-4)
-    assert main([*args, "--no-shrinking-masks", "--iteration-painting", "hole"]) == 0
+    # Last-painting scores change the maps after step 0, and so the thresholds, but not the masks or tau.
+    assert main([*args, "--last-painting-scores"]) == 0
+    scored = load_checkpoint(folder)
+    assert scored.settings == after.settings.with_(last_painting_scores=True)
+    assert "compares each pixel with the last reconstruction that re-painted it" in (folder / "README.md").read_text()
+    assert scored.calibration.score_thresholds[0] == pytest.approx(after.calibration.score_thresholds[0], rel=1e-4)
+    assert scored.calibration.score_thresholds[2:] != pytest.approx(after.calibration.score_thresholds[2:], rel=1e-4)
+    assert main([*args, "--no-shrinking-masks", "--iteration-painting", "hole", "--no-last-painting-scores"]) == 0
     restored = load_checkpoint(folder)
     assert restored.settings == before.settings
     assert restored.calibration.score_thresholds == pytest.approx(before.calibration.score_thresholds, rel=1e-4)
@@ -1169,8 +1181,9 @@ def test_train_with_synthetic_defects_records_their_share_and_refuses_them_for_t
     assert detector["info"]["training"]["synthetic_defects"] == 0.5
     assert main([*args, "--model", "ae", "--name", "ae", "--synthetic-defects", "0.5"]) == 2
     assert "the autoencoder baseline trains without" in cli_error()
-    assert main([*args, "--model", "ae", "--name", "ae", "--shrinking-masks"]) == 2
-    assert "are I3AD settings: the autoencoder does not iterate" in cli_error()
+    for rule in ("--shrinking-masks", "--last-painting-scores"):
+        assert main([*args, "--model", "ae", "--name", "ae", rule]) == 2
+        assert "are I3AD settings: the autoencoder does not iterate" in cli_error()
     assert main([*args, "--name", "other", "--synthetic-defects", "2"]) == 2
     assert "must lie in [0, 1], got 2.0" in cli_error()
     assert (

@@ -3,6 +3,8 @@ evaluation's compiled-network option."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -13,7 +15,8 @@ from i3ad.metrics import binary_auroc
 from i3ad.normal_error import NormalError
 from i3ad.pipeline import evaluate_detector
 from i3ad.preprocessing import Preprocessing
-from i3ad.scoring import DetectionSettings, image_scores
+from i3ad.scoring import DetectionSettings, image_scores, inpaint_step0
+from i3ad.similarity import ssim_map
 
 
 def _textures(count: int, seed: int) -> torch.Tensor:
@@ -68,14 +71,20 @@ def _expected_auroc(detector: AnomalyDetector, test: TestSet, settings: Detectio
     return binary_auroc(image_scores(detector.run(test.images, settings).anomaly_map), test.labels)
 
 
-def test_inpainting_sweep_rows_match_the_detector_with_and_without_the_normal_error(unet):
+@pytest.mark.parametrize("last_painting_scores", [False, True])
+def test_inpainting_sweep_rows_match_the_detector_with_and_without_the_normal_error(unet, last_painting_scores):
     holdout = _textures(6, seed=4)[::2]  # normal images only
-    settings = DetectionSettings(ssim_threshold=0.6, iterations=2, smoothing_sigma=2.0)
+    test = _test_set(with_masks=True)
+    # tau at the median of step-0 SSIM: each step paints part of the images and passes the rest through.
+    tau = ssim_map(test.images, inpaint_step0(unet, test.images, DetectionSettings())).median().item()
+    settings = DetectionSettings(
+        ssim_threshold=tau, iterations=2, smoothing_sigma=2.0, last_painting_scores=last_painting_scores
+    )
     calibration = calibrate_inpainting(unet, holdout, settings, ssim_quantile=None)
     detector = AnomalyDetector(unet, Preprocessing(32, 3), settings, calibration, "widget", "i3ad")
-    test = _test_set(with_masks=True)
     table = evaluate_detector(detector, test, thresholds=[], max_iterations=2, holdout=holdout)
     assert len(table) == 6 and table["calibrated_threshold"].all()
+    assert (table["last_painting_scores"] == last_painting_scores).all()
     for row in table.itertuples():
         at = settings.with_(iterations=row.iterations, subtract_normal_error=row.normal_error_subtracted)
         expected = test.metrics(detector.run(test.images, at).anomaly_map)
@@ -85,6 +94,11 @@ def test_inpainting_sweep_rows_match_the_detector_with_and_without_the_normal_er
         assert row.aupro == pytest.approx(expected["aupro"], abs=1e-6), row
     without_holdout = evaluate_detector(detector, test, thresholds=[], max_iterations=2)
     assert len(without_holdout) == 3 and not without_holdout["normal_error_subtracted"].any()
+    if last_painting_scores:  # the option changes the pixels' ranking after step 0 (the test is sensitive to it)
+        plain = dataclasses.replace(detector, settings=settings.with_(last_painting_scores=False))
+        other = evaluate_detector(plain, test, thresholds=[], max_iterations=2, holdout=holdout)
+        iterated = table["iterations"] > 0
+        assert (table.loc[iterated, "pixel_auroc"] != other.loc[iterated, "pixel_auroc"]).any()
 
 
 def test_autoencoder_sweep_rows_match_the_detector_with_and_without_the_normal_error(autoencoder):

@@ -37,6 +37,7 @@ def _row(category, model, iterations, tau, image_auroc, pixel_auroc=math.nan, ca
         "step0_hidden_groups": 1 if inpainting else math.nan,
         "shrinking_masks": shipped.shrinking_masks if inpainting else math.nan,
         "iteration_painting": shipped.iteration_painting if inpainting else math.nan,
+        "last_painting_scores": shipped.last_painting_scores if inpainting else math.nan,
         "anomaly_measure": "ssim+gms",
         "smoothing_sigma": 8.0,
         "normal_error_subtracted": subtracted,
@@ -103,14 +104,21 @@ def test_tables_written_before_the_step0_density_existed_still_load(results, tmp
 
 def test_tables_written_before_the_iteration_rules_existed_read_as_the_rule_of_then(results, tmp_path):
     path = tmp_path / "old.csv"
-    results.drop(columns=["shrinking_masks", "iteration_painting"]).to_csv(path, index=False)
+    rule = ["shrinking_masks", "iteration_painting", "last_painting_scores"]
+    results.drop(columns=rule).to_csv(path, index=False)
     table = load_results(path)
     inpainting = table["ssim_threshold"].notna()
     assert (table.loc[inpainting, "iteration_painting"] == "hole").all()
     assert not table.loc[inpainting, "shrinking_masks"].astype(bool).any()
-    assert table.loc[~inpainting, ["shrinking_masks", "iteration_painting"]].isna().all().all()
+    assert not table.loc[inpainting, "last_painting_scores"].astype(bool).any()
+    assert table.loc[~inpainting, rule].isna().all().all()
     assert sorted(headline(table, DetectionSettings(iterations=2))["model"]) == ["ae", "ae", "i3ad", "i3ad"]
     assert sorted(headline(table)["model"]) == ["ae", "ae"]  # the shipped i3ad iterates by another rule
+    # A table written after the iteration rules got their columns, before last-painting scores got theirs.
+    results.drop(columns="last_painting_scores").to_csv(path, index=False)
+    table = load_results(path)
+    assert not table.loc[table["ssim_threshold"].notna(), "last_painting_scores"].astype(bool).any()
+    assert len(headline(table)) == len(headline(results))
 
 
 def test_each_model_is_summarised_at_its_shipped_settings(results):
@@ -219,6 +227,14 @@ def test_report_picks_the_rows_of_an_iteration_rule(results, tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| a | 0.700 | 0.100 |" in printed and "iteration painting hole, shrinking masks off" in printed
+    # Rows scored by their last painting are summarised only when asked for.
+    last = results[results["model"] == "i3ad"].assign(last_painting_scores=True, image_auroc=0.2)
+    pd.concat([results, last]).to_csv(path, index=False)
+    assert main(["report", "--results", str(path), "--iterations", "1"]) == 0
+    assert "| a | 0.700 | 0.810 |" in capsys.readouterr().out
+    assert main(["report", "--results", str(path), "--iterations", "1", "--last-painting-scores"]) == 0
+    printed = capsys.readouterr().out
+    assert "| a | 0.700 | 0.200 |" in printed and "last-painting scores on" in printed
 
 
 def test_report_summarises_each_model_at_its_own_checkpoints_settings(results, tmp_path, capsys, cli_error):

@@ -212,6 +212,24 @@ def test_painting_in_cells_of_one_image_in_a_batch_equals_painting_it_alone(unet
         torch.testing.assert_close(together.reconstructions[t][1:], alone.reconstructions[t], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("rule", [{}, {"shrinking_masks": True, "iteration_painting": "cells"}])
+def test_last_painting_scores_keep_each_pixels_score_from_the_last_step_that_painted_it(unet, rule):
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(10))
+    settings = _part_hidden(images, unet, **rule)
+    plain = detect_by_inpainting(unet, images, settings)
+    result = detect_by_inpainting(unet, images, settings.with_(last_painting_scores=True))
+    expected = plain.step_map(0)
+    torch.testing.assert_close(result.step_map(0), expected, rtol=0, atol=0)
+    for t in range(1, 5):
+        painted = result.masks[t] > 0.5
+        assert 0 < painted.float().mean() < 1  # a step that paints some pixels and passes others through
+        expected = torch.where(painted, plain.step_map(t), expected)
+        torch.testing.assert_close(result.step_map(t), expected, rtol=0, atol=0)
+    # The masks and reconstructions are those of the plain run: the option changes only how pixels are scored.
+    assert all(torch.equal(a, b) for a, b in zip(result.reconstructions, plain.reconstructions, strict=True))
+    assert not torch.equal(result.anomaly_map, plain.anomaly_map)
+
+
 def test_step0_of_double_precision_images_is_float32(unet, images32):
     step0 = inpaint_step0(unet, images32.double(), DetectionSettings())
     assert step0.dtype == torch.float32
@@ -385,6 +403,7 @@ def test_detect_rejects_bad_inputs(unet):
         {"anomaly_measure": "mse"},
         {"shrinking_masks": 1},
         {"iteration_painting": "blocks"},
+        {"last_painting_scores": "yes"},
     ],
 )
 def test_detection_settings_reject_bad_values(changes):
@@ -399,7 +418,12 @@ def test_detection_settings_show_a_value_of_the_wrong_type_as_such():
 
 def test_detection_settings_round_trip():
     settings = DetectionSettings(
-        iterations=3, ssim_threshold=0.25, anomaly_measure="ssim", shrinking_masks=True, iteration_painting="cells"
+        iterations=3,
+        ssim_threshold=0.25,
+        anomaly_measure="ssim",
+        shrinking_masks=True,
+        iteration_painting="cells",
+        last_painting_scores=True,
     )
     assert DetectionSettings(**settings.to_dict()) == settings
     changed = settings.with_(iterations=5)
