@@ -72,8 +72,7 @@ complementary grid masks), then repeatedly hides the pixels whose SSIM to the in
 those, **T** times. Where the final reconstruction differs from the input more than held-out normal images usually do
 at that place is the anomaly map; its maximum is the image score, called anomalous above a threshold calibrated on
 those normal images. The autoencoder (AE) baseline, scored the same way, is shown beside it. Each model starts at its
-own default T: the small CPU model at T = 0 (step 0 alone, where its benchmark mean peaks), so raise T to see the
-iterations."""
+own default T, named beside it; at T = 0 only the first repaint runs, so raise T to see the iterations."""
 
 
 @dataclass
