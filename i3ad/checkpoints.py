@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shlex
 import warnings
 from dataclasses import replace
@@ -374,18 +375,50 @@ def _metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _with_data_root_placeholder(command: str) -> str:
-    """A recorded command with its data folder (a path on the machine that ran it) written as DATA_ROOT."""
+def _with_placeholders(command: str) -> str:
+    """A recorded command with the paths of the machine that ran it written as placeholders.
+
+    The data folder becomes DATA_ROOT, train's output root OUT and calibrate's checkpoint folders CHECKPOINT (one
+    calibrate command may have served several checkpoints; each is calibrated on its own).
+    """
     try:
         tokens = shlex.split(command)
     except ValueError:  # not a shell command line (edited by hand): shown as it is
         return command
-    for i, token in enumerate(tokens):
-        if token.startswith("--data-root="):
-            tokens[i] = "--data-root=DATA_ROOT"
-        elif token == "--data-root" and i + 1 < len(tokens):
-            tokens[i + 1] = "DATA_ROOT"
-    return shlex.join(tokens)
+    subcommand = tokens[tokens.index("i3ad") + 1] if "i3ad" in tokens[:-1] else None
+    placeholders = {"--data-root": "DATA_ROOT"}
+    if subcommand == "train":
+        placeholders["--out"] = "OUT"
+    shown: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        option = token.split("=", 1)[0]
+        if option in placeholders and "=" in token:
+            shown.append(f"{option}={placeholders[option]}")
+        elif option in placeholders and i + 1 < len(tokens):
+            shown += [token, placeholders[option]]
+            i += 1
+        elif token == "calibrate" and i > 0 and tokens[i - 1] == "i3ad":
+            shown += [token, "CHECKPOINT"]
+            while i + 1 < len(tokens) and not tokens[i + 1].startswith("-"):
+                i += 1
+        else:
+            shown.append(token)
+        i += 1
+    return shlex.join(shown)
+
+
+_PLACEHOLDER_NOTES = {
+    "DATA_ROOT": "the folder that held the category in the MVTec AD layout",
+    "OUT": "the checkpoints root the network was written under",
+    "CHECKPOINT": "this checkpoint's folder",
+}
+
+
+def _placeholder_note(command: str) -> str:
+    notes = [f"{name}: {meaning}" for name, meaning in _PLACEHOLDER_NOTES.items() if re.search(rf"\b{name}\b", command)]
+    return f"\n({'; '.join(notes)}.)\n" if notes else ""
 
 
 def model_card(detector: AnomalyDetector) -> str:
@@ -427,9 +460,9 @@ def model_card(detector: AnomalyDetector) -> str:
     summary = f"{steps_done} of {planned} steps, batch {training.get('batch_size', '?')}"
     if log:
         summary += f", final loss {log[-1]['loss']:.4f}, {log[-1]['seconds']} s on {info.get('device', '?')}"
-    command = _with_data_root_placeholder(info["command"]) if "command" in info else "(not recorded)"
+    command = _with_placeholders(info["command"]) if "command" in info else "(not recorded)"
     if "calibrate_command" in info:
-        calibrate = _with_data_root_placeholder(info["calibrate_command"])
+        calibrate = _with_placeholders(info["calibrate_command"])
         command += f"\n{calibrate}  # then: new default settings, re-calibrated"
     return template.substitute(
         license=info.get("license") or data_license(detector.category),
@@ -449,9 +482,7 @@ def model_card(detector: AnomalyDetector) -> str:
         version=__version__,
         data_source=info.get("data_source", "Normal images of the category's train/good folder."),
         command=command,
-        data_root_note="\n(DATA_ROOT: the folder that held the category in the MVTec AD layout.)\n"
-        if "DATA_ROOT" in command
-        else "",
+        placeholder_note=_placeholder_note(command),
         train_summary=summary,
         metrics=_metrics_table(info.get("metrics", {})),
     )

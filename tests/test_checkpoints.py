@@ -59,8 +59,9 @@ def _detector(model=None, channels: int = 3) -> AnomalyDetector:
         info={
             "training": {"steps": 3, "batch_size": 2},
             "train_log": [{"step": 3, "loss": 0.5, "seconds": 1.0}],
-            "command": "python -m i3ad train --data-root /data/on/gpu --category widget",
-            "calibrate_command": "python -m i3ad calibrate ck/widget/i3ad-test '--data-root=/data/on/gpu'",
+            "command": "python -m i3ad train --data-root /data/on/gpu --out /scratch/ck --category widget",
+            "calibrate_command": "python -m i3ad calibrate /scratch/ck/widget/i3ad-test /scratch/ck/gadget/i3ad-test "
+            "'--data-root=/data/on/gpu' --out-of-place",
         },
     )
 
@@ -95,10 +96,13 @@ def test_round_trip(saved):
     assert torch.equal(loaded.detect(images).scores, detector.to("cpu").detect(images).scores)
     card = (folder / "README.md").read_text()
     assert "widget" in card and "InpaintingUNet" in card
-    # The card shows the recorded command with the training machine's data folder as a placeholder.
-    assert "python -m i3ad train --data-root DATA_ROOT --category widget" in card and "/data/on/gpu" not in card
-    assert "python -m i3ad calibrate ck/widget/i3ad-test --data-root=DATA_ROOT  # then" in card
-    assert "(DATA_ROOT: the folder that held the category" in card
+    # The card shows the recorded commands with the training machine's paths as placeholders; calibrate's
+    # checkpoint folders (it may have calibrated several at once) become this checkpoint's.
+    assert "python -m i3ad train --data-root DATA_ROOT --out OUT --category widget" in card
+    assert "python -m i3ad calibrate CHECKPOINT --data-root=DATA_ROOT --out-of-place  # then" in card
+    assert "/data/on/gpu" not in card and "/scratch" not in card
+    assert "(DATA_ROOT: the folder that held the category in the MVTec AD layout; OUT: the checkpoints root" in card
+    assert "; CHECKPOINT: this checkpoint's folder.)" in card
     assert list_checkpoints(folder.parent.parent) == {"widget": ["i3ad-test"]}
 
 
@@ -106,7 +110,7 @@ def test_model_card_shows_a_command_that_is_no_command_line_as_it_is():
     detector = _detector()
     detector.info = {**detector.info, "command": "edited 'by hand", "calibrate_command": "python -m i3ad calibrate x"}
     card = model_card(detector)
-    assert "edited 'by hand\npython -m i3ad calibrate x  # then" in card and "(DATA_ROOT:" not in card
+    assert "edited 'by hand\npython -m i3ad calibrate CHECKPOINT  # then" in card and "(DATA_ROOT:" not in card
 
 
 def test_autoencoder_round_trip(tmp_path):
