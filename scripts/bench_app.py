@@ -1,16 +1,20 @@
 """Time the app as a user meets it: `python app.py` from start to ready, then one 256 x 256 upload per request.
 
-Prints a table: the start-up time, and per request (T, tau as calibrated) the wall time from the client's call to
-its answer, upload included; the answer names the output images, which a browser then fetches in parallel (that
-download is not counted). Run on an otherwise idle machine (other processes slow the CPU path several times).
+Prints a table (and with --out writes it as CSV): the start-up time, and per request (T, tau as calibrated) the wall
+time from the client's call to its answer, upload included; the answer names the output images, which a browser then
+fetches in parallel (that download is not counted). Run on an otherwise idle machine (other processes slow the CPU
+path several times).
 
 usage: python scripts/bench_app.py [--category bottle] [--variant i3ad-small] [--iterations 0 5] [--repeats 3]
+                                   [--out results/perf_app.csv]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
+import platform
 import socket
 import statistics
 import subprocess
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,9 +60,12 @@ def main() -> None:
     parser.add_argument("--variant", default="i3ad-small", help="the app's CPU default")
     parser.add_argument("--iterations", type=int, nargs="+", default=[0, 5])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="also write the table to this CSV file (replaced if it exists)")
     args = parser.parse_args()
     if args.repeats < 1:  # checked before the app starts: the medians need timed requests
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.out is not None and not args.out.parent.is_dir():  # checked before the minutes of timing, not after
+        parser.error(f"--out: the folder {args.out.parent} does not exist")
 
     from gradio_client import Client, handle_file
 
@@ -74,7 +82,8 @@ def main() -> None:
     app = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     try:
         wait_until_ready(url, app)
-        rows = [("app start to ready", "-", f"{time.perf_counter() - started:.2f} s")]
+        start_s = time.perf_counter() - started
+        rows = [("app start to ready", "-", start_s, start_s)]
         with tempfile.TemporaryDirectory() as scratch:
             image = synthetic_examples(Path(scratch) / "examples")[1]  # a 256 x 256 image with a painted defect
             client = Client(url, verbose=False, download_files=False)
@@ -86,17 +95,29 @@ def main() -> None:
                         args.category, args.variant, handle_file(str(image)), iterations, None, api_name="/detect"
                     )
                     times.append(time.perf_counter() - begun)
-                best, median = min(times[1:]), statistics.median(times[1:])
-                rows.append(
-                    (f"one 256x256 upload, {args.variant}", f"T={iterations}", f"{median:.2f} s (best {best:.2f})")
-                )
+                what = f"one 256x256 upload, {args.category}/{args.variant}"
+                rows.append((what, f"T={iterations}", statistics.median(times[1:]), min(times[1:])))
     finally:
         app.terminate()
         app.wait(timeout=30)
     width = max(len(r[0]) for r in rows)
     print(f"{'what':<{width}}  {'setting':<8}  time (median of {args.repeats})")
-    for what, setting, value in rows:
-        print(f"{what:<{width}}  {setting:<8}  {value}")
+    for what, setting, median, best in rows:
+        print(f"{what:<{width}}  {setting:<8}  {median:.2f} s (best {best:.2f})")
+    if args.out is not None:
+        write_table(args.out, rows, args.repeats)
+
+
+def write_table(path: Path, rows: list[tuple[str, str, float, float]], repeats: int) -> None:
+    """The printed table as CSV, with the host it ran on (CPU timings differ by host by about half)."""
+    host = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "machine": platform.machine()}
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["what", "setting", "median_s", "best_s", "repeats", *host])
+        for what, setting, median, best in rows:
+            timed = 1 if setting == "-" else repeats  # the start-up is timed once, each request over the repeats
+            writer.writerow([what, setting, f"{median:.3f}", f"{best:.3f}", timed, *host.values()])
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
