@@ -70,6 +70,7 @@ from i3ad.results import (
 from i3ad.scoring import ANOMALY_MEASURES, AUTOCAST_DTYPES, ITERATION_PAINTINGS, DetectionSettings
 from i3ad.shipped import SHIPPED_SETTINGS, ModelSettings, settings_text
 from i3ad.synthetic import make_synthetic_category
+from i3ad.synthetic_defects import DEFAULT_LOOKS, DEFECT_LOOKS
 from i3ad.training import AUGMENTATIONS, MODEL_KINDS, TrainConfig
 
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -143,6 +144,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             augmentations=_augmentations(args.augment, category),
             grid_cell_sizes=tuple(args.grid_cell_sizes),
             synthetic_defects=args.synthetic_defects,
+            synthetic_defect_looks=tuple(args.synthetic_defect_looks),
             holdout_fraction=args.holdout,
             seed=args.seed,
             bf16=args.bf16,
@@ -840,6 +842,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SHARE",
         help="share of training images given a synthetic defect (strokes or blobs) that the inpainting network learns "
         "to paint over with normal texture instead of continuing it into a hole (i3ad only)",
+    )
+    train.add_argument(
+        "--synthetic-defect-looks",
+        nargs="+",
+        choices=DEFECT_LOOKS,
+        default=TrainConfig.synthetic_defect_looks,
+        metavar="LOOK",
+        help=f"what synthetic defects look like, each image one of these: {', '.join(DEFECT_LOOKS)} (foreign texture, "
+        f"a brightness and tint shift, lost texture: the image blurred); default: {' '.join(DEFAULT_LOOKS)}",
     )
     train.add_argument(
         "--holdout", type=float, default=TrainConfig.holdout_fraction, help="share of train/good kept for calibration"

@@ -25,12 +25,25 @@ OPACITY = (0.3, 1.0)
 # Size of a brightness change (added to pixels in [0, 1]); colour images also get a per-channel tint up to TINT.
 BRIGHTNESS = (0.1, 0.5)
 TINT = 0.2
+# What a defect looks like: foreign texture (another image, moved), a brightness (and tint) shift, or lost texture (the
+# image blurred, like a worn or smoothed patch of a textured surface, whose inside looks like a smooth normal surface).
+DEFECT_LOOKS = ("foreign", "shift", "blur")
+DEFAULT_LOOKS = ("foreign", "shift")
+# Blur of a lost-texture defect (Gaussian sigma, px, one per batch).
+BLUR_SIGMAS = (1.5, 6.0)
 
 
 def check_defect_share(share: float) -> None:
     """Refuse a share of corrupted training images outside [0, 1]."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"the share of training images given synthetic defects must lie in [0, 1], got {share}")
+
+
+def check_defect_looks(looks: tuple[str, ...]) -> None:
+    """Refuse an empty, repeated or unknown choice of defect looks."""
+    unknown = sorted(set(looks) - set(DEFECT_LOOKS))
+    if not looks or unknown or len(set(looks)) != len(looks):
+        raise ValueError(f"defect looks must be distinct names from {DEFECT_LOOKS}, got {tuple(looks)}")
 
 
 def _uniform(low: float, high: float, shape: tuple[int, ...], generator, device) -> Tensor:
@@ -54,9 +67,10 @@ def _defect_regions(batch: int, size: tuple[int, int], generator, device) -> Ten
     return edges * _uniform(*OPACITY, (batch, 1, 1, 1), generator, device)
 
 
-def _defect_appearance(images: Tensor, generator) -> Tensor:
-    """What each defect looks like: the image shifted in brightness (and, in colour, tint), or foreign texture: the
-    next image of the batch (the image itself in a batch of one) moved by one random offset for the whole batch.
+def _defect_appearance(images: Tensor, looks: tuple[str, ...], generator) -> Tensor:
+    """What each defect looks like, one of ``looks`` per image with equal chances: the image shifted in brightness
+    (and, in colour, tint), foreign texture (the next image of the batch, the image itself in a batch of one, moved by
+    one random offset for the whole batch), or the image blurred (one random sigma for the whole batch).
     Returns a tensor like ``images``."""
     batch, channels = images.shape[:2]
     device = images.device
@@ -64,24 +78,39 @@ def _defect_appearance(images: Tensor, generator) -> Tensor:
     shift = sign * _uniform(*BRIGHTNESS, (batch, 1, 1, 1), generator, device)
     if channels > 1:
         shift = shift + _uniform(-TINT, TINT, (batch, channels, 1, 1), generator, device)
-    shifted = images + shift
     height, width = images.shape[-2:]
     offset = (
         int(torch.randint(height, (1,), generator=generator, device=device)),
         int(torch.randint(width, (1,), generator=generator, device=device)),
     )
-    foreign = images.roll(1, dims=0).roll(offset, dims=(-2, -1))
-    use_foreign = torch.rand(batch, 1, 1, 1, generator=generator, device=device) < 0.5
-    return torch.where(use_foreign, foreign, shifted)
+    appearances = {
+        "foreign": lambda: images.roll(1, dims=0).roll(offset, dims=(-2, -1)),
+        "shift": lambda: images + shift,
+    }
+    if "blur" in looks:  # drawn only when chosen, so the default looks draw the numbers they always drew
+        sigma = float(_uniform(*BLUR_SIGMAS, (1,), generator, device))
+        appearances["blur"] = lambda: gaussian_blur(images, sigma)
+    chosen = [look for look in DEFECT_LOOKS if look in looks]
+    picks = (torch.rand(batch, 1, 1, 1, generator=generator, device=device) * len(chosen)).long()
+    looks_like = appearances[chosen[0]]()
+    for index, look in enumerate(chosen[1:], start=1):
+        looks_like = torch.where(picks == index, appearances[look](), looks_like)
+    return looks_like
 
 
-def add_synthetic_defects(images: Tensor, share: float, generator: torch.Generator | None = None) -> Tensor:
+def add_synthetic_defects(
+    images: Tensor,
+    share: float,
+    generator: torch.Generator | None = None,
+    looks: tuple[str, ...] = DEFAULT_LOOKS,
+) -> Tensor:
     """``images`` [B, C, H, W] in [0, 1] in which each image, with probability ``share``, carries a synthetic defect:
     up to ``i3ad.masks.STROKES`` thin strokes, or blobs (one smooth patch or many scattered specks, depending on the
-    blob scale drawn), shifted in brightness or filled with foreign texture; the others are unchanged (a new tensor;
+    blob scale drawn), looking like one of ``looks`` (``DEFECT_LOOKS``); the others are unchanged (a new tensor;
     ``images`` itself, not copied, for a share of 0 or an empty batch). A share of 0 draws no random numbers, so it
     leaves ``generator`` where it was."""
     check_defect_share(share)
+    check_defect_looks(looks)
     batch = images.shape[0]
     if share == 0 or batch == 0:
         return images
@@ -89,5 +118,5 @@ def add_synthetic_defects(images: Tensor, share: float, generator: torch.Generat
     alpha = _defect_regions(batch, tuple(images.shape[-2:]), generator, device)
     chosen = torch.rand(batch, 1, 1, 1, generator=generator, device=device) < share
     alpha = alpha * chosen
-    corrupted = images * (1 - alpha) + _defect_appearance(images, generator) * alpha
+    corrupted = images * (1 - alpha) + _defect_appearance(images, looks, generator) * alpha
     return corrupted.clamp(0.0, 1.0).to(images.dtype)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from i3ad.masks import GRID_CELL_SIZES, check_cell_sizes, random_training_masks
 from i3ad.models import ConvAutoencoder, InpaintingUNet, check_norm_free_levels, for_device
 from i3ad.scoring import autocast_for, network_autocast, paint
-from i3ad.synthetic_defects import add_synthetic_defects, check_defect_share
+from i3ad.synthetic_defects import DEFAULT_LOOKS, add_synthetic_defects, check_defect_looks, check_defect_share
 
 MODEL_KINDS = ("i3ad", "ae")
 AUGMENTATIONS = ("hflip", "vflip", "rot90")
@@ -43,6 +43,7 @@ class TrainConfig:
     augmentations: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"; only what the category allows
     grid_cell_sizes: tuple[int, ...] = GRID_CELL_SIZES  # cell sizes (px) of the random grid masks it learns to fill
     synthetic_defects: float = 0.0  # i3ad: share of training images given a synthetic defect the network must not copy
+    synthetic_defect_looks: tuple[str, ...] = DEFAULT_LOOKS  # what those defects look like (synthetic_defects.py)
     holdout_fraction: float = 0.1  # share of train/good kept out of training, for calibration
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast on CUDA; off: on an H200 it ran slower than float32/TF32 for these nets
@@ -60,8 +61,11 @@ class TrainConfig:
             raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
         check_cell_sizes(self.grid_cell_sizes)
         check_defect_share(self.synthetic_defects)
+        check_defect_looks(tuple(self.synthetic_defect_looks))
         if self.model != "i3ad" and self.synthetic_defects > 0:
             raise ValueError("synthetic defects teach the inpainting network; the autoencoder baseline trains without")
+        if self.synthetic_defects == 0 and tuple(self.synthetic_defect_looks) != DEFAULT_LOOKS:
+            raise ValueError("synthetic defect looks were chosen, but no synthetic defects (give their share too)")
         check_norm_free_levels(self.norm_free_levels, len(self.width_multipliers))
         if self.steps < 1:
             raise ValueError(f"the number of training steps must be >= 1, got {self.steps}")
@@ -193,7 +197,9 @@ def train(
                 device=device,
                 grid_cell_sizes=config.grid_cell_sizes,
             )
-            inputs = add_synthetic_defects(batch, config.synthetic_defects, generator)
+            inputs = add_synthetic_defects(
+                batch, config.synthetic_defects, generator, tuple(config.synthetic_defect_looks)
+            )
             reconstructions = paint(network, inputs, masks, autocast_dtype)
             # Hidden pixels are to be painted normal; kept ones pass through, so their target is the input itself.
             targets = torch.where(masks > 0.5, batch, inputs)

@@ -1176,9 +1176,12 @@ def test_train_with_synthetic_defects_records_their_share_and_refuses_them_for_t
 ):
     data_root, _ = synthetic_root
     args = [*_train(data_root, "synthetic", tmp_path / "ck"), "--quiet", *SMALL, "--steps", "2"]
-    assert main([*args, "--synthetic-defects", "0.5"]) == 0
+    assert main([*args, "--synthetic-defects", "0.5", "--synthetic-defect-looks", "blur", "shift"]) == 0
     detector = json.loads((tmp_path / "ck" / "synthetic" / "i3ad" / "detector.json").read_text())
     assert detector["info"]["training"]["synthetic_defects"] == 0.5
+    assert detector["info"]["training"]["synthetic_defect_looks"] == ["blur", "shift"]
+    assert main([*args, "--name", "other", "--synthetic-defect-looks", "blur"]) == 2
+    assert "but no synthetic defects" in cli_error()
     assert main([*args, "--model", "ae", "--name", "ae", "--synthetic-defects", "0.5"]) == 2
     assert "the autoencoder baseline trains without" in cli_error()
     for rule in ("--shrinking-masks", "--last-painting-scores"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import i3ad.training
-from i3ad.synthetic_defects import add_synthetic_defects
+from i3ad.synthetic_defects import DEFAULT_LOOKS, add_synthetic_defects
 from i3ad.training import TrainConfig, train
 
 
@@ -58,6 +58,49 @@ def test_defects_bring_foreign_texture_and_tinted_brightness():
         foreign |= towards_other
         tinted |= not towards_other and bool(shift.max() - shift.min() > 0.01)
     assert foreign and tinted
+
+
+def _total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Per image: the mean absolute difference between neighbouring pixels."""
+    return (images.diff(dim=-1).abs().mean(dim=(1, 2, 3)) + images.diff(dim=-2).abs().mean(dim=(1, 2, 3))) / 2
+
+
+def test_lost_texture_defects_smooth_the_texture_and_keep_a_flat_surface_as_it_is():
+    flat = torch.full((4, 3, 32, 32), 0.4)
+    assert torch.allclose(add_synthetic_defects(flat, 1.0, torch.Generator().manual_seed(0), ("blur",)), flat)
+    images = _images()
+    blurred = add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(0), ("blur",))
+    assert (_total_variation(blurred) < _total_variation(images)).all()
+    # The texture goes, its brightness stays (a shift would move it).
+    assert (blurred.mean(dim=(1, 2, 3)) - images.mean(dim=(1, 2, 3))).abs().max() < 0.02
+
+
+def test_the_default_looks_are_foreign_texture_and_brightness_and_a_third_look_adds_blur():
+    images = _images(batch=64)
+    default = add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(2))
+    assert torch.equal(default, add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(2), DEFAULT_LOOKS))
+    # Looks are taken in one fixed order, whatever order they are given in.
+    reordered = add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(2), ("shift", "foreign"))
+    assert torch.equal(default, reordered)
+    with_blur = add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(2), ("foreign", "shift", "blur"))
+    blurred = add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(2), ("blur",))
+    # With three looks some images lose texture (lower variation than the default's), the others keep theirs.
+    smoother = _total_variation(with_blur) < _total_variation(default) - 1e-3
+    assert 5 < int(smoother.sum()) < 59
+    assert _total_variation(blurred).mean() < _total_variation(with_blur).mean() < _total_variation(default).mean()
+
+
+@pytest.mark.parametrize("looks", [(), ("blur", "blur"), ("smudge",)])
+def test_unknown_repeated_or_no_looks_are_refused(looks):
+    with pytest.raises(ValueError, match="looks"):
+        add_synthetic_defects(_images(), 0.5, looks=looks)
+    with pytest.raises(ValueError, match="looks"):
+        TrainConfig(synthetic_defects=0.5, synthetic_defect_looks=looks)
+
+
+def test_looks_without_synthetic_defects_are_refused():
+    with pytest.raises(ValueError, match="no synthetic defects"):
+        TrainConfig(synthetic_defect_looks=("blur",))
 
 
 def test_half_precision_images_stay_half_precision():
