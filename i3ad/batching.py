@@ -1,9 +1,10 @@
-"""Running a function over a data set in batches, with smaller batches when a GPU runs out of memory; and one call
-that survives running out of GPU memory."""
+"""Running a function over a data set in batches, with smaller batches when a GPU runs out of memory; one call that
+survives running out of GPU memory; and a check that data fits into the computer's memory before it is loaded."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -56,3 +57,32 @@ def unless_out_of_gpu_memory(function: Callable[[], Result]) -> Result | None:
 def is_cpu_out_of_memory(error: BaseException) -> bool:
     """True for what torch's CPU allocator raises when memory runs out: a plain RuntimeError, told by its text."""
     return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: the kernel's estimate of what is available without swapping
+    (/proc/meminfo), or the headroom under a container's limit (cgroup v2) where that is lower; None where neither
+    can be read (not Linux)."""
+    limits = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip() if (cgroup / "memory.max").exists() else "max"
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError, IndexError):
+        pass
+    return min(limits) if limits else None
+
+
+def check_fits_in_memory(needed: int, what: str, advice: str) -> None:
+    """Refuse, with ``advice``, work whose data needs more than the memory available: past it the kernel kills the
+    process, which can then neither report why nor clean up. MemoryError naming ``what`` and both sizes."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise MemoryError(
+            f"{what} need about {needed / 2**30:.1f} GiB of memory, and {available / 2**30:.1f} GiB are available; "
+            f"{advice}"
+        )

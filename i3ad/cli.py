@@ -1138,6 +1138,9 @@ def main(argv: list[str] | None = None) -> int:
     except torch.cuda.OutOfMemoryError:
         print(f"error: the GPU ran out of memory; {_MEMORY_ADVICE}", file=sys.stderr)
         return 2
+    except MemoryError as error:  # refused before loading (batching.check_fits_in_memory), or Python's own
+        print(f"error: {error or f'the computer ran out of memory; {_MEMORY_ADVICE}'}", file=sys.stderr)
+        return 2
     except RuntimeError as error:
         if not is_cpu_out_of_memory(error):
             raise

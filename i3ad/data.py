@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from i3ad.batching import check_fits_in_memory
 from i3ad.images import IMAGE_EXTENSIONS, ImageReadError, is_greyscale, read_image, read_mask, read_size
 from i3ad.preprocessing import Preprocessing
 
@@ -191,8 +192,15 @@ def _naming_the_file(path: Path, work: Callable[[Path], Tensor]) -> Tensor:
 
 def load_images(paths: list[Path] | tuple[Path, ...], preprocessing: Preprocessing, workers: int = 4) -> Tensor:
     """Decode and preprocess images in parallel threads. Returns [N, C, S, S] float32 on the CPU."""
+    size = preprocessing.image_size
     if not paths:
-        return torch.empty(0, preprocessing.channels, preprocessing.image_size, preprocessing.image_size)
+        return torch.empty(0, preprocessing.channels, size, size)
+    # Twice the frames' size: the decoded frames and their stacked copy live at once.
+    check_fits_in_memory(
+        2 * len(paths) * preprocessing.channels * size * size * 4,
+        f"{len(paths)} images in {size} x {size}-px frames",
+        "use a smaller --image-size, or fewer images",
+    )
 
     def load(path: Path) -> Tensor:
         return preprocessing(read_image(path, preprocessing.channels))[0]

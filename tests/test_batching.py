@@ -1,9 +1,13 @@
-"""map_batches: order, equality with one big call, and the out-of-memory fallback (simulated: the CPU has no OOM)."""
+"""map_batches: order, equality with one big call, and the out-of-memory fallback (simulated: the CPU has no OOM);
+the check that data fits into memory before it is loaded."""
+
+import sys
 
 import pytest
 import torch
 
-from i3ad.batching import map_batches
+import i3ad.batching
+from i3ad.batching import available_memory, check_fits_in_memory, map_batches
 
 
 def test_batches_in_order_cover_everything():
@@ -42,3 +46,20 @@ def test_bad_arguments():
         map_batches(lambda b: b, torch.arange(3), batch_size=0)
     with pytest.raises(ValueError, match="same length"):
         map_batches(lambda a, b: a, torch.arange(3), torch.arange(4), batch_size=2)
+
+
+def test_available_memory_is_read_from_the_kernel_on_linux():
+    available = available_memory()
+    if sys.platform.startswith("linux"):
+        assert isinstance(available, int) and 0 < available < 2**50
+    else:
+        assert available is None
+
+
+def test_work_that_needs_more_memory_than_is_available_is_refused_with_both_sizes(monkeypatch):
+    monkeypatch.setattr(i3ad.batching, "available_memory", lambda: 2**30)
+    check_fits_in_memory(2**29, "some images", "use fewer")  # fits: nothing happens
+    with pytest.raises(MemoryError, match=r"some images need about 3\.0 GiB of memory, and 1\.0 GiB are available"):
+        check_fits_in_memory(3 * 2**30, "some images", "use fewer")
+    monkeypatch.setattr(i3ad.batching, "available_memory", lambda: None)  # unknown: not refused
+    check_fits_in_memory(2**60, "some images", "use fewer")

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from tiny_checkpoints import save_untrained_checkpoint
 
+import i3ad.batching
 from i3ad import cli
 from i3ad.benchmark import convolution_time, run_benchmark
 from i3ad.calibration import MAX_CALIBRATED_ITERATIONS
@@ -1204,3 +1205,15 @@ def test_a_batch_norm_network_saved_in_half_precision_keeps_its_step_count(synth
     assert {int(layer.num_batches_tracked) for layer in model.modules() if hasattr(layer, "num_batches_tracked")} == {
         2049
     }
+
+
+def test_train_refuses_images_that_would_not_fit_into_memory_and_leaves_no_folder(
+    synthetic_root, tmp_path, cli_error, monkeypatch
+):
+    # As on a machine with 1 MiB free: past the available memory the kernel would kill the run without a word.
+    monkeypatch.setattr(i3ad.batching, "available_memory", lambda: 2**20)
+    data_root, _ = synthetic_root
+    assert main([*_train(data_root, "synthetic", tmp_path / "ck"), *SMALL, "--steps", "1"]) == 2
+    err = cli_error()
+    assert "images in 64 x 64-px frames need about" in err and "use a smaller --image-size" in err
+    assert not (tmp_path / "ck" / "synthetic").exists()
