@@ -59,22 +59,59 @@ def is_cpu_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
 
 
-def available_memory() -> int | None:
+def available_memory(proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
     """Bytes of memory this process can still take: the kernel's estimate of what is available without swapping
-    (/proc/meminfo), or the headroom under a container's limit (cgroup v2) where that is lower; None where neither
-    can be read (not Linux)."""
-    limits = []
+    (``/proc/meminfo``), or the headroom under the memory limit of the cgroup mounted at ``cgroup`` (a container's
+    limit; v2 or v1) where that is lower; None where neither can be read (not Linux). A limit set on a parent cgroup
+    outside the container's view is not seen."""
+    found = [_meminfo_available(proc), _cgroup_headroom(cgroup)]
+    known = [value for value in found if value is not None]
+    return min(known) if known else None
+
+
+def _meminfo_available(proc: Path) -> int | None:
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in (proc / "meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                limits.append(int(line.split()[1]) * 1024)
-        cgroup = Path("/sys/fs/cgroup")
-        limit = (cgroup / "memory.max").read_text().strip() if (cgroup / "memory.max").exists() else "max"
-        if limit != "max":
-            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+                return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return min(limits) if limits else None
+    return None
+
+
+# Limits this large mean "no limit" (cgroup v1 writes the largest page-aligned number it can).
+_NO_LIMIT = 2**60
+
+
+def _cgroup_headroom(cgroup: Path) -> int | None:
+    """The cgroup's limit less its usage, counting inactive file cache as free (the kernel reclaims it before it
+    kills): v2 files (memory.max, memory.current, memory.stat's inactive_file) or v1 ones (memory/memory.limit_in_bytes,
+    memory.usage_in_bytes, memory.stat's total_inactive_file)."""
+    for limit_file, usage_file, stat_file, cache_key in (
+        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
+    ):
+        try:
+            limit_text = (cgroup / limit_file).read_text().strip()
+            if limit_text == "max" or int(limit_text) >= _NO_LIMIT:
+                return None
+            usage = int((cgroup / usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        return max(0, int(limit_text) - usage + _stat(cgroup / stat_file, cache_key))
+    return None
+
+
+def _stat(path: Path, key: str) -> int:
+    """One counter of a cgroup's memory.stat file; 0 where it cannot be read."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def check_fits_in_memory(needed: int, what: str, advice: str) -> None:

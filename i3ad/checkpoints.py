@@ -8,7 +8,9 @@ silently half-loaded model.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
 import re
@@ -379,44 +381,47 @@ def _with_placeholders(command: str) -> str:
     """A recorded command with the paths of the machine that ran it written as placeholders.
 
     The data folder becomes DATA_ROOT, train's output root OUT and calibrate's checkpoint folders CHECKPOINT (one
-    calibrate command may have served several checkpoints; each is calibrated on its own).
+    calibrate command may have served several checkpoints; each is calibrated on its own). The command is read with
+    the CLI's own parser, so options before the folders, ``--option=value`` and abbreviated options are all found; one
+    it cannot read (edited by hand, or from a version with other options) is shown as it is.
     """
+    from i3ad.cli import build_parser  # imported here: the CLI imports this module
+
     try:
         tokens = shlex.split(command)
-    except ValueError:  # not a shell command line (edited by hand): shown as it is
+        start = tokens.index("i3ad") + 1
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse prints its complaint before it exits
+            args, _ = build_parser().parse_known_args(tokens[start:])
+    except (ValueError, SystemExit):
         return command
-    subcommand = tokens[tokens.index("i3ad") + 1] if "i3ad" in tokens[:-1] else None
-    placeholders = {"--data-root": "DATA_ROOT"}
-    if subcommand == "train":
-        placeholders["--out"] = "OUT"
-    shown: list[str] = []
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        option = token.split("=", 1)[0]
-        if option in placeholders and "=" in token:
-            shown.append(f"{option}={placeholders[option]}")
-        elif option in placeholders and i + 1 < len(tokens):
-            shown += [token, placeholders[option]]
-            i += 1
-        elif token == "calibrate" and i > 0 and tokens[i - 1] == "i3ad":
-            shown += [token, "CHECKPOINT"]
-            while i + 1 < len(tokens) and not tokens[i + 1].startswith("-"):
-                i += 1
+    placeholders = {args.data_root: "DATA_ROOT"} if getattr(args, "data_root", None) else {}
+    if args.command == "train":
+        placeholders[args.out] = "OUT"
+    folders = set(args.checkpoint) if args.command == "calibrate" else set()
+    shown = tokens[:start]
+    for token in tokens[start:]:
+        option, equals, value = token.partition("=")
+        if token in folders:
+            if "CHECKPOINT" not in shown:  # several folders, one placeholder
+                shown.append("CHECKPOINT")
+        elif token in placeholders:
+            shown.append(placeholders[token])
+        elif equals and option.startswith("--") and value in placeholders:
+            shown.append(f"{option}={placeholders[value]}")
         else:
             shown.append(token)
-        i += 1
     return shlex.join(shown)
 
 
 _PLACEHOLDER_NOTES = {
     "DATA_ROOT": "the folder that held the category in the MVTec AD layout",
     "OUT": "the checkpoints root the network was written under",
-    "CHECKPOINT": "this checkpoint's folder",
+    "CHECKPOINT": "this checkpoint's folder (OUT/<category>/<name> of the training command)",
 }
 
 
 def _placeholder_note(command: str) -> str:
+    """What each placeholder in ``command`` stands for, as a line under it (empty if it holds none)."""
     notes = [f"{name}: {meaning}" for name, meaning in _PLACEHOLDER_NOTES.items() if re.search(rf"\b{name}\b", command)]
     return f"\n({'; '.join(notes)}.)\n" if notes else ""
 

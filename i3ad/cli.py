@@ -849,8 +849,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=DEFECT_LOOKS,
         default=TrainConfig.synthetic_defect_looks,
         metavar="LOOK",
-        help=f"what synthetic defects look like, each image one of these: {', '.join(DEFECT_LOOKS)} (foreign texture, "
-        f"a brightness and tint shift, lost texture: the image blurred); default: {' '.join(DEFAULT_LOOKS)}",
+        help="what synthetic defects look like, each defect one of these with equal chances: "
+        f"{', '.join(DEFECT_LOOKS)} (foreign texture; a brightness shift, with a tint in colour images; lost texture: "
+        f"the image blurred); needs --synthetic-defects; default: {' '.join(DEFAULT_LOOKS)}",
     )
     train.add_argument(
         "--holdout", type=float, default=TrainConfig.holdout_fraction, help="share of train/good kept for calibration"
@@ -1138,8 +1139,8 @@ def main(argv: list[str] | None = None) -> int:
     except torch.cuda.OutOfMemoryError:
         print(f"error: the GPU ran out of memory; {_MEMORY_ADVICE}", file=sys.stderr)
         return 2
-    except MemoryError as error:  # refused before loading (batching.check_fits_in_memory), or Python's own
-        print(f"error: {error or f'the computer ran out of memory; {_MEMORY_ADVICE}'}", file=sys.stderr)
+    except MemoryError as error:  # refused before loading (batching.check_fits_in_memory), or Python's own (no text)
+        print(f"error: {str(error) or f'the computer ran out of memory; {_MEMORY_ADVICE}'}", file=sys.stderr)
         return 2
     except RuntimeError as error:
         if not is_cpu_out_of_memory(error):

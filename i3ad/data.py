@@ -192,22 +192,20 @@ def _naming_the_file(path: Path, work: Callable[[Path], Tensor]) -> Tensor:
 
 def load_images(paths: list[Path] | tuple[Path, ...], preprocessing: Preprocessing, workers: int = 4) -> Tensor:
     """Decode and preprocess images in parallel threads. Returns [N, C, S, S] float32 on the CPU."""
-    size = preprocessing.image_size
-    if not paths:
-        return torch.empty(0, preprocessing.channels, size, size)
-    # Twice the frames' size: the decoded frames and their stacked copy live at once.
+    size, channels = preprocessing.image_size, preprocessing.channels
     check_fits_in_memory(
-        2 * len(paths) * preprocessing.channels * size * size * 4,
+        len(paths) * channels * size * size * 4,
         f"{len(paths)} images in {size} x {size}-px frames",
-        "use a smaller --image-size, or fewer images",
+        "use fewer images, or a network trained on smaller frames (train --image-size)",
     )
+    images = torch.empty(len(paths), channels, size, size)
 
-    def load(path: Path) -> Tensor:
-        return preprocessing(read_image(path, preprocessing.channels))[0]
+    def load(number: int) -> None:
+        images[number] = _naming_the_file(paths[number], lambda path: preprocessing(read_image(path, channels))[0])
 
     with ThreadPoolExecutor(workers) as pool:
-        images = list(pool.map(lambda p: _naming_the_file(p, load), paths))
-    return torch.stack(images)
+        list(pool.map(load, range(len(paths))))  # list(): a failed image raises here
+    return images
 
 
 def load_regions(paths: list[Path] | tuple[Path, ...], preprocessing: Preprocessing) -> Tensor:

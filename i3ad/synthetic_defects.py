@@ -46,6 +46,12 @@ def check_defect_looks(looks: tuple[str, ...]) -> None:
         raise ValueError(f"defect looks must be distinct names from {DEFECT_LOOKS}, got {tuple(looks)}")
 
 
+def canonical_looks(looks: tuple[str, ...]) -> tuple[str, ...]:
+    """``looks`` in the order of ``DEFECT_LOOKS``, the order in which images are given them (so the order a user
+    names them in changes nothing)."""
+    return tuple(look for look in DEFECT_LOOKS if look in looks)
+
+
 def _uniform(low: float, high: float, shape: tuple[int, ...], generator, device) -> Tensor:
     return low + (high - low) * torch.rand(shape, generator=generator, device=device)
 
@@ -90,10 +96,10 @@ def _defect_appearance(images: Tensor, looks: tuple[str, ...], generator) -> Ten
     if "blur" in looks:  # drawn only when chosen, so the default looks draw the numbers they always drew
         sigma = float(_uniform(*BLUR_SIGMAS, (1,), generator, device))
         appearances["blur"] = lambda: gaussian_blur(images, sigma)
-    chosen = [look for look in DEFECT_LOOKS if look in looks]
-    picks = (torch.rand(batch, 1, 1, 1, generator=generator, device=device) * len(chosen)).long()
-    looks_like = appearances[chosen[0]]()
-    for index, look in enumerate(chosen[1:], start=1):
+    active_looks = canonical_looks(looks)
+    picks = (torch.rand(batch, 1, 1, 1, generator=generator, device=device) * len(active_looks)).long()
+    looks_like = appearances[active_looks[0]]()
+    for index, look in enumerate(active_looks[1:], start=1):
         looks_like = torch.where(picks == index, appearances[look](), looks_like)
     return looks_like
 

@@ -15,7 +15,13 @@ from tqdm import tqdm
 from i3ad.masks import GRID_CELL_SIZES, check_cell_sizes, random_training_masks
 from i3ad.models import ConvAutoencoder, InpaintingUNet, check_norm_free_levels, for_device
 from i3ad.scoring import autocast_for, network_autocast, paint
-from i3ad.synthetic_defects import DEFAULT_LOOKS, add_synthetic_defects, check_defect_looks, check_defect_share
+from i3ad.synthetic_defects import (
+    DEFAULT_LOOKS,
+    add_synthetic_defects,
+    canonical_looks,
+    check_defect_looks,
+    check_defect_share,
+)
 
 MODEL_KINDS = ("i3ad", "ae")
 AUGMENTATIONS = ("hflip", "vflip", "rot90")
@@ -62,9 +68,10 @@ class TrainConfig:
         check_cell_sizes(self.grid_cell_sizes)
         check_defect_share(self.synthetic_defects)
         check_defect_looks(tuple(self.synthetic_defect_looks))
+        self.synthetic_defect_looks = canonical_looks(self.synthetic_defect_looks)  # as recorded: the order used
         if self.model != "i3ad" and self.synthetic_defects > 0:
             raise ValueError("synthetic defects teach the inpainting network; the autoencoder baseline trains without")
-        if self.synthetic_defects == 0 and tuple(self.synthetic_defect_looks) != DEFAULT_LOOKS:
+        if self.synthetic_defects == 0 and self.synthetic_defect_looks != DEFAULT_LOOKS:
             raise ValueError("synthetic defect looks were chosen, but no synthetic defects (give their share too)")
         check_norm_free_levels(self.norm_free_levels, len(self.width_multipliers))
         if self.steps < 1:
@@ -197,9 +204,7 @@ def train(
                 device=device,
                 grid_cell_sizes=config.grid_cell_sizes,
             )
-            inputs = add_synthetic_defects(
-                batch, config.synthetic_defects, generator, tuple(config.synthetic_defect_looks)
-            )
+            inputs = add_synthetic_defects(batch, config.synthetic_defects, generator, config.synthetic_defect_looks)
             reconstructions = paint(network, inputs, masks, autocast_dtype)
             # Hidden pixels are to be painted normal; kept ones pass through, so their target is the input itself.
             targets = torch.where(masks > 0.5, batch, inputs)

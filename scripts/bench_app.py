@@ -64,8 +64,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:  # checked before the app starts: the medians need timed requests
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    if args.out is not None and not args.out.parent.is_dir():  # checked before the minutes of timing, not after
+    # Checked before the minutes of timing, not after them.
+    if args.out is not None and not args.out.parent.is_dir():
         parser.error(f"--out: the folder {args.out.parent} does not exist")
+    if args.out is not None and args.out.is_dir():
+        parser.error(f"--out: {args.out} is a folder; name the CSV file to write")
 
     from gradio_client import Client, handle_file
 
@@ -83,7 +86,7 @@ def main() -> None:
     try:
         wait_until_ready(url, app)
         start_s = time.perf_counter() - started
-        rows = [("app start to ready", "-", start_s, start_s)]
+        rows = [("app start to ready", "-", start_s, start_s, 1)]  # what, setting, median, best, times timed
         with tempfile.TemporaryDirectory() as scratch:
             image = synthetic_examples(Path(scratch) / "examples")[1]  # a 256 x 256 image with a painted defect
             client = Client(url, verbose=False, download_files=False)
@@ -96,26 +99,27 @@ def main() -> None:
                     )
                     times.append(time.perf_counter() - begun)
                 what = f"one 256x256 upload, {args.category}/{args.variant}"
-                rows.append((what, f"T={iterations}", statistics.median(times[1:]), min(times[1:])))
+                rows.append((what, f"T={iterations}", statistics.median(times[1:]), min(times[1:]), args.repeats))
     finally:
         app.terminate()
         app.wait(timeout=30)
     width = max(len(r[0]) for r in rows)
     print(f"{'what':<{width}}  {'setting':<8}  time (median of {args.repeats})")
-    for what, setting, median, best in rows:
+    for what, setting, median, best, _ in rows:
         print(f"{what:<{width}}  {setting:<8}  {median:.2f} s (best {best:.2f})")
     if args.out is not None:
-        write_table(args.out, rows, args.repeats)
+        write_table(args.out, rows)
 
 
-def write_table(path: Path, rows: list[tuple[str, str, float, float]], repeats: int) -> None:
+def write_table(path: Path, rows: list[tuple[str, str, float, float, int]]) -> None:
     """The printed table as CSV, with the host it ran on (CPU timings differ by host by about half)."""
-    host = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "machine": platform.machine()}
+    # The cores this process may run on (fewer than the machine's under an affinity mask), where the system says.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    host = {"cpu_count": cores, "torch": torch.__version__, "machine": platform.machine()}
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["what", "setting", "median_s", "best_s", "repeats", *host])
-        for what, setting, median, best in rows:
-            timed = 1 if setting == "-" else repeats  # the start-up is timed once, each request over the repeats
+        for what, setting, median, best, timed in rows:
             writer.writerow([what, setting, f"{median:.3f}", f"{best:.3f}", timed, *host.values()])
     print(f"wrote {path}")
 

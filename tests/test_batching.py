@@ -63,3 +63,59 @@ def test_work_that_needs_more_memory_than_is_available_is_refused_with_both_size
         check_fits_in_memory(3 * 2**30, "some images", "use fewer")
     monkeypatch.setattr(i3ad.batching, "available_memory", lambda: None)  # unknown: not refused
     check_fits_in_memory(2**60, "some images", "use fewer")
+
+
+def _cgroup(root, files: dict[str, str]):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({}, None),  # no cgroup files: no limit known
+        ({"memory.max": "max\n", "memory.current": "5\n"}, None),  # v2 without a limit
+        (  # v2: limit less usage, inactive file cache counted as free
+            {
+                "memory.max": f"{4 * GIB}\n",
+                "memory.current": f"{3 * GIB}\n",
+                "memory.stat": f"anon 1\ninactive_file {GIB}\n",
+            },
+            2 * GIB,
+        ),
+        ({"memory.max": f"{GIB}\n", "memory.current": f"{2 * GIB}\n"}, 0),  # over the limit: no headroom, not negative
+        ({"memory.max": "garbage\n", "memory.current": "1\n"}, None),  # unreadable: not used
+        ({"memory.max": f"{GIB}\n"}, None),  # usage missing: not used
+        (  # v1, its "no limit" being a huge number
+            {"memory/memory.limit_in_bytes": f"{2**63 - 4096}\n", "memory/memory.usage_in_bytes": "1\n"},
+            None,
+        ),
+        (
+            {
+                "memory/memory.limit_in_bytes": f"{4 * GIB}\n",
+                "memory/memory.usage_in_bytes": f"{GIB}\n",
+                "memory/memory.stat": f"cache 7\ntotal_inactive_file {GIB}\n",
+            },
+            4 * GIB,
+        ),
+    ],
+)
+def test_the_containers_headroom_is_read_from_its_cgroup(tmp_path, files, expected):
+    no_proc = tmp_path / "no_proc"
+    assert available_memory(no_proc, _cgroup(tmp_path / "cgroup", files)) == expected
+
+
+def test_the_lower_of_the_kernels_estimate_and_the_cgroups_headroom_counts(tmp_path):
+    proc = _cgroup(tmp_path / "proc", {"meminfo": "MemTotal: 9000 kB\nMemAvailable: 3 kB\n"})
+    cgroup = _cgroup(tmp_path / "cgroup", {"memory.max": "10000\n", "memory.current": "1000\n"})
+    assert available_memory(proc, cgroup) == 3 * 1024
+    assert available_memory(proc, tmp_path / "none") == 3 * 1024
+    roomy = _cgroup(tmp_path / "roomy", {"memory.max": "2048\n", "memory.current": "0\n"})
+    assert available_memory(proc, roomy) == 2048
+    broken = _cgroup(tmp_path / "broken", {"meminfo": "MemAvailable: lots\n"})
+    assert available_memory(broken, cgroup) == 9000  # an unreadable meminfo leaves the cgroup's figure

@@ -41,3 +41,10 @@ def test_bench_app_refuses_an_output_folder_that_does_not_exist_before_timing(tm
         timeout=120,
     )
     assert run.returncode == 2 and "does not exist" in run.stderr and "app start" not in run.stdout
+
+
+def test_bench_app_refuses_a_folder_as_its_output_file(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2 and "is a folder" in run.stderr and "app start" not in run.stdout

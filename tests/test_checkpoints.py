@@ -61,7 +61,7 @@ def _detector(model=None, channels: int = 3) -> AnomalyDetector:
             "train_log": [{"step": 3, "loss": 0.5, "seconds": 1.0}],
             "command": "python -m i3ad train --data-root /data/on/gpu --out /scratch/ck --category widget",
             "calibrate_command": "python -m i3ad calibrate /scratch/ck/widget/i3ad-test /scratch/ck/gadget/i3ad-test "
-            "'--data-root=/data/on/gpu' --out-of-place",
+            "'--data-root=/data/on/gpu' --iterations 2",
         },
     )
 
@@ -99,18 +99,62 @@ def test_round_trip(saved):
     # The card shows the recorded commands with the training machine's paths as placeholders; calibrate's
     # checkpoint folders (it may have calibrated several at once) become this checkpoint's.
     assert "python -m i3ad train --data-root DATA_ROOT --out OUT --category widget" in card
-    assert "python -m i3ad calibrate CHECKPOINT --data-root=DATA_ROOT --out-of-place  # then" in card
+    assert "python -m i3ad calibrate CHECKPOINT --data-root=DATA_ROOT --iterations 2  # then" in card
     assert "/data/on/gpu" not in card and "/scratch" not in card
     assert "(DATA_ROOT: the folder that held the category in the MVTec AD layout; OUT: the checkpoints root" in card
-    assert "; CHECKPOINT: this checkpoint's folder.)" in card
+    assert "; CHECKPOINT: this checkpoint's folder (OUT/<category>/<name> of the training command).)" in card
     assert list_checkpoints(folder.parent.parent) == {"widget": ["i3ad-test"]}
+
+
+@pytest.mark.parametrize(
+    ("recorded", "shown"),
+    [
+        # Options before the folders, and folders between options.
+        (
+            "python -m i3ad calibrate --data-root /d ck/a/x ck/b/x",
+            "python -m i3ad calibrate --data-root DATA_ROOT CHECKPOINT",
+        ),
+        (
+            "python -m i3ad calibrate --shrinking-masks ck/a/x ck/b/x --data-root /d",
+            "python -m i3ad calibrate --shrinking-masks CHECKPOINT --data-root DATA_ROOT",
+        ),
+        # Abbreviated options, as argparse accepts them, and the --option=value form.
+        (
+            "python -m i3ad train --ou /scratch/ck --data-r /d --category a",
+            "python -m i3ad train --ou OUT --data-r DATA_ROOT --category a",
+        ),
+        (
+            "python -m i3ad train --out=/scratch/ck --data-root=/d --category a",
+            "python -m i3ad train --out=OUT --data-root=DATA_ROOT --category a",
+        ),
+        # The output of evaluate is a table, not a checkpoints root: shown as it is.
+        (
+            "python -m i3ad evaluate --data-root /d --out r.csv",
+            "python -m i3ad evaluate --data-root DATA_ROOT --out r.csv",
+        ),
+        # Not readable by the parser (an option of another version): shown as it is.
+        (
+            "python -m i3ad train --data-root /d --category a --geometry twisted",
+            "python -m i3ad train --data-root /d --category a --geometry twisted",
+        ),
+    ],
+)
+def test_model_card_commands_show_paths_as_placeholders_wherever_they_stand(recorded, shown):
+    detector = _detector()
+    detector.info = {**detector.info, "command": recorded}
+    detector.info.pop("calibrate_command")
+    assert f"\n{shown}\n" in model_card(detector)
 
 
 def test_model_card_shows_a_command_that_is_no_command_line_as_it_is():
     detector = _detector()
-    detector.info = {**detector.info, "command": "edited 'by hand", "calibrate_command": "python -m i3ad calibrate x"}
+    detector.info = {
+        **detector.info,
+        "command": "edited 'by hand",
+        "calibrate_command": "python -m i3ad calibrate x --data-root d",
+    }
     card = model_card(detector)
-    assert "edited 'by hand\npython -m i3ad calibrate CHECKPOINT  # then" in card and "(DATA_ROOT:" not in card
+    assert "edited 'by hand\npython -m i3ad calibrate CHECKPOINT --data-root DATA_ROOT  # then" in card
 
 
 def test_autoencoder_round_trip(tmp_path):

@@ -1180,7 +1180,7 @@ def test_train_with_synthetic_defects_records_their_share_and_refuses_them_for_t
     assert main([*args, "--synthetic-defects", "0.5", "--synthetic-defect-looks", "blur", "shift"]) == 0
     detector = json.loads((tmp_path / "ck" / "synthetic" / "i3ad" / "detector.json").read_text())
     assert detector["info"]["training"]["synthetic_defects"] == 0.5
-    assert detector["info"]["training"]["synthetic_defect_looks"] == ["blur", "shift"]
+    assert detector["info"]["training"]["synthetic_defect_looks"] == ["shift", "blur"]  # the order they are used in
     assert main([*args, "--name", "other", "--synthetic-defect-looks", "blur"]) == 2
     assert "but no synthetic defects" in cli_error()
     assert main([*args, "--model", "ae", "--name", "ae", "--synthetic-defects", "0.5"]) == 2
@@ -1215,5 +1215,14 @@ def test_train_refuses_images_that_would_not_fit_into_memory_and_leaves_no_folde
     data_root, _ = synthetic_root
     assert main([*_train(data_root, "synthetic", tmp_path / "ck"), *SMALL, "--steps", "1"]) == 2
     err = cli_error()
-    assert "images in 64 x 64-px frames need about" in err and "use a smaller --image-size" in err
+    assert "images in 64 x 64-px frames need about" in err and "(train --image-size)" in err
     assert not (tmp_path / "ck" / "synthetic").exists()
+
+
+def test_running_out_of_memory_in_python_itself_is_reported_with_advice(tmp_path, cli_error, monkeypatch):
+    def out_of_memory(args):
+        raise MemoryError()  # what Python raises, without a text
+
+    monkeypatch.setattr(cli, "cmd_synth", out_of_memory)
+    assert main(["synth", "--out", str(tmp_path / "synth")]) == 2
+    assert "the computer ran out of memory; use a smaller --batch-size" in cli_error()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import i3ad.training
-from i3ad.synthetic_defects import DEFAULT_LOOKS, add_synthetic_defects
+from i3ad.synthetic_defects import DEFAULT_LOOKS, DEFECT_LOOKS, add_synthetic_defects
 from i3ad.training import TrainConfig, train
 
 
@@ -75,19 +75,34 @@ def test_lost_texture_defects_smooth_the_texture_and_keep_a_flat_surface_as_it_i
     assert (blurred.mean(dim=(1, 2, 3)) - images.mean(dim=(1, 2, 3))).abs().max() < 0.02
 
 
-def test_the_default_looks_are_foreign_texture_and_brightness_and_a_third_look_adds_blur():
+@pytest.mark.parametrize(("channels", "total_change"), [(1, 357.13058), (3, 953.48170)])
+def test_the_default_looks_draw_the_defects_they_drew_before_a_third_look_existed(channels, total_change):
+    # The shipped networks were trained with these exact defects: the sums were measured with the code of commit
+    # 333c540, before --synthetic-defect-looks; any change to the random numbers drawn moves them by far more.
+    images = torch.rand(16, channels, 48, 48, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    corrupted = add_synthetic_defects(images, 0.6, torch.Generator().manual_seed(11))
+    assert float((corrupted - images).abs().double().sum()) == pytest.approx(total_change, rel=1e-5)
+
+
+def test_a_third_look_adds_lost_texture_to_some_images_and_the_order_of_looks_does_not_matter():
     images = _images(batch=64)
     default = add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(2))
-    assert torch.equal(default, add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(2), DEFAULT_LOOKS))
-    # Looks are taken in one fixed order, whatever order they are given in.
     reordered = add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(2), ("shift", "foreign"))
     assert torch.equal(default, reordered)
     with_blur = add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(2), ("foreign", "shift", "blur"))
+    assert torch.equal(
+        with_blur, add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(2), DEFECT_LOOKS[::-1])
+    )
     blurred = add_synthetic_defects(images, 1.0, torch.Generator().manual_seed(2), ("blur",))
     # With three looks some images lose texture (lower variation than the default's), the others keep theirs.
     smoother = _total_variation(with_blur) < _total_variation(default) - 1e-3
     assert 5 < int(smoother.sum()) < 59
     assert _total_variation(blurred).mean() < _total_variation(with_blur).mean() < _total_variation(default).mean()
+    assert TrainConfig(synthetic_defects=0.5, synthetic_defect_looks=("blur", "foreign")).synthetic_defect_looks == (
+        "foreign",
+        "blur",
+    )
+    assert TrainConfig(synthetic_defect_looks=("shift", "foreign")).synthetic_defect_looks == DEFAULT_LOOKS
 
 
 @pytest.mark.parametrize("looks", [(), ("blur", "blur"), ("smudge",)])
