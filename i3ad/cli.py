@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             augmentations=_augmentations(args.augment, category),
             grid_cell_sizes=tuple(args.grid_cell_sizes),
             synthetic_defects=args.synthetic_defects,
-            synthetic_defect_looks=tuple(args.synthetic_defect_looks),
+            synthetic_defect_looks=args.synthetic_defect_looks,
             holdout_fraction=args.holdout,
             seed=args.seed,
             bf16=args.bf16,

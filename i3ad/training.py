@@ -67,7 +67,7 @@ class TrainConfig:
             raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
         check_cell_sizes(self.grid_cell_sizes)
         check_defect_share(self.synthetic_defects)
-        check_defect_looks(tuple(self.synthetic_defect_looks))
+        check_defect_looks(self.synthetic_defect_looks)
         self.synthetic_defect_looks = canonical_looks(self.synthetic_defect_looks)  # as recorded: the order used
         if self.model != "i3ad" and self.synthetic_defects > 0:
             raise ValueError("synthetic defects teach the inpainting network; the autoencoder baseline trains without")

@@ -12,7 +12,6 @@ usage: python scripts/bench_app.py [--category bottle] [--variant i3ad-small] [-
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import socket
@@ -24,12 +23,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from i3ad.demo import synthetic_examples  # noqa: E402
+from i3ad.outputs import write_csv  # noqa: E402
 
 READY_TIMEOUT_S = 120
 
@@ -116,11 +117,8 @@ def write_table(path: Path, rows: list[tuple[str, str, float, float, int]]) -> N
     # The cores this process may run on (fewer than the machine's under an affinity mask), where the system says.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     host = {"cpu_count": cores, "torch": torch.__version__, "machine": platform.machine()}
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["what", "setting", "median_s", "best_s", "repeats", *host])
-        for what, setting, median, best, timed in rows:
-            writer.writerow([what, setting, f"{median:.3f}", f"{best:.3f}", timed, *host.values()])
+    table = pd.DataFrame(rows, columns=["what", "setting", "median_s", "best_s", "repeats"]).assign(**host)
+    write_csv(table, path, float_format="%.3f")
     print(f"wrote {path}")
 
 
