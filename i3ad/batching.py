@@ -13,8 +13,9 @@ from torch import Tensor
 Result = TypeVar("Result")
 
 
-def map_batches(function: Callable[..., Result], *tensors: Tensor, batch_size: int) -> list[Result]:
-    """``function(*batch)`` for consecutive batches of ``tensors`` (all of the same length), in order.
+def map_batches(function: Callable[..., Result], *tensors: Tensor | None, batch_size: int) -> list[Result]:
+    """``function(*batch)`` for consecutive batches of ``tensors`` (all of the same length), in order; a tensor given
+    as None (an optional one, such as absent regions) is passed as None with every batch.
 
     On a CUDA out-of-memory error the failed batch is tried again at half the size (and later batches keep the smaller
     size), down to one item; a single item that does not fit raises the error.
@@ -22,12 +23,12 @@ def map_batches(function: Callable[..., Result], *tensors: Tensor, batch_size: i
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     count = len(tensors[0])
-    if any(len(t) != count for t in tensors):
+    if any(t is not None and len(t) != count for t in tensors):
         raise ValueError("all tensors must have the same length")
     results: list[Result] = []
     start = 0
     while start < count:
-        batch = [t[start : start + batch_size] for t in tensors]
+        batch = [None if t is None else t[start : start + batch_size] for t in tensors]
         try:
             results.append(function(*batch))
             start += len(batch[0])

@@ -104,8 +104,9 @@ def calibrate_inpainting(
     tau = settings.ssim_threshold
     if ssim_quantile is not None:
         step0_ssim = map_batches(
-            lambda b: ssim_map(b, inpaint_step0(model, b, settings)),
+            lambda b, r: ssim_map(b, inpaint_step0(model, b, settings, region=r)),
             holdout,
+            regions,
             batch_size=batch_size,
         )
         pixels = torch.cat(step0_ssim)
@@ -114,7 +115,7 @@ def calibrate_inpainting(
         tau = quantile(pixels, ssim_quantile)
     run = settings.with_(ssim_threshold=tau, iterations=MAX_CALIBRATED_ITERATIONS)
     normal_error, step_scores = _normal_error_and_scores(
-        lambda b: detect_by_inpainting(model, b, run).anomaly_maps,
+        lambda b, r: detect_by_inpainting(model, b, run, region=r).anomaly_maps,
         holdout,
         subtract=settings.subtract_normal_error,
         batch_size=batch_size,
@@ -135,7 +136,7 @@ def calibrate_autoencoder(
     (``regions``: as for ``calibrate_inpainting``)."""
     _check_holdout(holdout)
     normal_error, step_scores = _normal_error_and_scores(
-        lambda b: detect_by_autoencoder(model, b, settings).anomaly_maps,
+        lambda b, _regions: detect_by_autoencoder(model, b, settings).anomaly_maps,
         holdout,
         subtract=settings.subtract_normal_error,
         batch_size=batch_size,
@@ -151,20 +152,21 @@ def _check_holdout(holdout: Tensor) -> None:
 
 
 def _normal_error_and_scores(
-    step_maps: Callable[[Tensor], list[Tensor]],
+    step_maps: Callable[[Tensor, Tensor | None], list[Tensor]],
     holdout: Tensor,
     *,
     subtract: bool,
     batch_size: int,
     regions: Tensor | None,
 ) -> tuple[NormalError | None, Tensor]:
-    """From one detection pass over the held-out images (``step_maps``: a batch's raw maps per step): their normal
-    error (None unless ``subtract``) and their image scores per step [steps, N], on the maps as they will be scored.
+    """From one detection pass over the held-out images (``step_maps``: a batch's raw maps per step, from the batch and
+    its regions): their normal error (None unless ``subtract``) and their image scores per step [steps, N], on the
+    maps as they will be scored.
 
     With the normal error subtracted, each image is scored against the mean of the *other* held-out images: against
     a mean it is part of, an image partly subtracts itself, scores low, and the threshold then flags normal images
     (toothbrush's 5 held-out images put 9 of its 10 normal test images above it)."""
-    batches = map_batches(lambda b: torch.stack(step_maps(b)), holdout, batch_size=batch_size)
+    batches = map_batches(lambda b, r: torch.stack(step_maps(b, r)), holdout, regions, batch_size=batch_size)
     maps = torch.cat(batches, dim=1)  # [steps, N, 1, H, W]
     if not subtract:
         return None, torch.stack([image_scores(step, regions) for step in maps])

@@ -49,6 +49,7 @@ from i3ad.pipeline import (
     evaluate_detector,
     holdout_images,
     holdout_paths,
+    holdout_regions,
     load_test_set,
     recalibrate,
     resolve_device,
@@ -300,13 +301,15 @@ def _evaluate_sweep(
 ) -> pd.DataFrame:
     try:
         holdout = holdout_images(detector, index).to(device)
+        regions = holdout_regions(detector, index).to(device)
     except ValueError as error:
-        holdout = None
+        holdout = regions = None
         print(f"{index.name}/{detector.name}: no normal-error rows ({error})")
     return evaluate_detector(
         detector,
         test,
         holdout=holdout,
+        holdout_regions=regions,
         thresholds=args.thresholds,
         max_iterations=args.iterations,
         cell_sizes=args.cell_sizes,

@@ -15,6 +15,7 @@ from i3ad.batching import map_batches
 from i3ad.metrics import aupro, binary_auroc, f1_max, region_labels
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
+from i3ad.preprocessing import content_slices
 from i3ad.scoring import (
     DetectionSettings,
     anomaly_map,
@@ -80,7 +81,7 @@ class TestSet:
         self.images, self.labels, self.masks, self.defects, self.regions = images, labels, masks, defects, regions
         self.mask_regions = region_labels(masks) if masks is not None else None
         # Each image's rows and columns in its frame, found once for every table row that is scored.
-        self._boxes = None if regions is None else [_box(region) for region in regions[:, 0] > 0.5]
+        self._boxes = None if regions is None else [content_slices(region) for region in regions[:, 0] > 0.5]
 
     def subset(self, chosen: Tensor) -> TestSet:
         """The images where ``chosen`` [N] (bool) is True."""
@@ -116,12 +117,6 @@ class TestSet:
             row["pixel_auroc"] = binary_auroc(stretched, self.masks)
             row["aupro"] = aupro(stretched, self.masks, regions=self.mask_regions)
         return row
-
-
-def _box(region: Tensor) -> tuple[slice, slice]:
-    """The rows and columns of a region [S, S] (bool, one rectangle) as slices."""
-    rows, columns = region.any(dim=1).nonzero()[:, 0].tolist(), region.any(dim=0).nonzero()[:, 0].tolist()
-    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
 
 
 def metrics_by_defect(test: TestSet, maps: Tensor, score_threshold: float | None = None) -> pd.DataFrame:
@@ -188,10 +183,12 @@ def sweep_inpainting(
     batch_size: int = 32,
     autocast_dtype: torch.dtype | None = None,
     holdout: Tensor | None = None,
+    holdout_regions: Tensor | None = None,
 ) -> pd.DataFrame:
     """One row per step-0 cell size x threshold x iteration count (0..max_iterations) x anomaly measure x smoothing,
-    with the raw maps and, when held-out normal images [N, C, S, S] are given, once more with each setting's own
-    normal error (their mean map, ``i3ad.normal_error``) subtracted.
+    with the raw maps and, when held-out normal images [N, C, S, S] are given (``holdout_regions``: where each lies
+    in its frame, None: everywhere), once more with each setting's own normal error (their mean map,
+    ``i3ad.normal_error``) subtracted.
 
     Step 0 is computed once for all thresholds and every iteration count comes out of the same loop: T = t is
     scored from step t of the T = max_iterations run, which is exactly what a run with T = t returns.
@@ -208,6 +205,7 @@ def sweep_inpainting(
             batch_size=batch_size,
             autocast_dtype=autocast_dtype,
             holdout=holdout,
+            holdout_regions=holdout_regions,
         )
         tables.append(
             table.assign(
@@ -240,25 +238,31 @@ def _sweep_thresholds(
     batch_size: int,
     autocast_dtype: torch.dtype | None,
     holdout: Tensor | None,
+    holdout_regions: Tensor | None,
 ) -> pd.DataFrame:
-    def reconstruct(images: Tensor) -> Tensor:
+    def reconstruct(images: Tensor, regions: Tensor | None) -> Tensor:
         return torch.cat(
             map_batches(
-                lambda batch: inpaint_step0(model, batch, settings, autocast_dtype=autocast_dtype),
+                lambda batch, region: inpaint_step0(
+                    model, batch, settings, autocast_dtype=autocast_dtype, region=region
+                ),
                 images,
+                regions,
                 batch_size=batch_size,
             )
         )
 
-    step0 = reconstruct(test.images)
-    holdout_step0 = reconstruct(holdout) if holdout is not None else None
+    step0 = reconstruct(test.images, test.regions)
+    holdout_step0 = reconstruct(holdout, holdout_regions) if holdout is not None else None
     steps = range(max_iterations + 1)
     rows = []
     for threshold in thresholds:
         run = settings.with_(iterations=max_iterations, ssim_threshold=threshold)
 
-        def score_steps(images: Tensor, reconstruction0: Tensor, run=run) -> _ScoredBatch:
-            result = detect_by_inpainting(model, images, run, autocast_dtype=autocast_dtype, step0=reconstruction0)
+        def score_steps(images: Tensor, reconstruction0: Tensor, region: Tensor | None, run=run) -> _ScoredBatch:
+            result = detect_by_inpainting(
+                model, images, run, autocast_dtype=autocast_dtype, step0=reconstruction0, region=region
+            )
             per_step = zip(result.reconstructions, result.ssim_maps, strict=True)
             # Kept in float32 (2.4 GB for magnetic_tile's 412 images, T = 0..10, two measures): half precision
             # rounded the many near-zero values of raw maps (unmasked pixels after T >= 1) to a few tied ones.
@@ -273,12 +277,14 @@ def _sweep_thresholds(
             """{(variant, step): the maps of every image}."""
             return {(v, t): torch.cat([b.maps[t][v] for b in batches]) for t in steps for v in range(len(variants))}
 
-        batches = map_batches(score_steps, test.images, step0, batch_size=batch_size)
+        batches = map_batches(score_steps, test.images, step0, test.regions, batch_size=batch_size)
         hidden = {t: torch.cat([b.hidden_share[t] for b in batches]) for t in steps}
         maps = maps_of(batches)
         normal_errors = {}
         if holdout is not None:
-            normal_maps = maps_of(map_batches(score_steps, holdout, holdout_step0, batch_size=batch_size))
+            normal_maps = maps_of(
+                map_batches(score_steps, holdout, holdout_step0, holdout_regions, batch_size=batch_size)
+            )
             for v in range(len(variants)):
                 mean_maps = torch.stack([normal_maps[v, t].mean(dim=0) for t in steps])
                 normal_errors[v] = NormalError.from_mean_maps(mean_maps)

@@ -54,6 +54,31 @@ def step0_grid_masks(
     return torch.stack([groups.roll(-shift, dims=0) for shift in range(hidden_groups)]).sum(dim=0)
 
 
+def hide_mirror_copies(masks: Tensor, sources: Tensor | None) -> Tensor:
+    """Masks [B, 1, H, W] in which every copy of an image pixel on a frame's mirrored fill is hidden exactly when that
+    pixel is, so that no hidden pixel can be seen in its mirror image. ``sources``: ``preprocessing.pixel_sources`` of
+    the frames ([B or 1, 1, H, W], or [b, ...] with B a multiple of b for the same b frames repeated); None: masks
+    returned as they are (every image fills its frame)."""
+    if sources is None:
+        return masks
+    if sources.shape[1:] != masks.shape[1:] or len(sources) == 0 or len(masks) % len(sources) != 0:
+        raise ValueError(
+            f"pixel sources {tuple(sources.shape)} do not fit masks {tuple(masks.shape)}: "
+            "same frame, and a count that divides the masks' count"
+        )
+    if len(sources) != len(masks):
+        sources = sources.repeat(len(masks) // len(sources), 1, 1, 1)
+    encoded = sources.to(masks.device).flatten(1).long()
+    inside = encoded >= 0
+    source = torch.where(inside, encoded, -encoded - 1)
+    hidden = masks.flatten(1)
+    pixels = hidden.shape[1]
+    # Each image pixel's mask value, filed under its source index (fill pixels go to a spare slot, never read), then
+    # handed to every pixel that shows it.
+    by_source = hidden.new_zeros(len(hidden), pixels + 1).scatter_(1, torch.where(inside, source, pixels), hidden)
+    return by_source.gather(1, source).view_as(masks)
+
+
 def check_cell_sizes(cell_sizes: tuple[int, ...]) -> None:
     """Refuse an empty list of training grid cell sizes, or one with repeats or anything but whole numbers >= 1."""
     if not cell_sizes or not all(map(is_count, cell_sizes)) or len(set(cell_sizes)) != len(cell_sizes):

@@ -109,20 +109,20 @@ def train_category(
         if out is not None:
             ensure_writable_folder(out)
         images = load_images(index.train, preprocessing)
-        model, log = train(images[train_ids], config, device=device, progress=progress)
+        regions = load_regions(index.train, preprocessing)
+        model, log = train(images[train_ids], config, regions=regions[train_ids], device=device, progress=progress)
         if half_precision:
             # Calibrate the weights exactly as they will be stored, so the thresholds fit the saved model.
             with torch.no_grad():
                 for tensor in model.state_dict().values():
                     if tensor.is_floating_point():  # a BatchNorm's step counter stays a whole number
                         tensor.copy_(tensor.half())
-        holdout_regions = load_regions([index.train[i] for i in holdout_ids], preprocessing)
         settings, calibration = calibrate(
             model,
             images[holdout_ids].to(device),
             settings,
             ssim_quantile=ssim_quantile,
-            regions=holdout_regions.to(device),
+            regions=regions[holdout_ids].to(device),
         )
         detector = AnomalyDetector(
             model=model,
@@ -198,6 +198,11 @@ def holdout_images(detector: AnomalyDetector, index: CategoryIndex) -> torch.Ten
     return load_images(holdout_paths(detector, index), detector.preprocessing)
 
 
+def holdout_regions(detector: AnomalyDetector, index: CategoryIndex) -> torch.Tensor:
+    """Where each of ``holdout_images`` lies in its frame (``Preprocessing.region``)."""
+    return load_regions(holdout_paths(detector, index), detector.preprocessing)
+
+
 def recalibrate(
     detector: AnomalyDetector, index: CategoryIndex, settings: DetectionSettings, *, ssim_quantile: float | None
 ) -> AnomalyDetector:
@@ -247,14 +252,23 @@ def evaluate_detector(
     batch_size: int = 32,
     precision: str = "fp32",
     holdout: torch.Tensor | None = None,
+    holdout_regions: torch.Tensor | None = None,
     compile_network: bool = False,
 ) -> pd.DataFrame:
     """Metrics of one checkpoint for T = 0..max_iterations at each SSIM threshold (the calibrated one is always
     included and flagged in the ``calibrated_threshold`` column); one row per scoring variant for the autoencoder.
-    With the checkpoint's held-out normal images (``holdout_images``, on the detector's device) every row comes
-    twice: raw maps, and maps minus that setting's normal error. ``compile_network`` runs the network through
-    torch.compile (faster on a GPU after a warm-up; ``results/perf_gpu.csv``); ``precision`` "bf16" or "fp16" runs it
-    under that autocast on CUDA (the maps and metrics stay float32)."""
+    With the checkpoint's held-out normal images (``holdout_images``, on the detector's device, and where they lie in
+    their frames: ``holdout_regions``) every row comes twice: raw maps, and maps minus that setting's normal error.
+    ``compile_network`` runs the network through torch.compile (faster on a GPU after a warm-up;
+    ``results/perf_gpu.csv``); ``precision`` "bf16" or "fp16" runs it under that autocast on CUDA (the maps and
+    metrics stay float32)."""
+    if (
+        holdout is not None
+        and holdout_regions is None
+        and detector.preprocessing.geometry == "fit"
+        and detector.kind == "i3ad"
+    ):
+        raise ValueError("held-out images in fit frames need their holdout_regions (pipeline.holdout_regions)")
     autocast_dtype = autocast_for(detector.device, precision)
     model = torch.compile(detector.model) if compile_network else detector.model
     if detector.kind == "i3ad":
@@ -272,6 +286,7 @@ def evaluate_detector(
             batch_size=batch_size,
             autocast_dtype=autocast_dtype,
             holdout=holdout,
+            holdout_regions=holdout_regions,
         )
         table = table.assign(calibrated_threshold=table["ssim_threshold"] == tau)
     else:
@@ -293,7 +308,12 @@ def evaluate_detector(
 def evaluate_by_defect(detector: AnomalyDetector, test: TestSet, *, batch_size: int = 32) -> pd.DataFrame:
     """Metrics of one checkpoint at its default settings, one row per defect type, and the share of each type's
     images (and of the normal ones) its verdicts call anomalous (see ``metrics_by_defect``)."""
-    maps = map_batches(lambda images: detector.run(images).anomaly_map, test.images, batch_size=batch_size)
+    maps = map_batches(
+        lambda images, regions: detector.run(images, region=regions).anomaly_map,
+        test.images,
+        test.regions,
+        batch_size=batch_size,
+    )
     threshold = detector.calibration.score_threshold(detector.default_iterations)
     table = metrics_by_defect(test, torch.cat(maps), score_threshold=threshold)
     table = table.assign(category=detector.category, model=detector.name, iterations=detector.default_iterations)

@@ -147,3 +147,37 @@ def _mirror_pad(images: Tensor, top: int, bottom: int, left: int, right: int) ->
         images = F.pad(images, step, mode="reflect")
         left, right, top, bottom = left - step[0], right - step[1], top - step[2], bottom - step[3]
     return images
+
+
+def content_slices(region: Tensor) -> tuple[slice, slice]:
+    """The rows and columns of a region [S, S] (bool, one rectangle: ``Preprocessing.region``) as slices."""
+    rows, columns = region.any(dim=1).nonzero()[:, 0].tolist(), region.any(dim=0).nonzero()[:, 0].tolist()
+    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
+
+
+def pixel_sources(regions: Tensor) -> Tensor | None:
+    """Which image pixel each frame pixel shows, for frames whose ``regions`` [B, 1, S, S] say where their images lie:
+    [B, 1, S, S] float, the frame index (row * S + column) of that pixel inside the image, and -(index) - 1 on the
+    mirrored fill, which shows copies of the image's pixels. None when every image fills its frame (no copies).
+
+    Float, so that training's flips and turns move it with the images; exact up to the largest frame (4096 px: 2**24
+    indices). ``masks.hide_mirror_copies`` uses it to hide a pixel's copies with the pixel itself."""
+    inside = regions > 0.5
+    if bool(inside.all()):
+        return None
+    size = regions.shape[-1]
+    if size > MAX_FRAME_SIDE:
+        raise ValueError(f"frames of {size} px are larger than the largest supported side {MAX_FRAME_SIDE}")
+    return torch.cat([_sources_in_frame(*content_slices(region), size) for region in inside[:, 0]]).to(regions.device)
+
+
+def _sources_in_frame(rows: slice, columns: slice, size: int) -> Tensor:
+    # The fill is separable: frame pixel (r, c) shows image pixel (row_of[r], column_of[c]), found by padding the
+    # image's own row and column numbers exactly as _mirror_pad pads its pixels.
+    top, bottom, left, right = rows.start, rows.stop, columns.start, columns.stop
+    row_of = _mirror_pad(torch.arange(top, bottom).float().view(1, 1, -1, 1), top, size - bottom, 0, 0).view(-1)
+    column_of = _mirror_pad(torch.arange(left, right).float().view(1, 1, 1, -1), 0, 0, left, size - right).view(-1)
+    index = row_of[:, None] * size + column_of[None, :]
+    inside = torch.zeros(size, size, dtype=torch.bool)
+    inside[rows, columns] = True
+    return torch.where(inside, index, -index - 1).view(1, 1, size, size)

@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 from i3ad.checks import is_count, is_finite_number
-from i3ad.masks import step0_grid_masks
+from i3ad.masks import hide_mirror_copies, step0_grid_masks
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
+from i3ad.preprocessing import pixel_sources
 from i3ad.similarity import dilate, gaussian_blur, gradient_magnitude_similarity, ssim_map
 
 ANOMALY_MEASURES = ("ssim", "ssim+gms")
@@ -245,20 +246,31 @@ def paint(model: InpaintingUNet, images: Tensor, masks: Tensor, autocast_dtype: 
 
 @torch.inference_mode()
 def inpaint_step0(
-    model: InpaintingUNet, images: Tensor, settings: DetectionSettings, *, autocast_dtype: torch.dtype | None = None
+    model: InpaintingUNet,
+    images: Tensor,
+    settings: DetectionSettings,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    region: Tensor | None = None,
 ) -> Tensor:
     """Paint K grid masks in turn and stitch the paintings: a reconstruction [B, C, H, W] in which every pixel was
-    painted without seeing itself (the mean of its paintings when each mask hides several grid groups)."""
+    painted without seeing itself (the mean of its paintings when each mask hides several grid groups). ``region``
+    [B or 1, 1, H, W]: where the images lie in their frames (``Preprocessing.region``); the mirror copies of a hidden
+    pixel on the fill around them are hidden with it."""
     _check_images(images, model.config["channels"])
-    return _paint_step0(model, images, settings, autocast_dtype)
+    return _paint_step0(model, images, settings, autocast_dtype, _frame_sources(region, images))
 
 
 def _paint_step0(
-    model: InpaintingUNet, images: Tensor, settings: DetectionSettings, autocast_dtype: torch.dtype | None
+    model: InpaintingUNet,
+    images: Tensor,
+    settings: DetectionSettings,
+    autocast_dtype: torch.dtype | None,
+    frame_sources: Tensor | None,
 ) -> Tensor:
     """``inpaint_step0`` on images already checked: every pixel re-painted in cells."""
     everything = torch.ones(len(images), 1, *images.shape[-2:], device=images.device)
-    return _paint_in_cells(model, images, everything, settings, autocast_dtype)
+    return _paint_in_cells(model, images, everything, settings, autocast_dtype, frame_sources)
 
 
 def _paint_in_cells(
@@ -267,10 +279,13 @@ def _paint_in_cells(
     hidden: Tensor,
     settings: DetectionSettings,
     autocast_dtype: torch.dtype | None,
+    frame_sources: Tensor | None,
 ) -> Tensor:
     """Re-paint the pixels of ``hidden`` [B, 1, H, W] in the K passes of step 0's grid, all in one forward: pass k
     hides those in the grid groups of step-0 mask k and shows ``context`` [B, C, H, W] everywhere else. A pixel
-    painted in several passes gets the mean of its paintings; the others come back as ``context``, bit-exactly."""
+    painted in several passes gets the mean of its paintings; the others come back as ``context``, bit-exactly.
+    ``frame_sources``: ``pixel_sources`` of the frames (None: the images fill them), for hiding the mirror copies of
+    each pass's pixels, which the grid alone would leave in view."""
     context = context.float()
     batch, _, height, width = context.shape
     grid = step0_grid_masks(
@@ -278,19 +293,33 @@ def _paint_in_cells(
     )
     count = grid.shape[0]
     passes = (grid[:, None] * hidden[None]).flatten(0, 1)  # [K * B, 1, H, W]: pass k for every image, in one forward
+    passes = hide_mirror_copies(passes, frame_sources)
     paintings = paint(model, context.repeat(count, 1, 1, 1), passes, autocast_dtype)
     painted = (paintings * passes).view(count, batch, *context.shape[1:]).sum(dim=0) / settings.step0_hidden_groups
     return torch.where(hidden > 0.5, painted, context)
 
 
+def _frame_sources(region: Tensor | None, images: Tensor) -> Tensor | None:
+    """``pixel_sources`` of each image's frame [B, 1, H, W], on the images' device (None without a region, or when
+    every image fills its frame)."""
+    sources = None if region is None else pixel_sources(region.to(images.device))
+    return None if sources is None else sources.expand(len(images), -1, -1, -1)
+
+
 def _repaint(
-    model: InpaintingUNet, source: Tensor, mask: Tensor, settings: DetectionSettings, autocast_dtype: torch.dtype | None
+    model: InpaintingUNet,
+    source: Tensor,
+    mask: Tensor,
+    settings: DetectionSettings,
+    autocast_dtype: torch.dtype | None,
+    frame_sources: Tensor | None,
 ) -> Tensor:
     """Step t >= 1: the mask's pixels re-painted as ``settings.iteration_painting`` says, every other pixel passed
     through bit-exactly. ``source`` is what the network may see: the input ("hole"), or the input with the last
-    reconstruction inside the mask ("cells")."""
+    reconstruction inside the mask ("cells"). ``frame_sources``: as for ``_paint_in_cells`` (the mask hides the
+    mirror copies of its pixels already)."""
     if settings.iteration_painting == "cells":
-        return _paint_in_cells(model, source, mask, settings, autocast_dtype)
+        return _paint_in_cells(model, source, mask, settings, autocast_dtype, frame_sources)
     return paint(model, source, mask, autocast_dtype)
 
 
@@ -312,15 +341,18 @@ def detect_by_inpainting(
     step0: the step-0 reconstruction of these images if already computed (it does not depend on the threshold, so
         a sweep over thresholds computes it once). autocast_dtype: e.g. torch.bfloat16 for the network on a GPU.
     normal_error: the maps become their excess over it (the masks still come from the SSIM maps alone).
-    region: where the images lie in their frames, for the scores (``DetectionResult.region``).
+    region: where the images lie in their frames [B or 1, 1, H, W] (``Preprocessing.region``), for the scores
+        (``DetectionResult.region``) and for the masks, which hide a pixel's mirror copies on the fill around an
+        image with it (so must the given ``step0``: ``inpaint_step0`` with this region).
     """
     _check_images(images, model.config["channels"])
     batch, _, height, width = images.shape
     images = images.float()
+    frame_sources = _frame_sources(region, images)
 
     # 1. Step 0: a full reconstruction in which no pixel sees itself.
     if step0 is None:
-        step0 = _paint_step0(model, images, settings, autocast_dtype)  # the images were checked above
+        step0 = _paint_step0(model, images, settings, autocast_dtype, frame_sources)  # the images were checked above
     reconstruction = step0
     result = DetectionResult(
         images,
@@ -339,6 +371,7 @@ def detect_by_inpainting(
         mask = dilate((result.ssim_maps[-1] < settings.ssim_threshold).float(), settings.mask_dilation)
         if settings.shrinking_masks:
             mask = mask * result.masks[-1]
+        mask = hide_mirror_copies(mask, frame_sources)
         # 3. Re-paint the hidden pixels from their visible surroundings. With an empty mask the input passes through;
         #    painted at once, a mask equal to the last step's gives the same painting again (the network is
         #    deterministic). Painted in cells, it does not: the cells around each hole hold the last reconstruction.
@@ -352,11 +385,12 @@ def detect_by_inpainting(
         # The one wait for the device in a step: which images to paint decides the network's batch.
         to_paint = (hides_pixels & ~same_mask).nonzero().squeeze(1)
         if batch > 0 and len(to_paint) == batch:
-            reconstruction = _repaint(model, source, mask, settings, autocast_dtype)
+            reconstruction = _repaint(model, source, mask, settings, autocast_dtype, frame_sources)
         else:
             reconstruction = torch.where(hides_pixels.view(-1, 1, 1, 1), reconstruction, images)
             if len(to_paint) > 0:
-                painted = _repaint(model, source[to_paint], mask[to_paint], settings, autocast_dtype)
+                chosen = None if frame_sources is None else frame_sources[to_paint]
+                painted = _repaint(model, source[to_paint], mask[to_paint], settings, autocast_dtype, chosen)
                 reconstruction = reconstruction.index_copy(0, to_paint, painted)
         # 4. Compare the new reconstruction with the input (the anomaly map follows from it when asked for).
         result.reconstructions.append(reconstruction)

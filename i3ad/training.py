@@ -12,8 +12,9 @@ from pytorch_msssim import ssim
 from torch import Tensor
 from tqdm import tqdm
 
-from i3ad.masks import GRID_CELL_SIZES, check_cell_sizes, random_training_masks
+from i3ad.masks import GRID_CELL_SIZES, check_cell_sizes, hide_mirror_copies, random_training_masks
 from i3ad.models import ConvAutoencoder, InpaintingUNet, check_norm_free_levels, for_device
+from i3ad.preprocessing import pixel_sources
 from i3ad.scoring import autocast_for, network_autocast, paint
 from i3ad.synthetic_defects import (
     DEFAULT_LOOKS,
@@ -159,10 +160,13 @@ def train(
     images: Tensor,
     config: TrainConfig,
     *,
+    regions: Tensor | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[InpaintingUNet | ConvAutoencoder, list[dict]]:
     """Train a fresh model on normal images [N, C, S, S] (already preprocessed) and return it with its loss log.
+    ``regions`` [N, 1, S, S]: where each image lies in its frame (``Preprocessing.region``; None: everywhere); the
+    masks then hide a hidden pixel's mirror copies on the fill too, as detection's do.
 
     The images are moved to ``device`` once; masks and augmentations are drawn there, so a GPU never waits for data.
     """
@@ -172,6 +176,10 @@ def train(
     count, channels, size = data.shape[0], data.shape[1], data.shape[-1]
     if count == 0:
         raise ValueError("no training images")
+    if regions is not None and regions.shape != (count, 1, *data.shape[-2:]):
+        raise ValueError(f"regions {tuple(regions.shape)} do not match images {tuple(data.shape)}: one [1, S, S] each")
+    # Carried along as an extra channel, so that flips and turns move it with the pixels it describes.
+    sources = None if regions is None or config.model != "i3ad" else pixel_sources(regions.to(device))
     # The seed decides the initial weights without resetting the caller's random numbers (all later draws use
     # ``generator``).
     with torch.random.fork_rng(devices=[]):
@@ -194,7 +202,9 @@ def train(
             group["lr"] = _learning_rate(step, total_steps, config.learning_rate)
         # 1. A batch of normal images, augmented as the category allows.
         picks = torch.randint(count, (config.batch_size,), generator=generator, device=device)
-        batch = augment(data[picks], config.augmentations, generator)
+        batch = data[picks] if sources is None else torch.cat([data[picks], sources[picks]], dim=1)
+        batch = augment(batch, config.augmentations, generator)
+        batch, batch_sources = (batch, None) if sources is None else (batch[:, :channels], batch[:, channels:])
         # 2. Reconstruct: the U-Net re-paints randomly hidden pixels; the autoencoder rebuilds the whole image.
         if config.model == "i3ad":
             masks = random_training_masks(
@@ -204,6 +214,7 @@ def train(
                 device=device,
                 grid_cell_sizes=config.grid_cell_sizes,
             )
+            masks = hide_mirror_copies(masks, batch_sources)
             inputs = add_synthetic_defects(batch, config.synthetic_defects, generator, config.synthetic_defect_looks)
             reconstructions = paint(network, inputs, masks, autocast_dtype)
             # Hidden pixels are to be painted normal; kept ones pass through, so their target is the input itself.

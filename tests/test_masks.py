@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from i3ad.masks import complementary_grid_masks, random_grid_masks, random_training_masks, step0_grid_masks
+from i3ad.masks import (
+    complementary_grid_masks,
+    hide_mirror_copies,
+    random_grid_masks,
+    random_training_masks,
+    step0_grid_masks,
+)
+from i3ad.preprocessing import Preprocessing, pixel_sources
 
 
 @pytest.mark.parametrize("count", [2, 3, 4, 5])
@@ -110,3 +117,76 @@ def test_grid_cells_larger_than_the_image_hide_all_or_nothing():
     per_image = masks.flatten(1)
     assert torch.equal(per_image.amax(dim=1), per_image.amin(dim=1))
     assert 0 < per_image[:, 0].sum() < 16  # some images hidden whole, some not at all
+
+
+# --- mirror copies on a fit frame's fill ------------------------------------------------------------------------------
+
+
+def _fit_frames(shapes: list[tuple[int, int]], size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images of the given (height, width) fitted into frames, with their regions."""
+    preprocessing = Preprocessing(image_size=size, channels=1, geometry="fit")
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.cat([preprocessing(torch.rand(1, h, w, generator=generator)) for h, w in shapes])
+    regions = torch.cat([preprocessing.region(h, w) for h, w in shapes])
+    return frames, regions
+
+
+# 28 x 8: the fill beside the image is wider than the image, so it is mirrored twice.
+SHAPES = [(28, 12), (12, 28), (28, 8), (20, 20)]
+
+
+def test_pixel_sources_name_the_image_pixel_each_frame_pixel_shows():
+    frames, regions = _fit_frames(SHAPES)
+    sources = pixel_sources(regions)
+    inside = sources >= 0
+    assert torch.equal(inside, regions > 0.5)
+    index = torch.where(inside, sources, -sources - 1).long()
+    assert torch.equal(frames.flatten(1).gather(1, index.flatten(1)).view_as(frames), frames)
+    # Inside the image each pixel names itself.
+    own = torch.arange(32 * 32).view(1, 1, 32, 32).expand_as(index)
+    assert torch.equal(index[inside], own[inside])
+    assert pixel_sources(torch.ones(2, 1, 32, 32)) is None  # images that fill their frames have no copies
+
+
+def _consistent(masks: torch.Tensor, sources: torch.Tensor) -> bool:
+    """Every pixel hidden exactly when each other pixel showing the same image pixel is."""
+    index = torch.where(sources >= 0, sources, -sources - 1).long().flatten(1)
+    flat = masks.flatten(1)
+    highest = flat.new_zeros(flat.shape).scatter_reduce(1, index, flat, "amax", include_self=False)
+    lowest = flat.new_ones(flat.shape).scatter_reduce(1, index, flat, "amin", include_self=False)
+    return bool((highest.gather(1, index) == lowest.gather(1, index)).all())
+
+
+def test_hide_mirror_copies_hides_each_copy_with_its_pixel():
+    _, regions = _fit_frames(SHAPES)
+    sources = pixel_sources(regions)
+    masks = (torch.rand(len(SHAPES), 1, 32, 32, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    assert not _consistent(masks, sources)  # a plain grid or random mask leaves copies of hidden pixels in view
+    hidden = hide_mirror_copies(masks, sources)
+    assert _consistent(hidden, sources)
+    inside = regions > 0.5
+    assert torch.equal(hidden[inside], masks[inside])  # the image's own pixels keep their mask
+    # Repeated frames (step 0's passes) and a missing fill.
+    passes = torch.cat([masks, 1 - masks])
+    assert torch.equal(hide_mirror_copies(passes, sources), torch.cat([hidden, hide_mirror_copies(1 - masks, sources)]))
+    assert hide_mirror_copies(masks, None) is masks
+
+
+def test_sources_flipped_with_their_frames_still_hide_every_copy():
+    # Training flips the frames: the sources are flipped with them, and the masks drawn for the flipped frames.
+    _, regions = _fit_frames(SHAPES)
+    sources = pixel_sources(regions)
+    masks = (torch.rand(len(SHAPES), 1, 32, 32, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    for flipped in (sources.flip(-1), sources.flip(-2), sources.rot90(1, dims=(-2, -1))):
+        assert _consistent(hide_mirror_copies(masks, flipped), flipped)
+
+
+def test_hide_mirror_copies_refuses_sources_that_do_not_fit_the_masks():
+    _, regions = _fit_frames([(28, 12), (12, 28)])
+    sources = pixel_sources(regions)
+    with pytest.raises(ValueError, match="do not fit masks"):
+        hide_mirror_copies(torch.zeros(3, 1, 32, 32), sources)  # 3 masks for 2 frames
+    with pytest.raises(ValueError, match="do not fit masks"):
+        hide_mirror_copies(torch.zeros(2, 1, 16, 16), sources)
+    with pytest.raises(ValueError, match="largest supported side"):
+        pixel_sources(torch.zeros(1, 1, 4097, 4097))

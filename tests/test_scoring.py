@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from i3ad import scoring
-from i3ad.masks import complementary_grid_masks, step0_grid_masks
+from i3ad.masks import complementary_grid_masks, hide_mirror_copies, step0_grid_masks
+from i3ad.preprocessing import Preprocessing, pixel_sources
 from i3ad.scoring import (
+    ITERATION_PAINTINGS,
     DetectionSettings,
     anomaly_map,
     autocast_for,
@@ -491,3 +493,73 @@ def test_autocast_applies_on_cuda_only_and_refuses_unknown_precisions():
     assert autocast_for(cpu, "fp16") is None
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         autocast_for(cuda, "fp8")
+
+
+@pytest.mark.parametrize(("height", "width"), [(28, 12), (12, 28), (28, 8)])
+def test_step0_never_shows_a_pixel_in_its_mirror_image(unet_grey, height, width):
+    # A fit frame's fill shows mirror copies of the image's pixels: a hidden pixel must not be seen there either.
+    preprocessing = Preprocessing(image_size=32, channels=1, geometry="fit")  # these images fit without resizing
+    top, left, _, _ = preprocessing.content_box(height, width)
+    region = preprocessing.region(height, width)
+    settings = DetectionSettings(step0_masks=4, step0_cell_size=4)
+    image = torch.rand(1, height, width, generator=torch.Generator().manual_seed(6))
+    before = inpaint_step0(unet_grey, preprocessing(image), settings, region=region)
+    leaky_before = inpaint_step0(unet_grey, preprocessing(image), settings)
+    leaked = []
+    for y, x in [(0, 0), (height - 1, width - 1), (2, 1), (1, 2)]:  # near the image's border: copied into the fill
+        changed = image.clone()
+        changed[0, y, x] = 1.0 - changed[0, y, x]
+        frame = preprocessing(changed)
+        after = inpaint_step0(unet_grey, frame, settings, region=region)
+        assert torch.equal(after[..., top + y, left + x], before[..., top + y, left + x])
+        assert not torch.equal(after, before)
+        # Without the region the grid can leave a copy in view, and the pixel's painting reacts to its own value.
+        leaky = inpaint_step0(unet_grey, frame, settings)
+        leaked.append(not torch.equal(leaky[..., top + y, left + x], leaky_before[..., top + y, left + x]))
+    assert any(leaked)  # the check above is sensitive to a leak
+
+
+def _fit_frames(shapes, seed: int):
+    """Grey images of the given shapes in 32-px fit frames, with their regions."""
+    preprocessing = Preprocessing(image_size=32, channels=1, geometry="fit")
+    generator = torch.Generator().manual_seed(seed)
+    frames = torch.cat([preprocessing(torch.rand(1, h, w, generator=generator)) for h, w in shapes])
+    return frames, torch.cat([preprocessing.region(h, w) for h, w in shapes])
+
+
+@pytest.mark.parametrize("painting", ITERATION_PAINTINGS)
+def test_iterations_hide_mirror_copies_with_their_pixels(unet_grey, painting, monkeypatch):
+    frames, region = _fit_frames([(28, 12), (28, 12)], seed=7)
+    sources = pixel_sources(region[:1])  # both frames hold the same box
+    tau = ssim_map(frames, inpaint_step0(unet_grey, frames, DetectionSettings(), region=region)).median().item()
+    settings = DetectionSettings(iterations=2, ssim_threshold=tau, iteration_painting=painting)
+    painted_masks = []
+
+    def recording_paint(model, images, masks, autocast_dtype=None):
+        painted_masks.append(masks)
+        return paint(model, images, masks, autocast_dtype)
+
+    monkeypatch.setattr(scoring, "paint", recording_paint)
+    result = detect_by_inpainting(unet_grey, frames, settings, region=region)
+    thresholded = dilate((result.ssim_maps[0] < tau).float(), settings.mask_dilation)
+    assert 0 < result.masks[1].mean() < 1
+    assert not torch.equal(hide_mirror_copies(thresholded, sources), thresholded)  # the threshold alone leaves copies
+    assert len(painted_masks) >= 2  # step 0 and at least one iteration reached the network
+    for masks in painted_masks:  # no mask the network is given shows a hidden pixel in its mirror image
+        assert torch.equal(hide_mirror_copies(masks, sources), masks)
+
+
+def test_painting_part_of_a_batch_hides_the_mirror_copies_of_each_painted_image(unet_grey):
+    # Three frames with different boxes; image 0's step 0 is perfect, so only images 1 and 2 are painted after it.
+    frames, region = _fit_frames([(28, 12), (12, 28), (20, 32)], seed=8)
+    step0 = inpaint_step0(unet_grey, frames, DetectionSettings(), region=region)
+    step0 = torch.cat([frames[:1], step0[1:]])
+    tau = ssim_map(frames[1:], step0[1:]).median().item()
+    for painting in ITERATION_PAINTINGS:
+        settings = DetectionSettings(iterations=2, ssim_threshold=tau, iteration_painting=painting)
+        together = detect_by_inpainting(unet_grey, frames, settings, step0=step0, region=region)
+        alone = detect_by_inpainting(unet_grey, frames[1:], settings, step0=step0[1:], region=region[1:])
+        for t in (1, 2):
+            assert torch.equal(together.reconstructions[t][0], frames[0])
+            assert torch.equal(together.masks[t][1:], alone.masks[t])
+            torch.testing.assert_close(together.reconstructions[t][1:], alone.reconstructions[t], atol=1e-6, rtol=0)

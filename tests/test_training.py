@@ -17,7 +17,7 @@ from i3ad.calibration import (
 )
 from i3ad.models import ConvAutoencoder, InpaintingUNet
 from i3ad.normal_error import NormalError
-from i3ad.scoring import DetectionSettings, detect_by_inpainting, image_scores, inpaint_step0
+from i3ad.scoring import DetectionSettings, detect_by_inpainting, image_scores, inpaint_step0, paint
 from i3ad.similarity import ssim_map
 from i3ad.training import (
     TrainConfig,
@@ -137,6 +137,48 @@ def test_train_inpainting_a_few_steps(images32):
     torch.manual_seed(config.seed)
     fresh = InpaintingUNet(channels=3, base_width=8)
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters(), strict=True))
+
+
+def test_training_never_shows_a_hidden_pixel_in_its_mirror_image(monkeypatch):
+    # Images of distinct pixel values, fitted into frames whose fill copies them: whatever training's flips, turns and
+    # masks do, a hidden pixel's value must not be visible anywhere in the network's input.
+    from i3ad import training
+    from i3ad.preprocessing import Preprocessing
+
+    preprocessing = Preprocessing(image_size=32, channels=1, geometry="fit")
+    shapes = [(28, 12), (12, 28), (28, 8)]  # they fit their frames unresized: every pixel keeps its value
+    generator = torch.Generator().manual_seed(0)
+    images = torch.cat(
+        [
+            preprocessing(0.1 + 0.8 * torch.randperm(h * w, generator=generator).view(1, h, w) / (h * w))
+            for h, w in shapes
+        ]
+    )
+    regions = torch.cat([preprocessing.region(h, w) for h, w in shapes])
+    seen = []
+
+    def recording_paint(network, inputs, masks, autocast_dtype=None):
+        seen.append((inputs.detach().clone(), masks.clone()))
+        return paint(network, inputs, masks, autocast_dtype)
+
+    monkeypatch.setattr(training, "paint", recording_paint)
+    augmentations = ("hflip", "vflip", "rot90")
+    config = TrainConfig(steps=3, batch_size=8, base_width=8, width_multipliers=(1, 2), augmentations=augmentations)
+    train(images, config, regions=regions, progress=False)
+    assert len(seen) == 3
+    for inputs, masks in seen:
+        for frame, mask in zip(inputs, masks, strict=True):
+            hidden, visible = frame[mask.expand_as(frame) > 0.5], frame[mask.expand_as(frame) < 0.5]
+            assert len(hidden) and len(visible)
+            assert not torch.isin(hidden, visible).any()
+    # Without the regions the fill shows copies of hidden pixels: the check above would catch it.
+    seen.clear()
+    train(images, config, progress=False)
+    assert any(
+        torch.isin(frame[mask.expand_as(frame) > 0.5], frame[mask.expand_as(frame) < 0.5]).any()
+        for inputs, masks in seen
+        for frame, mask in zip(inputs, masks, strict=True)
+    )
 
 
 def test_train_a_network_without_normalisation_from_residual_branches_at_zero(images32):
@@ -299,6 +341,11 @@ def test_training_without_images_fails():
         train(torch.empty(0, 3, 32, 32), TrainConfig(steps=1, base_width=8), progress=False)
 
 
+def test_training_refuses_regions_that_do_not_match_the_images(images32):
+    with pytest.raises(ValueError, match="do not match images"):
+        train(images32, TrainConfig(steps=1, base_width=8), regions=torch.ones(1, 1, 32, 32), progress=False)
+
+
 def test_diverging_training_is_reported(images32):
     config = TrainConfig(steps=2, batch_size=2, base_width=8, log_every=1)
     with pytest.raises(FloatingPointError, match="diverged"):
@@ -377,18 +424,19 @@ def test_calibration_uses_only_the_images_region(unet, images32):
     regions = region.expand(2, -1, -1, -1)
     settings = DetectionSettings(ssim_threshold=0.5)
     calibration = calibrate_inpainting(unet, images32, settings, ssim_quantile=0.05, regions=regions)
-    similarity = ssim_map(images32, inpaint_step0(unet, images32, settings))
+    similarity = ssim_map(images32, inpaint_step0(unet, images32, settings, region=regions))
     assert calibration.ssim_threshold == quantile(similarity[regions > 0.5], 0.05)
     run = settings.with_(ssim_threshold=calibration.ssim_threshold, iterations=MAX_CALIBRATED_ITERATIONS)
     expected = _thresholds_scored_against_the_others(unet, images32, run, region)
     assert calibration.score_thresholds == pytest.approx(expected, abs=1e-6)
 
 
-def test_a_category_of_wide_images_trains_and_evaluates_in_the_fit_geometry(tmp_path):
+def test_a_category_of_wide_images_trains_and_evaluates_in_the_fit_geometry(tmp_path, monkeypatch):
     from PIL import Image
 
+    from i3ad import evaluation, pipeline
     from i3ad.data import index_category
-    from i3ad.pipeline import evaluate_detector, holdout_images, load_test_set, train_category
+    from i3ad.pipeline import evaluate_detector, holdout_images, holdout_regions, load_test_set, train_category
     from i3ad.synthetic import make_synthetic_category
 
     root = make_synthetic_category(tmp_path, "wide", size=32, train=10, test_good=2, test_per_defect=2)
@@ -397,14 +445,37 @@ def test_a_category_of_wide_images_trains_and_evaluates_in_the_fit_geometry(tmp_
             image.resize((96, 32), Image.NEAREST).save(path)
     index = index_category(tmp_path, "wide")
     config = TrainConfig(steps=3, batch_size=4, base_width=8, holdout_fraction=0.2)
+    box_pixels = 28 * round(32 * 28 / 96)  # the image's share of its 32-px frame (the 2-px margin aside)
+    # Training and evaluation are given the regions, so that their masks hide the mirror copies on the fill.
+    trained_with, step0_regions = [], []
+    monkeypatch.setattr(
+        pipeline, "train", lambda *a, regions, **k: trained_with.append(regions) or train(*a, regions=regions, **k)
+    )
+    monkeypatch.setattr(
+        evaluation,
+        "inpaint_step0",
+        lambda *a, region, **k: step0_regions.append(region) or inpaint_step0(*a, region=region, **k),
+    )
     detector = train_category(index, config, name="i3ad", image_size=32, progress=False)  # geometry "auto"
     assert detector.preprocessing.geometry == "fit" and detector.calibration.holdout_images == 2
+    assert len(trained_with) == 1 and trained_with[0].shape == (8, 1, 32, 32)
+    assert (trained_with[0].flatten(1).sum(dim=1) == box_pixels).all()
     test = load_test_set(index, detector.preprocessing)
-    assert test.regions is not None and test.regions[0, 0].sum() == 28 * round(32 * 28 / 96)
-    table = evaluate_detector(detector, test, thresholds=[], max_iterations=1, holdout=holdout_images(detector, index))
+    assert test.regions is not None and test.regions[0, 0].sum() == box_pixels
+    holdout, regions = holdout_images(detector, index), holdout_regions(detector, index)
+    table = evaluate_detector(detector, test, thresholds=[], max_iterations=1, holdout=holdout, holdout_regions=regions)
     assert len(table) == 4 and table["pixel_auroc"].notna().all()
+    assert torch.equal(torch.cat(step0_regions), torch.cat([test.regions, regions]))
+    # Without their regions the held-out images' masks would leave mirror copies in view: refused, not mis-scored.
+    with pytest.raises(ValueError, match="holdout_regions"):
+        evaluate_detector(detector, test, thresholds=[], max_iterations=1, holdout=holdout)
     # The benchmark scores an image as the detector does on the file itself.
-    maps = torch.cat([detector.run(test.images[i : i + 1]).anomaly_map for i in range(len(test.images))])
+    maps = torch.cat(
+        [
+            detector.run(test.images[i : i + 1], region=test.regions[i : i + 1]).anomaly_map
+            for i in range(len(test.images))
+        ]
+    )
     first = detector.detect(detector.read(index.test[0].image))
     assert first.scores.item() == pytest.approx(image_scores(maps, test.regions)[0].item(), abs=1e-5)
 
