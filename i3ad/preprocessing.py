@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -168,16 +169,26 @@ def pixel_sources(regions: Tensor) -> Tensor | None:
     size = regions.shape[-1]
     if size > MAX_FRAME_SIDE:
         raise ValueError(f"frames of {size} px are larger than the largest supported side {MAX_FRAME_SIDE}")
-    return torch.cat([_sources_in_frame(*content_slices(region), size) for region in inside[:, 0]]).to(regions.device)
+    # The fill is separable: frame pixel (r, c) shows image pixel (row_of[r], column_of[c]). The numbers are worked
+    # out once per image extent and then combined for the whole batch on its device (one transfer, no per-image work).
+    rows, columns = _extents(inside[:, 0].any(dim=2)), _extents(inside[:, 0].any(dim=1))
+    row_of = torch.stack([_mirrored_numbers(start, stop, size) for start, stop in rows]).to(regions.device)
+    column_of = torch.stack([_mirrored_numbers(start, stop, size) for start, stop in columns]).to(regions.device)
+    index = (row_of[:, :, None] * size + column_of[:, None, :])[:, None]
+    return torch.where(inside, index, -index - 1)
 
 
-def _sources_in_frame(rows: slice, columns: slice, size: int) -> Tensor:
-    # The fill is separable: frame pixel (r, c) shows image pixel (row_of[r], column_of[c]), found by padding the
-    # image's own row and column numbers exactly as _mirror_pad pads its pixels.
-    top, bottom, left, right = rows.start, rows.stop, columns.start, columns.stop
-    row_of = _mirror_pad(torch.arange(top, bottom).float().view(1, 1, -1, 1), top, size - bottom, 0, 0).view(-1)
-    column_of = _mirror_pad(torch.arange(left, right).float().view(1, 1, 1, -1), 0, 0, left, size - right).view(-1)
-    index = row_of[:, None] * size + column_of[None, :]
-    inside = torch.zeros(size, size, dtype=torch.bool)
-    inside[rows, columns] = True
-    return torch.where(inside, index, -index - 1).view(1, 1, size, size)
+def _extents(lines: Tensor) -> list[tuple[int, int]]:
+    """(start, stop) of the True run in each row of ``lines`` [B, S] (bool, one run each), read in one transfer."""
+    size = lines.shape[-1]
+    first = lines.int().argmax(dim=1)
+    stop = size - lines.flip(-1).int().argmax(dim=1)
+    return [tuple(pair) for pair in torch.stack([first, stop], dim=1).tolist()]
+
+
+@functools.lru_cache(maxsize=512)  # at most 4096 floats each; a category's images come in few sizes
+def _mirrored_numbers(start: int, stop: int, size: int) -> Tensor:
+    """[size] float: the number of the image line (start..stop - 1) that each frame line shows, found by padding the
+    image's own line numbers exactly as _mirror_pad pads its pixels. Not to be changed in place (it is cached)."""
+    numbers = torch.arange(start, stop).float().view(1, 1, 1, -1)
+    return _mirror_pad(numbers, 0, 0, start, size - stop).view(-1)

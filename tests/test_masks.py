@@ -148,6 +148,15 @@ def test_pixel_sources_name_the_image_pixel_each_frame_pixel_shows():
     assert pixel_sources(torch.ones(2, 1, 32, 32)) is None  # images that fill their frames have no copies
 
 
+def test_pixel_sources_are_fresh_tensors_for_each_call():
+    # The line numbers behind them are cached per image extent: a caller changing its result must not change the next.
+    _, regions = _fit_frames(SHAPES)
+    first = pixel_sources(regions)
+    expected = first.clone()
+    first.zero_()
+    assert torch.equal(pixel_sources(regions), expected)
+
+
 def _consistent(masks: torch.Tensor, sources: torch.Tensor) -> bool:
     """Every pixel hidden exactly when each other pixel showing the same image pixel is."""
     index = torch.where(sources >= 0, sources, -sources - 1).long().flatten(1)
