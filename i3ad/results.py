@@ -235,7 +235,8 @@ def summary_tables(
     metrics = ["image_auroc", "pixel_auroc", "aupro", "image_f1_max"]
     per_category = rows.pivot_table(index="category", columns="model", values=metrics, dropna=False)
     per_category = per_category[[(m, model) for m in metrics for model in sorted(rows["model"].unique())]]
-    per_category.loc["mean"] = [_complete_mean(per_category, metric, model) for metric, model in per_category.columns]
+    if len(per_category.columns):  # no rows at these settings: nothing to average (pandas 2 refuses a row then)
+        per_category.loc["mean"] = [_complete_mean(per_category, m, model) for m, model in per_category.columns]
     per_category.columns = [f"{model} {METRIC_LABELS[metric]}" for metric, model in per_category.columns]
     curves = at_settings(table, settings)
     curves = curves[~curves["ssim_threshold"].isna()]

@@ -237,6 +237,16 @@ def test_report_picks_the_rows_of_an_iteration_rule(results, tmp_path, capsys):
     assert "| a | 0.700 | 0.200 |" in printed and "last-painting scores on" in printed
 
 
+def test_report_on_a_table_with_no_rows_at_the_summary_settings_explains_instead_of_failing(results, tmp_path, capsys):
+    # A check table of one network of another name, evaluated with rules the summary does not assume for it.
+    path = tmp_path / "check.csv"
+    results[results["model"] == "i3ad"].assign(model="i3ad-seed1").to_csv(path, index=False)
+    tables = summary_tables(load_results(path))
+    assert tables["per_category"].empty  # no rows, and so no mean row of nothing
+    assert main(["report", "--results", str(path)]) == 0
+    assert "note: no i3ad-seed1 rows at its summary settings" in capsys.readouterr().out
+
+
 def test_report_summarises_each_model_at_its_own_checkpoints_settings(results, tmp_path, capsys, cli_error):
     # A network of one's own trained as "i3ad" with train's defaults (T = 1, each mask painted at once).
     path = tmp_path / "own.csv"
