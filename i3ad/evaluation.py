@@ -81,7 +81,7 @@ class TestSet:
         self.images, self.labels, self.masks, self.defects, self.regions = images, labels, masks, defects, regions
         self.mask_regions = region_labels(masks) if masks is not None else None
         # Each image's rows and columns in its frame, found once for every table row that is scored.
-        self._boxes = None if regions is None else [content_slices(region) for region in regions[:, 0] > 0.5]
+        self._boxes = None if regions is None else content_slices(regions)
 
     def subset(self, chosen: Tensor) -> TestSet:
         """The images where ``chosen`` [N] (bool) is True."""

@@ -150,10 +150,15 @@ def _mirror_pad(images: Tensor, top: int, bottom: int, left: int, right: int) ->
     return images
 
 
-def content_slices(region: Tensor) -> tuple[slice, slice]:
-    """The rows and columns of a region [S, S] (bool, one rectangle: ``Preprocessing.region``) as slices."""
-    rows, columns = region.any(dim=1).nonzero()[:, 0].tolist(), region.any(dim=0).nonzero()[:, 0].tolist()
-    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
+def content_slices(regions: Tensor) -> list[tuple[slice, slice]]:
+    """The rows and columns where each image lies in its frame, for ``regions`` [B, 1, S, S] (``Preprocessing.region``:
+    one rectangle each), as slices; read off the regions' device in one transfer."""
+    inside = regions[:, 0] > 0.5
+    size = inside.shape[-1]
+    ends = []
+    for lines in (inside.any(dim=2), inside.any(dim=1)):  # the rows, then the columns, that hold the image
+        ends += [lines.int().argmax(dim=1), size - lines.flip(-1).int().argmax(dim=1)]
+    return [(slice(top, bottom), slice(left, right)) for top, bottom, left, right in torch.stack(ends, 1).tolist()]
 
 
 def pixel_sources(regions: Tensor) -> Tensor | None:
@@ -171,22 +176,14 @@ def pixel_sources(regions: Tensor) -> Tensor | None:
         raise ValueError(f"frames of {size} px are larger than the largest supported side {MAX_FRAME_SIDE}")
     # The fill is separable: frame pixel (r, c) shows image pixel (row_of[r], column_of[c]). The numbers are worked
     # out once per image extent and then combined for the whole batch on its device (one transfer, no per-image work).
-    rows, columns = _extents(inside[:, 0].any(dim=2)), _extents(inside[:, 0].any(dim=1))
-    row_of = torch.stack([_mirrored_numbers(start, stop, size) for start, stop in rows]).to(regions.device)
-    column_of = torch.stack([_mirrored_numbers(start, stop, size) for start, stop in columns]).to(regions.device)
+    boxes = content_slices(regions)
+    row_of = torch.stack([_mirrored_numbers(rows.start, rows.stop, size) for rows, _ in boxes]).to(regions.device)
+    column_of = torch.stack([_mirrored_numbers(cols.start, cols.stop, size) for _, cols in boxes]).to(regions.device)
     index = (row_of[:, :, None] * size + column_of[:, None, :])[:, None]
     return torch.where(inside, index, -index - 1)
 
 
-def _extents(lines: Tensor) -> list[tuple[int, int]]:
-    """(start, stop) of the True run in each row of ``lines`` [B, S] (bool, one run each), read in one transfer."""
-    size = lines.shape[-1]
-    first = lines.int().argmax(dim=1)
-    stop = size - lines.flip(-1).int().argmax(dim=1)
-    return [tuple(pair) for pair in torch.stack([first, stop], dim=1).tolist()]
-
-
-@functools.lru_cache(maxsize=512)  # at most 4096 floats each; a category's images come in few sizes
+@functools.lru_cache(maxsize=512)  # at most 4096 floats each; one frame size has a few hundred centred extents
 def _mirrored_numbers(start: int, stop: int, size: int) -> Tensor:
     """[size] float: the number of the image line (start..stop - 1) that each frame line shows, found by padding the
     image's own line numbers exactly as _mirror_pad pads its pixels. Not to be changed in place (it is cached)."""
